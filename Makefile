@@ -1,0 +1,27 @@
+# qmml — the two set-up commands: `make demo` and `make test` (both create .venv if missing).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CORES  ?= 2
+EXTRAS ?= test,workflow
+
+.PHONY: install demo test bench clean-demo
+
+install: $(VENV)/.installed
+
+# CC=g++: the GPAW sdist compiles its C sources as C++ (see docs/setup in README).
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	CC=g++ $(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -c "import qmml.lmp"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q -ra tests
+
+demo: install
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+
+bench: install
+	$(BIN)/python benchmarks/run.py
