@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.lammps import Prism
 from ase.data import atomic_masses, atomic_numbers
@@ -250,43 +250,12 @@ class SNAPCalculator(Calculator):
     def _build(self, atoms: Atoms) -> None:
         if self._lmp is not None:
             self._lmp.close()
-        lmp = new_lammps()
-        self._type_elements = sorted(set(atoms.get_chemical_symbols()),
-                                     key=lambda s: (s not in self.potential.elements, s))
-        boundary = " ".join("p" if p else "s" for p in atoms.pbc)
-        self._prism = Prism(np.array(atoms.cell), pbc=atoms.pbc)
-        xhi, yhi, zhi, xy, xz, yz = self._prism.get_lammps_prism()
-        lo = np.zeros(3)
-        if not all(atoms.pbc):
-            # open directions are shrink-wrapped; start from a box that holds the atoms
-            pos = self._prism.vector_to_lammps(atoms.positions)
-            lo = np.where(atoms.pbc, 0.0, pos.min(axis=0) - 1.0)
-            hi = np.where(atoms.pbc, [xhi, yhi, zhi], pos.max(axis=0) + 1.0)
-            xhi, yhi, zhi = hi
-        triclinic = self._triclinic = all(atoms.pbc) or self._prism.is_skewed()
-        tilt = f" {xy:.16g} {xz:.16g} {yz:.16g}" if triclinic else ""
-        style = "prism" if triclinic else "block"
-        lmp.commands_list([
-            f"boundary {boundary}",
-            f"region qmml_box {style} {lo[0]:.16g} {xhi:.16g} {lo[1]:.16g} {yhi:.16g} "
-            f"{lo[2]:.16g} {zhi:.16g}{tilt} units box",
-            f"create_box {len(self._type_elements)} qmml_box",
-        ])
-        for t, el in enumerate(self._type_elements, 1):
-            lmp.command(f"mass {t} {atomic_masses[atomic_numbers[el]]:.6f}")
-        type_of = {el: t for t, el in enumerate(self._type_elements, 1)}
-        types = [type_of[s] for s in atoms.get_chemical_symbols()]
-        n = len(atoms)
-        x = self._prism.vector_to_lammps(atoms.positions, wrap=True).ravel()
-        created = lmp.create_atoms(n, list(range(1, n + 1)), types, x.tolist(),
-                                   shrinkexceed=True)
-        if created != n:
-            raise QmmlError(f"LAMMPS created {created} of {n} atoms (cell too small?)")
+        self._type_elements = type_elements(atoms, self.potential)
+        lmp, self._prism = lammps_system(atoms, self._type_elements)
+        self._triclinic = bool(lmp.extract_global("triclinic"))
         self.potential.write(self._files)
         lmp.commands_list(self.potential.pair_commands(self._files, self._type_elements, self.zbl))
         lmp.commands_list([
-            "neighbor 1.0 bin",
-            "neigh_modify every 1 delay 0 check yes one 10000 page 1000000",
             "thermo_style custom step pe pxx pyy pzz pxy pxz pyz",
             "thermo_modify norm no",
         ])
@@ -323,7 +292,9 @@ class SNAPCalculator(Calculator):
         if all(atoms.pbc):
             p = lmp.numpy.extract_compute("thermo_press", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
             pxx, pyy, pzz, pxy, pxz, pyz = np.array(p[:6])
-            tensor = -units.bar * np.array([[pxx, pxy, pxz], [pxy, pyy, pyz], [pxz, pyz, pzz]])
+            # LAMMPS' own pressure unit, so stresses agree exactly with compute snap virials
+            to_ev_a3 = 1.0 / lmp.extract_global("nktv2p")
+            tensor = -to_ev_a3 * np.array([[pxx, pxy, pxz], [pxy, pyy, pyz], [pxz, pyz, pzz]])
             s = self._prism.tensor2_to_ase(tensor)
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
 
@@ -333,6 +304,54 @@ class SNAPCalculator(Calculator):
                 self._lmp.close()
             except Exception:
                 pass
+
+
+# ---- LAMMPS system set-up shared by the calculator and the descriptor code ------------
+def type_elements(atoms: Atoms, potential: SNAPPotential) -> list[str]:
+    """LAMMPS type order: the potential's elements first, unknown species after them."""
+    return sorted(set(atoms.get_chemical_symbols()),
+                  key=lambda s: (s not in potential.elements, s))
+
+
+def lammps_system(atoms: Atoms, type_elements: list[str]):
+    """A LAMMPS instance holding ``atoms`` (box, types, masses), no pair style yet.
+
+    Periodic cells become (triclinic) prisms so later strains can be applied in place;
+    open directions are shrink-wrapped.  Returns (lmp, prism) for frame conversions.
+    """
+    if len(atoms) == 0:
+        raise QmmlError("cannot evaluate an empty configuration")
+    lmp = new_lammps()
+    boundary = " ".join("p" if p else "s" for p in atoms.pbc)
+    prism = Prism(np.array(atoms.cell), pbc=atoms.pbc)
+    xhi, yhi, zhi, xy, xz, yz = prism.get_lammps_prism()
+    lo = np.zeros(3)
+    hi = np.array([xhi, yhi, zhi])
+    if not all(atoms.pbc):
+        pos = prism.vector_to_lammps(atoms.positions)
+        lo = np.where(atoms.pbc, 0.0, pos.min(axis=0) - 1.0)
+        hi = np.where(atoms.pbc, hi, pos.max(axis=0) + 1.0)
+    triclinic = all(atoms.pbc) or prism.is_skewed()
+    tilt = f" {xy:.16g} {xz:.16g} {yz:.16g}" if triclinic else ""
+    lmp.commands_list([
+        f"boundary {boundary}",
+        f"region qmml_box {'prism' if triclinic else 'block'} {lo[0]:.16g} {hi[0]:.16g} "
+        f"{lo[1]:.16g} {hi[1]:.16g} {lo[2]:.16g} {hi[2]:.16g}{tilt} units box",
+        f"create_box {len(type_elements)} qmml_box",
+    ])
+    for t, el in enumerate(type_elements, 1):
+        lmp.command(f"mass {t} {atomic_masses[atomic_numbers[el]]:.6f}")
+    type_of = {el: t for t, el in enumerate(type_elements, 1)}
+    types = [type_of[s] for s in atoms.get_chemical_symbols()]
+    n = len(atoms)
+    x = prism.vector_to_lammps(atoms.positions, wrap=True).ravel()
+    created = lmp.create_atoms(n, list(range(1, n + 1)), types, x.tolist(), shrinkexceed=True)
+    if created != n:
+        lmp.close()
+        raise QmmlError(f"LAMMPS created {created} of {n} atoms (atoms outside the cell?)")
+    lmp.commands_list(["neighbor 1.0 bin",
+                       "neigh_modify every 1 delay 0 check yes one 10000 page 1000000"])
+    return lmp, prism
 
 
 # ---- file helpers ---------------------------------------------------------------------
