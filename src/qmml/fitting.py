@@ -1,0 +1,133 @@
+"""Constrained linear least squares for Θ (method.md, "Retraining", eq. 3 of the preprint).
+
+Minimise   ||GΘ − F||² + λS ||A_S(Θ − Θ0)||² + λ0 ||Θ − Θref||²
+subject to A_H Θ = b   (exactly; b = A_H Θ0 when the hard rows only preserve properties).
+
+Hard rows may be rank deficient (the paper's 115 rows have rank 37): they are reduced to an
+orthonormal basis of their row space by an SVD.  Θ = Θp + N y with Θp the minimum-change
+particular solution and N an orthonormal basis of the null space of A_H, so every Θ this
+returns satisfies the hard rows to machine precision.  This is the projector form of
+method.md (Θ = Θ0 + Q_H x) written in the null-space basis, which is smaller and better
+conditioned; ``kkt_solve`` is the independent check.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve, LinAlgError
+
+from qmml import QmmlError
+
+
+@dataclass
+class FitResult:
+    theta: np.ndarray
+    hard_rank: int
+    hard_residual_max: float
+    n_hard_rows: int
+    seconds: float
+    diagnostics: dict = field(default_factory=dict)
+
+
+def hard_row_space(hard: np.ndarray, rtol: float | None = None):
+    """SVD of the hard rows: (U_r, s_r, V_r, V_null) with the numerical rank r.
+
+    Singular values below ``rtol``·s_max count as zero; the default is the numerical noise
+    level of the rows (max(m, K)·ε·10).
+    """
+    m, k = hard.shape
+    u, s, vt = np.linalg.svd(hard, full_matrices=True)
+    if rtol is None:
+        rtol = max(m, k) * np.finfo(float).eps * 10
+    rank = int(np.sum(s > rtol * s[0])) if s.size and s[0] > 0 else 0
+    return u[:, :rank], s[:rank], vt[:rank].T, vt[rank:].T
+
+
+def solve_constrained(theta0: np.ndarray, gtg: np.ndarray | None = None,
+                      gtf: np.ndarray | None = None, *, hard: np.ndarray | None = None,
+                      hard_rhs: np.ndarray | None = None, soft_ata: np.ndarray | None = None,
+                      lambda_soft: float = 1.0, lambda0: float = 500.0,
+                      theta_ref: np.ndarray | None = None, rtol: float | None = None,
+                      feasibility_tol: float = 1e-8) -> FitResult:
+    """Θ minimising the loss above with hard rows exact; see the module docstring.
+
+    ``gtg``/``gtf``: normal-equation sums of the force rows (None: no force targets).
+    ``soft_ata``: A_SᵀA_S.  ``theta_ref``: Tikhonov centre (default Θ0).
+    """
+    start = time.perf_counter()
+    theta0 = np.asarray(theta0, dtype=float)
+    k = theta0.size
+    theta_ref = theta0 if theta_ref is None else np.asarray(theta_ref, dtype=float)
+    gtg = np.zeros((k, k)) if gtg is None else gtg
+    gtf = np.zeros(k) if gtf is None else gtf
+    if gtg.shape != (k, k) or gtf.shape != (k,):
+        raise QmmlError(f"force normal equations have shape {gtg.shape}, expected {(k, k)}")
+    if lambda0 < 0 or lambda_soft < 0:
+        raise QmmlError("lambda0 and lambda-soft must be non-negative")
+
+    # particular solution of the hard rows, smallest change from Θ0
+    theta_p = theta0.copy()
+    null = np.eye(k)
+    rank = 0
+    n_hard = 0
+    if hard is not None and len(hard):
+        hard = np.atleast_2d(np.asarray(hard, dtype=float))
+        n_hard = hard.shape[0]
+        if hard.shape[1] != k:
+            raise QmmlError(f"hard rows have {hard.shape[1]} columns, Θ has {k}")
+        rhs = hard @ theta0 if hard_rhs is None else np.asarray(hard_rhs, dtype=float)
+        u, s, v, null = hard_row_space(hard, rtol)
+        rank = s.size
+        if rank == k:
+            raise QmmlError(f"hard constraints have full rank {k}: no freedom left to fit")
+        theta_p = theta0 + v @ ((u.T @ (rhs - hard @ theta0)) / s)
+        miss = np.abs(hard @ theta_p - rhs)
+        scale = max(1.0, float(np.abs(rhs).max(initial=0.0)))
+        if miss.max(initial=0.0) > feasibility_tol * scale:
+            i = int(np.argmax(miss))
+            raise QmmlError(f"hard constraints are infeasible: row {i} misses its target by "
+                            f"{miss[i]:.3g} (inconsistent rows)")
+
+    h = np.array(gtg, dtype=float)
+    grad = gtf - h @ theta_p
+    if soft_ata is not None:
+        h = h + lambda_soft * soft_ata
+        grad = grad - lambda_soft * soft_ata @ (theta_p - theta0)
+    h[np.diag_indices(k)] += lambda0
+    grad = grad - lambda0 * (theta_p - theta_ref)
+    reduced = null.T @ h @ null
+    rhs_red = null.T @ grad
+    try:
+        y = cho_solve(cho_factor(reduced), rhs_red)
+    except LinAlgError:
+        y = np.linalg.lstsq(reduced, rhs_red, rcond=None)[0]
+    theta = theta_p + null @ y
+    residual = 0.0
+    if n_hard:
+        target = hard @ theta0 if hard_rhs is None else np.asarray(hard_rhs, dtype=float)
+        residual = float(np.abs(hard @ theta - target).max())
+    return FitResult(theta, rank, residual, n_hard, time.perf_counter() - start,
+                     {"null_space_dim": null.shape[1]})
+
+
+def kkt_solve(theta0: np.ndarray, gtg: np.ndarray, gtf: np.ndarray, hard: np.ndarray,
+              hard_rhs: np.ndarray | None = None, soft_ata: np.ndarray | None = None,
+              lambda_soft: float = 1.0, lambda0: float = 500.0) -> np.ndarray:
+    """The same problem by its KKT system (Lagrange multipliers); for cross-checks only.
+
+    Rank-deficient but consistent hard rows make the KKT matrix singular; its least-norm
+    solution still has the unique Θ block.
+    """
+    k = theta0.size
+    h = gtg + lambda0 * np.eye(k)
+    g = gtf + lambda0 * theta0
+    if soft_ata is not None:
+        h = h + lambda_soft * soft_ata
+        g = g + lambda_soft * soft_ata @ theta0
+    m = hard.shape[0]
+    rhs = hard @ theta0 if hard_rhs is None else hard_rhs
+    kkt = np.block([[h, hard.T], [hard, np.zeros((m, m))]])
+    sol = np.linalg.lstsq(kkt, np.concatenate([g, rhs]), rcond=None)[0]
+    return sol[:k]

@@ -1,0 +1,187 @@
+"""Retraining on QM/ML forces with exact hard constraints (``qmml retrain``).
+
+Targets: extxyz frames with forces (QM/ML images as written by ``ForceQMMM.export_extxyz``
+or ``qmml relax``); atoms with a true ``fix_mask`` are not targets; QM-region atoms
+(``region == "QM"``) are the ones whose error the report highlights.
+Hard rows: per-atom mean descriptors of the hard configurations (energies per atom of Θ0
+are kept exactly).  Soft rows: force rows of the soft configurations (Θ0's forces kept
+approximately, weight λS).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.io import read
+
+from qmml import QmmlError
+from qmml.descriptors import NormalEquations, compute_descriptors, energy_rows
+from qmml.fitting import solve_constrained
+from qmml.potential import SNAPPotential
+
+
+def read_configurations(path: str | Path) -> list[Atoms]:
+    """All frames of an extxyz file, with a one-line error for a missing/unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise QmmlError(f"{path}: file not found")
+    try:
+        frames = read(path, index=":", format="extxyz")
+    except Exception as err:  # ASE raises many types for malformed files
+        raise QmmlError(f"{path}: not a readable extxyz file ({err})") from None
+    if not frames:
+        raise QmmlError(f"{path}: contains no configurations")
+    return frames
+
+
+def target_forces(atoms: Atoms, source: str) -> np.ndarray:
+    if "forces" in atoms.arrays:
+        return np.asarray(atoms.arrays["forces"], dtype=float)
+    if atoms.calc is not None and "forces" in getattr(atoms.calc, "results", {}):
+        return np.asarray(atoms.calc.results["forces"], dtype=float)
+    raise QmmlError(f"{source}: no 'forces' array (targets need QM/ML forces)")
+
+
+def free_mask(atoms: Atoms) -> np.ndarray:
+    if "fix_mask" in atoms.arrays:
+        return ~np.asarray(atoms.arrays["fix_mask"], dtype=bool)
+    return np.ones(len(atoms), dtype=bool)
+
+
+@dataclass
+class TargetData:
+    """Force normal equations of the targets plus the explicit rows of the QM atoms."""
+
+    normal: NormalEquations
+    qm_rows: list[np.ndarray] = field(default_factory=list)
+    qm_forces: list[np.ndarray] = field(default_factory=list)
+    n_atoms: int = 0
+    n_frames: int = 0
+
+    def qm_rmse(self, theta: np.ndarray) -> float:
+        rows, forces = np.vstack(self.qm_rows), np.concatenate(self.qm_forces)
+        return float(np.sqrt(np.mean((rows @ theta - forces) ** 2)))
+
+    def rmse(self, theta: np.ndarray) -> float:
+        return float(np.sqrt(max(self.normal.residual_sq(theta), 0.0) / self.normal.n_rows))
+
+
+def collect_targets(frames: Sequence[tuple[str, Atoms]], potential: SNAPPotential) -> TargetData:
+    data = TargetData(NormalEquations(potential.n_coefficients))
+    all_qm: list[tuple[np.ndarray, np.ndarray]] = []
+    has_region = any("region" in a.arrays for _, a in frames)
+    for source, atoms in frames:
+        forces = target_forces(atoms, source)
+        mask = free_mask(atoms)
+        if not mask.any():
+            continue
+        desc = compute_descriptors(atoms, potential, force_mask=mask, source=source)
+        f = forces[mask].ravel()
+        data.normal.add(desc.forces, f)
+        if has_region:
+            qm = (np.asarray(atoms.arrays.get("region", np.full(len(atoms), "MM"))) == "QM")[mask]
+        else:
+            qm = np.ones(mask.sum(), dtype=bool)
+        rows = np.repeat(qm, 3)
+        all_qm.append((desc.forces[rows], f[rows]))
+        data.n_atoms += int(mask.sum())
+        data.n_frames += 1
+    if data.n_atoms == 0:
+        raise QmmlError("targets: no target atoms (every atom is fixed, or no frames)")
+    data.qm_rows = [r for r, _ in all_qm]
+    data.qm_forces = [f for _, f in all_qm]
+    if sum(len(f) for f in data.qm_forces) == 0:
+        raise QmmlError("targets: 'region' arrays present but no free atom has region QM")
+    return data
+
+
+def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
+            hard: Sequence[Atoms], soft: Sequence[Atoms], lambda0: float = 500.0,
+            lambda_soft: float = 1.0, quadratic: bool = False) -> tuple[SNAPPotential, dict]:
+    """Retrain Θ on target forces; returns the new potential and the report dict."""
+    start = time.perf_counter()
+    pot0 = potential.to_quadratic() if quadratic else potential
+    theta0 = pot0.theta
+    if not targets:
+        raise QmmlError("targets: empty target set")
+    if not hard:
+        raise QmmlError("hard set is empty: retraining without hard constraints would not "
+                        "preserve elastic properties")
+    t0 = time.perf_counter()
+    data = collect_targets(targets, pot0)
+    hard_rows = energy_rows(hard, pot0)
+    soft_ne = NormalEquations(theta0.size)
+    for i, atoms in enumerate(soft):
+        soft_ne.add(compute_descriptors(atoms, pot0, source=f"soft frame {i}").forces)
+    t_desc = time.perf_counter() - t0
+    soft_ata = soft_ne.matrix() if soft_ne.n_rows else None
+    result = solve_constrained(theta0, data.normal.matrix(), data.normal.gtf, hard=hard_rows,
+                               soft_ata=soft_ata, lambda_soft=lambda_soft, lambda0=lambda0)
+    theta = result.theta
+    delta = theta - theta0
+    report = {
+        "qm_force_rmse_before": data.qm_rmse(theta0),
+        "qm_force_rmse_after": data.qm_rmse(theta),
+        "target_force_rmse_before": data.rmse(theta0),
+        "target_force_rmse_after": data.rmse(theta),
+        "hard_residual_max": result.hard_residual_max,
+        "soft_force_change_rmse": float(np.sqrt(max(delta @ soft_ata @ delta, 0.0)
+                                                / soft_ne.n_rows)) if soft_ata is not None
+        else None,
+        "hard_rank": result.hard_rank,
+        "n_hard_rows": result.n_hard_rows,
+        "n_soft_rows": soft_ne.n_rows,
+        "n_coefficients": int(theta.size),
+        "n_target_atoms": data.n_atoms,
+        "n_target_frames": data.n_frames,
+        "n_qm_atoms": int(sum(len(f) for f in data.qm_forces) // 3),
+        "lambda0": lambda0,
+        "lambda_soft": lambda_soft,
+        "quadratic": bool(pot0.quadratic),
+        "seconds_descriptors": t_desc,
+        "seconds_solve": result.seconds,
+        "seconds": time.perf_counter() - start,
+        "rmse_definition": "root mean square of force-component errors (eV/Å)",
+    }
+    return pot0.with_theta(theta), report
+
+
+# ---- CLI ------------------------------------------------------------------------------
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--potential", required=True, help="Θ0 prefix (P.snapcoeff+P.snapparam)")
+    parser.add_argument("--targets", nargs="+", required=True, help="extxyz with forces")
+    parser.add_argument("--hard", nargs="+", required=True, help="hard-constraint extxyz")
+    parser.add_argument("--soft", nargs="*", default=[], help="soft-constraint extxyz")
+    parser.add_argument("--lambda0", type=float, default=500.0)
+    parser.add_argument("--lambda-soft", type=float, default=1.0)
+    parser.add_argument("--quadratic", action="store_true",
+                        help="retrain in the quadratic descriptor space (Θ0 embedded)")
+    parser.add_argument("--output", required=True, help="output potential prefix")
+    parser.add_argument("--report", required=True, help="JSON report")
+
+
+def run(args: argparse.Namespace) -> int:
+    potential = SNAPPotential.read(args.potential)
+    targets = [(f"{path} frame {i}", a) for path in args.targets
+               for i, a in enumerate(read_configurations(path))]
+    hard = [a for path in args.hard for a in read_configurations(path)]
+    soft = [a for path in args.soft for a in read_configurations(path)]
+    new, report = retrain(potential, targets, hard, soft, args.lambda0, args.lambda_soft,
+                          args.quadratic)
+    report.update(potential=str(args.potential), targets=list(args.targets),
+                  hard=list(args.hard), soft=list(args.soft), output=str(args.output))
+    new.write(args.output, comment=f"qmml retrain of {args.potential} on "
+              f"{report['n_target_atoms']} target atoms; hard rank {report['hard_rank']}")
+    tmp = Path(str(args.report) + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(args.report)
+    print(f"qmml retrain: QM-atom force RMSE {report['qm_force_rmse_before']:.4f} -> "
+          f"{report['qm_force_rmse_after']:.4f} eV/Å, hard residual "
+          f"{report['hard_residual_max']:.2e} eV/atom, {report['seconds']:.1f} s")
+    return 0
