@@ -334,6 +334,8 @@ def add_point_defect(atoms: Atoms, defect: str, distance: float = 0.0,
         defining_atoms.append(index)
         site_positions.append(nearest.mean(axis=0))
     site_positions = np.array(site_positions)
+    if atoms.pbc[2]:  # report (and place He) inside the cell along the periodic line
+        site_positions[:, 2] %= atoms.cell[2, 2]
     # He positions (vacancy sites: the removed atoms' positions)
     he_positions = []
     if site_type != "vacancy":

@@ -1,0 +1,219 @@
+"""``qmml build``: a dislocation case (cylinder or glide end points, optional point defect,
+QM/buffer/MM regions) written as extended XYZ with ``region`` and ``fix_mask`` arrays.
+
+Settings come from ``--config`` (YAML or JSON mapping; keys = the long options with
+underscores, e.g. ``fixed_width``) and/or command-line flags; flags win.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.io import write
+
+from qmml import QmmlError, potential_path
+from qmml.regions import cylinder_region, sphere_region
+from qmml.structures import KINDS, add_point_defect, dislocation_cylinder, glide_endpoints
+
+DEFAULT_POTENTIAL = "W_milady_lml"  # Θ0 of the paper: its cutoff sets the minimum buffer
+REFERENCE_ZBL = {"W_2940_2017_2": (4.0, 4.8)}  # this SNAP needs its ZBL overlay
+
+# key -> (type, default); None default = not set
+SETTINGS: dict[str, tuple[type, object]] = {
+    "kind": (str, None), "radius": (float, None), "fixed_width": (float, 10.0),
+    "n_line": (int, 1), "symbol": (str, "W"),
+    "potential": (str, None), "zbl": (list, None),
+    "a0": (float, None), "C11": (float, None), "C12": (float, None), "C44": (float, None),
+    "qm_radius": (float, None), "buffer": (float, 12.0), "region": (str, "auto"),
+    "defect": (str, None), "distance": (float, 0.0), "direction": (list, [1.0, 0.0]),
+    "z": (float, None), "glide": (bool, False), "output": (str, None),
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML/JSON file with the settings below")
+    parser.add_argument("--kind", choices=list(KINDS), help="dislocation kind")
+    parser.add_argument("--radius", type=float, help="cylinder radius (Å)")
+    parser.add_argument("--fixed-width", type=float, help="outer fixed shell (Å, default 10)")
+    parser.add_argument("--n-line", type=int, help="lattice repeats along the line (default 1)")
+    parser.add_argument("--symbol", help="host element (default W)")
+    parser.add_argument("--potential", help="SNAP prefix (ML cutoff; elastic constants if "
+                        f"--a0/--C11/--C12/--C44 are omitted); default {DEFAULT_POTENTIAL}")
+    parser.add_argument("--zbl", type=float, nargs=2, metavar=("INNER", "OUTER"),
+                        help="ZBL overlay of the potential (auto for W_2940_2017_2)")
+    for key in ("a0", "C11", "C12", "C44"):
+        parser.add_argument(f"--{key}", type=float,
+                            help="lattice constant (Å)" if key == "a0" else f"{key} (GPa)")
+    parser.add_argument("--qm-radius", type=float, help="QM radius (Å); no regions if omitted")
+    parser.add_argument("--buffer", type=float, help="buffer width (Å, default 12)")
+    parser.add_argument("--region", choices=["auto", "cylinder", "sphere"],
+                        help="QM shape (auto: sphere around a defect, else cylinder)")
+    parser.add_argument("--defect", help="vacancy, He_tet, He_oct or HenVm (e.g. He2V1)")
+    parser.add_argument("--distance", type=float, help="defect distance from the core (Å)")
+    parser.add_argument("--direction", type=float, nargs=2, metavar=("DX", "DY"),
+                        help="defect direction from the core in xy (default 1 0: glide plane)")
+    parser.add_argument("--z", type=float, help="defect height along the line (default mid-cell)")
+    parser.add_argument("--glide", action="store_const", const=True,
+                        help="write the glide end points (2 frames: initial, final)")
+    parser.add_argument("--output", help="output .xyz (extended XYZ)")
+
+
+def load_settings(args: argparse.Namespace) -> dict:
+    """Defaults < config file < command-line flags, with types checked."""
+    settings = {key: default for key, (_, default) in SETTINGS.items()}
+    if args.config:
+        settings.update(_read_config(Path(args.config)))
+    for key in SETTINGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    for key in ("kind", "radius", "output"):
+        if settings[key] is None:
+            raise QmmlError(f"{key}: required (flag --{key.replace('_', '-')} or config key)")
+    return settings
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise QmmlError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as err:  # parser errors carry line numbers: keep them on one line
+        raise QmmlError(f"{path}: cannot parse: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise QmmlError(f"{path}: expected a mapping of settings")
+    out = {}
+    for key, value in data.items():
+        if key not in SETTINGS:
+            raise QmmlError(f"{path}: unknown key '{key}' (known: {', '.join(SETTINGS)})")
+        kind, _ = SETTINGS[key]
+        if value is None:
+            continue
+        try:
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise TypeError
+                out[key] = value
+            elif kind is list:
+                out[key] = [float(v) for v in value]
+            elif kind is int:
+                if float(value) != int(value):
+                    raise TypeError
+                out[key] = int(value)
+            else:
+                out[key] = kind(value)
+        except (TypeError, ValueError):
+            raise QmmlError(f"{path}: key '{key}': expected {kind.__name__}, "
+                            f"got {value!r}") from None
+    return out
+
+
+def _potential_prefix(name: str | None) -> Path:
+    if name is None:
+        return potential_path(DEFAULT_POTENTIAL)
+    shipped = potential_path(name)
+    return shipped if Path(f"{shipped}.snapcoeff").is_file() else Path(name)
+
+
+def elastic_constants(settings: dict, prefix: Path) -> dict:
+    """a0, C11, C12, C44 from the settings, or measured with the potential."""
+    keys = ("a0", "C11", "C12", "C44")
+    given = {k: settings[k] for k in keys if settings[k] is not None}
+    if len(given) == 4:
+        return {k: float(v) for k, v in given.items()}
+    if given:
+        missing = [k for k in keys if k not in given]
+        raise QmmlError(f"{', '.join(missing)}: give all of a0, C11, C12, C44 or none "
+                        "(none: measured with --potential)")
+    from qmml.elastic import measure_cubic_elastic
+    from qmml.potential import SNAPPotential
+
+    zbl = settings["zbl"] or REFERENCE_ZBL.get(prefix.name)
+    calc = SNAPPotential.read(prefix).calculator(zbl=tuple(zbl) if zbl else None)
+    return measure_cubic_elastic(calc, 3.165, symbol=settings["symbol"])
+
+
+def build_case(settings: dict) -> tuple[list[Atoms], dict]:
+    """Build the configured structures (1 or 2 states) and their regions."""
+    from qmml.potential import SNAPPotential
+
+    prefix = _potential_prefix(settings["potential"])
+    elastic = elastic_constants(settings, prefix)
+    geometry = dict(kind=settings["kind"], **elastic, radius=settings["radius"],
+                    fixed_width=settings["fixed_width"], n_line=settings["n_line"],
+                    symbol=settings["symbol"])
+    if settings["glide"]:
+        if settings["defect"]:
+            raise QmmlError("defect: a point defect with --glide is not supported (build "
+                            "the defect case without --glide)")
+        states = list(glide_endpoints(**geometry))
+        for state, label in zip(states, ("initial", "final")):
+            state.info["state"] = label
+    else:
+        states = [dislocation_cylinder(**geometry)]
+        if settings["defect"]:
+            states = [add_point_defect(states[0], settings["defect"], settings["distance"],
+                                       direction=settings["direction"], z=settings["z"])]
+    summary = {"atoms": len(states[0]), "fixed": int(states[0].arrays["fix_mask"].sum()),
+               **{k: float(v) for k, v in elastic.items()}}
+    if settings["defect"]:
+        summary["defect_distance"] = float(states[0].info["defect_distance"])
+    if settings["qm_radius"] is not None:
+        ml_cutoff = SNAPPotential.read(prefix).cutoff
+        shape = settings["region"]
+        if shape == "auto":
+            shape = "sphere" if settings["defect"] else "cylinder"
+        for state in states:
+            if shape == "sphere":
+                counts = sphere_region(state, None, settings["qm_radius"], settings["buffer"],
+                                       ml_cutoff)
+            else:
+                path = state.info.get("glide_path")
+                counts = cylinder_region(state, None, settings["qm_radius"],
+                                         settings["buffer"], ml_cutoff,
+                                         path=None if path is None else
+                                         np.reshape(path, (-1, 2)))
+            state.info.update(qm_radius=settings["qm_radius"], buffer_width=settings["buffer"],
+                              ml_cutoff=ml_cutoff, region_shape=shape)
+        summary.update(counts, region_shape=shape, ml_cutoff=ml_cutoff)
+    return states, summary
+
+
+def write_atomic(path: Path, states: list[Atoms]) -> None:
+    """Write extended XYZ via a temporary file + rename (no half-written outputs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp, states, format="extxyz")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    states, summary = build_case(settings)
+    output = Path(settings["output"])
+    write_atomic(output, states)
+    summary["output"] = str(output)
+    summary["frames"] = len(states)
+    json.dump(summary, sys.stdout)
+    print()
+    return 0
