@@ -114,20 +114,25 @@ def solve_constrained(theta0: np.ndarray, gtg: np.ndarray | None = None,
 
 def kkt_solve(theta0: np.ndarray, gtg: np.ndarray, gtf: np.ndarray, hard: np.ndarray,
               hard_rhs: np.ndarray | None = None, soft_ata: np.ndarray | None = None,
-              lambda_soft: float = 1.0, lambda0: float = 500.0) -> np.ndarray:
+              lambda_soft: float = 1.0, lambda0: float = 500.0, rtol: float = 1e-11) -> np.ndarray:
     """The same problem by its KKT system (Lagrange multipliers); for cross-checks only.
 
-    Rank-deficient but consistent hard rows make the KKT matrix singular; its least-norm
-    solution still has the unique Θ block.
+    Rank-deficient hard rows are first reduced to a linearly independent subset by a
+    pivoted QR (not the SVD the solver uses), which makes the KKT matrix non-singular.
     """
+    from scipy.linalg import qr
+
     k = theta0.size
     h = gtg + lambda0 * np.eye(k)
     g = gtf + lambda0 * theta0
     if soft_ata is not None:
         h = h + lambda_soft * soft_ata
         g = g + lambda_soft * soft_ata @ theta0
-    m = hard.shape[0]
-    rhs = hard @ theta0 if hard_rhs is None else hard_rhs
-    kkt = np.block([[h, hard.T], [hard, np.zeros((m, m))]])
-    sol = np.linalg.lstsq(kkt, np.concatenate([g, rhs]), rcond=None)[0]
-    return sol[:k]
+    rhs = hard @ theta0 if hard_rhs is None else np.asarray(hard_rhs, dtype=float)
+    _, r, piv = qr(hard.T, mode="economic", pivoting=True)
+    diag = np.abs(np.diag(r))
+    keep = piv[: int(np.sum(diag > rtol * diag[0]))]
+    a, b = hard[keep], rhs[keep]
+    m = a.shape[0]
+    kkt = np.block([[h, a.T], [a, np.zeros((m, m))]])
+    return np.linalg.solve(kkt, np.concatenate([g, b]))[:k]
