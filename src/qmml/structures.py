@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from ase import Atoms
@@ -102,6 +103,17 @@ def dislocation_model(kind: str, a0: float, C11: float, C12: float, C44: float,
     return cls(float(a0), float(C11), float(C12), float(C44), symbol=symbol)
 
 
+@contextmanager
+def _solver_errors():
+    """matscipy's self-consistent field loop raises RuntimeError: make it a user error."""
+    try:
+        yield
+    except RuntimeError as err:
+        raise QmmlError(f"C44: anisotropic displacement field failed ({err}); the Stroh "
+                        "solver is degenerate for an isotropic crystal, 2·C44 = C11 − C12"
+                        ) from None
+
+
 def _check_geometry(radius: float, fixed_width: float, n_line: int, a0: float) -> None:
     if not np.isfinite(radius) or radius < 2 * a0:
         raise QmmlError(f"radius: {radius} Å is too small (need at least 2·a0 = {2 * a0:.2f} Å)")
@@ -151,8 +163,10 @@ def dislocation_cylinder(kind: str, a0: float, C11: float, C12: float, C44: floa
     """
     model = dislocation_model(kind, a0, C11, C12, C44, symbol)
     _check_geometry(radius, fixed_width, n_line, a0)
-    bulk, disloc, fix_mask = model.build_cylinder(
-        radius, fix_width=fixed_width, method=_METHOD, verbose=False, return_fix_mask=True)
+    with _solver_errors():
+        bulk, disloc, fix_mask = model.build_cylinder(
+            radius, fix_width=fixed_width, method=_METHOD, verbose=False,
+            return_fix_mask=True)
     core = disloc.info["core_positions"][0]
     return _finish(disloc, fix_mask, model, kind, core[:2], bulk.positions[0], radius,
                    fixed_width, n_line, symbol)
@@ -171,9 +185,10 @@ def glide_endpoints(kind: str, a0: float, C11: float, C12: float, C44: float,
     """
     model = dislocation_model(kind, a0, C11, C12, C44, symbol)
     _check_geometry(radius, fixed_width, n_line, a0)
-    bulk, ini, fin = model.build_glide_configurations(
-        radius, average_positions=average_fixed, fix_width=fixed_width, method=_METHOD,
-        verbose=False)
+    with _solver_errors():
+        bulk, ini, fin = model.build_glide_configurations(
+            radius, average_positions=average_fixed, fix_width=fixed_width, method=_METHOD,
+            verbose=False)
     fix_mask = ini.arrays["fix_mask"]
     if not np.array_equal(fix_mask, fin.arrays["fix_mask"]):  # matscipy guarantees this
         raise RuntimeError("glide end points have different fixed atoms")
@@ -268,6 +283,9 @@ def add_point_defect(atoms: Atoms, defect: str, distance: float = 0.0,
     cluster from the chosen site; He go to the vacancy sites (k > 1 per site: a small
     polyhedron of radius 0.8–1 Å around it, a starting guess for relaxation).
 
+    The defect is periodic along the line: use ``n_line`` so that its images are far
+    apart (a 1-b screw slab makes a tet site's (000) and (½½½) neighbours one atom).
+
     Records ``defect``, ``defect_position`` (xyz), ``defect_distance`` (xy distance from
     the core line, Å) and ``defect_distance_requested``; ``fix_mask`` follows the atoms.
     """
@@ -317,7 +335,10 @@ def add_point_defect(atoms: Atoms, defect: str, distance: float = 0.0,
         # grow a compact vacancy cluster: next site = nearest to the cluster centroid
         for _ in range(n_vac - 1):
             centroid = sites[chosen].mean(axis=0)
-            rest = [i for i in order if i not in chosen]
+            # skip periodic images (along the line) of sites already taken
+            taken = sites[chosen]
+            rest = [i for i in order if np.linalg.norm(
+                _z_min_image(taken - sites[i], atoms), axis=1).min() > 0.1]
             dist = np.linalg.norm(_z_min_image(sites[rest] - centroid, atoms), axis=1)
             chosen.append(rest[int(np.argmin(np.round(dist, 6)))])
 
@@ -389,3 +410,38 @@ def _cluster_offsets(k: int) -> np.ndarray:
     norms[norms == 0] = 1.0
     radius = 0.8 if k <= 4 else 1.0
     return radius * vectors / norms[:, None]
+
+
+def perfect_sites(atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
+    """Perfect-crystal lattice site of every atom, and its distance from x − u(x).
+
+    matscipy places atoms self-consistently, x = s + u(x) with u the elastic field of the
+    recorded core, so s = x − u(x); snapping s to the bcc lattice of
+    ``info["lattice_origin"]`` gives the site.  The residual |x − u(x) − site| is ~0 for an
+    unrelaxed structure and measures non-elastic (core, relaxation) displacements.
+    Non-host atoms (He) get NaN.
+    """
+    model = dislocation_model(atoms.info["kind"], float(atoms.info["a0"]),
+                              float(atoms.info["C11"]), float(atoms.info["C12"]),
+                              float(atoms.info["C44"]), atoms.info.get("symbol", "W"))
+    core = np.asarray(atoms.info["core_position"], float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        u = model.displacements(atoms.positions, np.array([[core[0], core[1], 0.0]]),
+                                method=_METHOD, self_consistent=False, verbose=False)
+    estimate = atoms.positions - u
+    a0 = float(atoms.info["a0"])
+    origin = np.asarray(atoms.info["lattice_origin"], float)
+    R = _rotation(atoms)
+    cubic = (estimate - origin) @ R / a0
+    corner = np.round(cubic)
+    centre = np.floor(cubic) + 0.5
+    use_centre = (np.linalg.norm(cubic - centre, axis=1)
+                  < np.linalg.norm(cubic - corner, axis=1))
+    sites_cubic = np.where(use_centre[:, None], centre, corner)
+    sites = sites_cubic * a0 @ R.T + origin
+    residual = np.linalg.norm(estimate - sites, axis=1)
+    host = np.array(atoms.get_chemical_symbols()) == atoms.info.get("symbol", "W")
+    sites[~host] = np.nan
+    residual[~host] = np.nan
+    return sites, residual
