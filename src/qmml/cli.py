@@ -13,6 +13,8 @@ from qmml import QmmlError
 
 # command name -> (module, one-line help)
 COMMANDS = {
+    "relax": ("qmml.relax", "force-mixed QM/ML relaxation (QM calls cached, checkpointed)"),
+    "neb": ("qmml.qmmm", "QM/ML NEB of a glide path, virtual-work barrier (cached, checkpointed)"),
     "fit-elastic": ("qmml.elastic", "fit Θ0: exact a0, C11, C12, C44 (hard constraints)"),
     "retrain": ("qmml.retrain", "retrain Θ on QM/ML forces, hard constraints exact"),
     "constraints": ("qmml.constraints", "generate strain / vacancy-NEB / MD constraint sets"),

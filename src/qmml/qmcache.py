@@ -1,0 +1,152 @@
+"""Never lose a QM call: an on-disk cache in front of every QM engine.
+
+Key = SHA-256 of the QM cluster's species, positions (rounded to ``POSITION_TOL`` Å),
+cell (same rounding), pbc and the engine settings hash.  Each result is one small
+``.npz`` (forces, energy, and the cluster itself for inspection) written to a temporary
+file and renamed, so a process killed at any moment leaves either the complete entry or
+none.  A restarted relaxation therefore repeats no completed QM call.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from qmml import QmmlError
+
+POSITION_TOL = 1e-8  # Å: clusters closer than this share a cache entry
+# Test hook for crash-resume tests: SIGKILL this process right after the N-th real QM call
+# has been stored (simulates a job killed by the scheduler at the worst moment).
+KILL_ENV = "QMML_TEST_KILL_AFTER_QM_CALLS"
+
+
+def cluster_key(atoms: Atoms, settings_hash: str) -> str:
+    """Cache key of a QM cluster under given engine settings."""
+    h = hashlib.sha256()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.rint(np.asarray(atoms.positions) / POSITION_TOL).astype(np.int64).tobytes())
+    h.update(np.rint(np.asarray(atoms.cell) / POSITION_TOL).astype(np.int64).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
+    h.update(settings_hash.encode())
+    return h.hexdigest()
+
+
+class QMCache:
+    """A directory of cached QM results (``<dir>/<key[:2]>/<key>.npz``)."""
+
+    def __init__(self, directory: str | Path, settings_hash: str):
+        self.directory = Path(directory)
+        self.settings_hash = settings_hash
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.npz"
+
+    def load(self, atoms: Atoms) -> dict | None:
+        path = self.path(cluster_key(atoms, self.settings_hash))
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as data:
+                return {"forces": data["forces"].copy(), "energy": float(data["energy"])}
+        except (OSError, ValueError, KeyError):  # unreadable entry: recompute, never trust it
+            return None
+
+    def store(self, atoms: Atoms, forces: np.ndarray, energy: float) -> Path:
+        path = self.path(cluster_key(atoms, self.settings_hash))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, forces=forces, energy=energy, numbers=atoms.numbers,
+                     positions=atoms.positions, cell=np.asarray(atoms.cell), pbc=atoms.pbc,
+                     settings_hash=self.settings_hash)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.directory.glob("??/*.npz"))
+
+
+class CachedQMCalculator(Calculator):
+    """Consults the cache before calling the engine; counts real engine calls.
+
+    ``n_real_calls``: engine calls made by this object; ``n_cache_hits``: answered from
+    disk; ``qm_seconds``: wall time spent inside the engine.  SCF failures are retried
+    ``retries`` times (the engine's ``adjust_for_retry`` softens SCF settings), then a
+    QmmlError with the engine's message is raised; all earlier results stay on disk.
+    """
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, engine: Calculator, cache: QMCache, retries: int = 1,
+                 log=None) -> None:
+        super().__init__()
+        self.engine = engine
+        self.cache = cache
+        self.retries = int(retries)
+        self.n_real_calls = 0
+        self.n_cache_hits = 0
+        self.qm_seconds = 0.0
+        self.log = log
+        kill_after = os.environ.get(KILL_ENV)
+        self._kill_after = int(kill_after) if kill_after else None
+
+    @property
+    def n_calls(self) -> int:
+        """QM evaluations requested (real + cached)."""
+        return self.n_real_calls + self.n_cache_hits
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        cluster = self.atoms.copy()
+        cluster.calc = None
+        cached = self.cache.load(cluster)
+        if cached is not None:
+            self.n_cache_hits += 1
+            self.results.update(cached, free_energy=cached["energy"])
+            return
+        forces, energy = self._call_engine(cluster)
+        self.cache.store(cluster, forces, energy)
+        self.n_real_calls += 1
+        self.results.update(forces=forces, energy=energy, free_energy=energy)
+        if self._kill_after is not None and self.n_real_calls >= self._kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _call_engine(self, cluster: Atoms) -> tuple[np.ndarray, float]:
+        name = getattr(self.engine, "engine_name", type(self.engine).__name__)
+        for attempt in range(self.retries + 1):
+            start = time.perf_counter()
+            try:
+                self.engine.reset()
+                self.engine.calculate(cluster.copy(), ["forces"], all_changes)
+                forces = np.array(self.engine.results["forces"], dtype=float)
+                energy = float(self.engine.results.get("energy", 0.0))
+            except QmmlError:
+                raise
+            except Exception as err:  # engines raise their own types; keep the message
+                message = " ".join(str(err).split()) or type(err).__name__
+                if attempt == self.retries:
+                    raise QmmlError(
+                        f"QM engine '{name}' failed after {attempt + 1} attempt(s) on a "
+                        f"{len(cluster)}-atom cluster: {message} (all {self.n_real_calls} "
+                        f"earlier QM results are kept in {self.cache.directory})") from None
+                change = getattr(self.engine, "adjust_for_retry", lambda a: "plain retry")(
+                    attempt + 1)
+                if self.log:
+                    self.log(f"QM engine '{name}' failed ({message}); retry "
+                             f"{attempt + 1}/{self.retries}: {change}")
+                continue
+            finally:
+                self.qm_seconds += time.perf_counter() - start
+            if not np.all(np.isfinite(forces)):
+                raise QmmlError(f"QM engine '{name}' returned non-finite forces")
+            return forces, energy
+        raise AssertionError("unreachable")

@@ -1,0 +1,326 @@
+"""Force-mixed QM/ML: ASE ``ForceQMMM`` built from the ``region`` array, relaxation and NEB.
+
+QM atoms get forces from a QM calculation on QM + buffer atoms (through the on-disk QM
+cache, so no QM call is ever repeated); every other atom gets ML (SNAP) forces.  The
+energy is undefined (ForceQMMM returns 0), so only force-based optimisers make sense:
+FIRE, LBFGS (no line search), ODE12r, and PreconLBFGS with ``use_armijo=False``.
+
+Nothing is lost: after every optimiser step a checkpoint (positions + optimiser state) is
+written atomically.  A run that is killed and started again with the same inputs resumes:
+FIRE and LBFGS continue exactly from the last checkpointed step (their complete state is
+restored); ODE12r (whose state lives inside a SciPy-style closure) and PreconLBFGS
+(whose preconditioner holds references to the atoms) replay from the start, which costs
+ML calls only, because every QM result they need is already in the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+from ase.calculators.qmmm import ForceQMMM
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixAtoms
+
+from qmml import QmmlError
+from qmml.qmcache import CachedQMCalculator
+
+OPTIMIZERS = ("FIRE", "LBFGS", "ODE12r", "PreconLBFGS")
+# optimisers whose full state we checkpoint and restore exactly
+EXACT_RESUME = ("FIRE", "LBFGS")
+_NOT_STATE = {"atoms", "logfile", "observers", "comm", "_orig_trajectory", "_master",
+              "trajectory", "optimizable", "restart", "_actual_atoms", "max_steps", "fmax"}
+
+
+# ---- building the QM/ML calculator -------------------------------------------------------
+def qm_mask_from_region(atoms: Atoms) -> np.ndarray:
+    """Boolean QM mask from ``atoms.arrays['region']`` (strings QM/buffer/MM)."""
+    if "region" not in atoms.arrays:
+        raise QmmlError("input structure has no 'region' array (QM/buffer/MM per atom); "
+                        "mark the QM region first (qmml.regions)")
+    region = np.asarray(atoms.arrays["region"]).astype(str)
+    bad = sorted(set(region) - {"QM", "buffer", "MM"})
+    if bad:
+        raise QmmlError(f"'region' array: unknown labels {bad} (expected QM, buffer, MM)")
+    mask = region == "QM"
+    if not mask.any():
+        raise QmmlError("'region' array marks no atom as QM")
+    return mask
+
+
+def make_force_qmmm(atoms: Atoms, qm_calc: Calculator, ml_calc: Calculator,
+                    buffer_width: float, vacuum: float = 5.0, zero_mean: bool = True,
+                    qm_cell_round_off: float = 3.0, qm_radius=None) -> ForceQMMM:
+    """ASE ForceQMMM for ``atoms`` with masks from its ``region`` array.
+
+    If the region array has buffer atoms they are used as given (ASE's
+    ``set_masks_from_region``); otherwise the buffer is every atom within ``buffer_width``
+    of a QM atom, and the region array is filled in accordingly.  The QM cluster cell is
+    fixed here, from the structure given, so a resumed run cuts identical clusters.
+    """
+    qm_mask = qm_mask_from_region(atoms)
+    calc = ForceQMMM(atoms, qm_mask, qm_calc, ml_calc, buffer_width=buffer_width,
+                     vacuum=vacuum, zero_mean=zero_mean, qm_cell_round_off=qm_cell_round_off,
+                     qm_radius=qm_radius)
+    region = np.asarray(atoms.arrays["region"]).astype(str)
+    if (region == "buffer").any():
+        calc.set_masks_from_region(region)
+    else:
+        calc.initialize_qm_buffer_mask(atoms)
+        atoms.arrays["region"] = calc.get_region_from_masks(atoms)
+    calc.get_qm_cluster(atoms)  # fixes qm_radius (and so the cluster cell) now
+    return calc
+
+
+def apply_fix_mask(atoms: Atoms) -> None:
+    """FixAtoms from the bool ``fix_mask`` array (if present)."""
+    if "fix_mask" in atoms.arrays:
+        mask = np.asarray(atoms.arrays["fix_mask"], dtype=bool)
+        atoms.set_constraint(FixAtoms(mask=mask) if mask.any() else [])
+
+
+def make_optimizer(name: str, target, logfile=None):
+    """ASE optimiser by name; PreconLBFGS without Armijo line search (no energy in QM/ML)."""
+    if name == "FIRE":
+        from ase.optimize import FIRE
+        return FIRE(target, logfile=logfile)
+    if name == "LBFGS":
+        from ase.optimize import LBFGS
+        return LBFGS(target, logfile=logfile)
+    if name == "ODE12r":
+        from ase.optimize import ODE12r
+        return ODE12r(target, logfile=logfile)
+    if name == "PreconLBFGS":
+        from ase.optimize.precon import PreconLBFGS
+        return PreconLBFGS(target, use_armijo=False, logfile=logfile)
+    raise QmmlError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+def _atomic_pickle(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def run_fingerprint(images: list[Atoms], *parts) -> str:
+    """Identifies a run: starting positions, species and the settings that matter."""
+    h = hashlib.sha256()
+    for im in images:
+        h.update(im.numbers.tobytes())
+        h.update(np.ascontiguousarray(im.positions).tobytes())
+    h.update(repr(parts).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class RunStats:
+    """What a relaxation/NEB did (also written into output provenance)."""
+
+    optimizer: str
+    fmax_target: float
+    fmax: float = float("nan")
+    steps: int = 0
+    converged: bool = False
+    resumed_from_step: int | None = None
+    n_qm_calls: int = 0          # QM evaluations requested this process (real + cached)
+    n_qm_real_calls: int = 0     # engine calls actually made this process
+    qm_seconds: float = 0.0      # wall time inside the QM engine
+    wall_seconds: float = 0.0
+    fmax_history: list = field(default_factory=list)
+
+
+def _optimise(target, positions_of: Callable[[], np.ndarray],
+              set_positions: Callable[[np.ndarray], None], fmax_of: Callable[[], float],
+              qm: CachedQMCalculator, optimizer: str, fmax: float, steps: int,
+              checkpoint: Path | None, fingerprint: str, log: Callable[[str], None] | None
+              ) -> RunStats:
+    """Shared driver for relax and NEB: checkpoint every step, resume if possible."""
+    stats = RunStats(optimizer, fmax)
+    opt = make_optimizer(optimizer, target)
+    real0, hits0, qm_s0 = qm.n_real_calls, qm.n_cache_hits, qm.qm_seconds
+    start = time.perf_counter()
+
+    if checkpoint is not None and checkpoint.is_file():
+        with open(checkpoint, "rb") as fh:
+            saved = pickle.load(fh)
+        if saved.get("fingerprint") != fingerprint:
+            raise QmmlError(f"{checkpoint}: checkpoint belongs to a different run (other "
+                            "input, optimizer or settings); delete it or choose another path")
+        stats.fmax_history = list(saved["fmax_history"])
+        if optimizer in EXACT_RESUME:
+            set_positions(saved["positions"])
+            vars(opt).update(saved["state"])
+            stats.resumed_from_step = int(saved["state"]["nsteps"])
+        else:  # replay from the start; QM answers come from the cache
+            stats.resumed_from_step = 0
+            stats.fmax_history = []
+        if log:
+            log(f"resuming from {checkpoint} at step {stats.resumed_from_step}")
+
+    def observer() -> None:
+        f = fmax_of()
+        if len(stats.fmax_history) <= opt.nsteps:
+            stats.fmax_history.append(f)
+        real = qm.n_real_calls - real0
+        per_call = (qm.qm_seconds - qm_s0) / real if real else 0.0
+        if log:
+            log(f"step {opt.nsteps:4d}  QM call {qm.n_calls:5d} (real {real})  "
+                f"fmax {f:.5f} eV/A  {per_call:.2f} s/QM call")
+        if checkpoint is not None:
+            state = {k: v for k, v in vars(opt).items() if k not in _NOT_STATE}
+            _atomic_pickle(checkpoint, {
+                "fingerprint": fingerprint, "positions": positions_of().copy(),
+                "state": state if optimizer in EXACT_RESUME else {"nsteps": opt.nsteps},
+                "fmax_history": list(stats.fmax_history)})
+
+    opt.attach(observer)
+    try:
+        opt.run(fmax=fmax, steps=steps)
+    except QmmlError:
+        raise
+    except Exception as err:  # optimiser breakdowns (e.g. ODE12r step too small)
+        raise QmmlError(f"{optimizer} failed: {err}") from None
+    stats.steps = opt.nsteps
+    stats.fmax = fmax_of()
+    stats.converged = stats.fmax <= fmax
+    stats.n_qm_calls = qm.n_real_calls - real0 + qm.n_cache_hits - hits0
+    stats.n_qm_real_calls = qm.n_real_calls - real0
+    stats.qm_seconds = qm.qm_seconds - qm_s0
+    stats.wall_seconds = time.perf_counter() - start
+    return stats
+
+
+def _fmax_atoms(atoms: Atoms) -> float:
+    f = atoms.get_forces()  # constraints applied: fixed atoms do not count
+    return float(np.sqrt((f ** 2).sum(axis=1)).max())
+
+
+# ---- relaxation --------------------------------------------------------------------------
+def relax(atoms: Atoms, qm: CachedQMCalculator, ml_calc: Calculator, buffer_width: float,
+          optimizer: str = "FIRE", fmax: float = 0.01, steps: int = 1000,
+          checkpoint: str | Path | None = None, vacuum: float = 5.0,
+          log: Callable[[str], None] | None = print, fingerprint_extra=()) -> RunStats:
+    """Relax ``atoms`` in place with force-mixed QM/ML; fixed atoms from ``fix_mask``.
+
+    ``qm`` is the cached QM calculator, ``ml_calc`` the ML potential's calculator.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise QmmlError(f"unknown optimizer '{optimizer}' (choose from {', '.join(OPTIMIZERS)})")
+    apply_fix_mask(atoms)
+    atoms.calc = make_force_qmmm(atoms, qm, ml_calc, buffer_width, vacuum=vacuum)
+    fingerprint = run_fingerprint([atoms], optimizer, fmax, buffer_width, vacuum,
+                                  qm.cache.settings_hash, *fingerprint_extra)
+    return _optimise(atoms, atoms.get_positions, atoms.set_positions,
+                     lambda: _fmax_atoms(atoms), qm, optimizer, fmax, steps,
+                     Path(checkpoint) if checkpoint else None, fingerprint, log)
+
+
+# ---- NEB ---------------------------------------------------------------------------------
+def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
+        ml_factory: Callable[[], Calculator], buffer_width: float, optimizer: str = "FIRE",
+        fmax: float = 0.05, steps: int = 1000, k: float = 0.1,
+        checkpoint: str | Path | None = None, vacuum: float = 5.0,
+        log: Callable[[str], None] | None = print, fingerprint_extra=()
+        ) -> tuple[list[Atoms], RunStats, dict]:
+    """NEB of a glide path with one ForceQMMM per image (all sharing the QM cache).
+
+    ``n_images`` counts all images including the two end points.  The QM/buffer masks
+    come from the initial image's region array and are the same for every image.
+    Spline tangents (no energies needed).  Returns images, stats and the virtual-work
+    profile ``{"s", "energy", "barrier"}`` from ``NEB.integrate_forces``.
+    """
+    from ase.mep import NEB
+
+    if n_images < 3:
+        raise QmmlError(f"--images must be >= 3 (end points included), got {n_images}")
+    if len(initial) != len(final) or (initial.numbers != final.numbers).any():
+        raise QmmlError("NEB: initial and final structures must have the same atoms in the "
+                        "same order")
+    images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
+    neb_obj = NEB(images, k=k, method="spline")
+    neb_obj.interpolate(method="linear")
+    # masks (QM and buffer) come from the initial image and are shared by every image
+    apply_fix_mask(images[0])
+    images[0].calc = make_force_qmmm(images[0], qm, ml_factory(), buffer_width, vacuum=vacuum)
+    region = np.asarray(images[0].arrays["region"]).astype(str)
+    for im in images[1:]:
+        im.arrays["region"] = region.copy()
+        apply_fix_mask(im)
+        im.calc = make_force_qmmm(im, qm, ml_factory(), buffer_width, vacuum=vacuum)
+    fingerprint = run_fingerprint(images, "neb", optimizer, fmax, k, buffer_width, vacuum,
+                                  qm.cache.settings_hash, *fingerprint_extra)
+
+    def fmax_of() -> float:
+        f = neb_obj.get_forces()
+        return float(np.sqrt((f ** 2).sum(axis=1)).max())
+
+    stats = _optimise(neb_obj, neb_obj.get_positions, neb_obj.set_positions, fmax_of, qm,
+                      optimizer, fmax, steps, Path(checkpoint) if checkpoint else None,
+                      fingerprint, log)
+    s, energy, _ = neb_obj.integrate_forces()
+    # integrate_forces also evaluated the two end points (cached after the first time)
+    stats.n_qm_calls = qm.n_calls
+    stats.n_qm_real_calls = qm.n_real_calls
+    profile = {"s": s, "energy": energy, "barrier": float(energy.max() - energy[0])}
+    return images, stats, profile
+
+
+# ---- output ------------------------------------------------------------------------------
+def provenance(stats: RunStats, engine: str, settings_hash: str, potential: str,
+               buffer_width: float) -> dict:
+    """Info keys written with every QM/ML output frame."""
+    return {"qm_engine": engine, "qm_settings_hash": settings_hash, "ml_potential": potential,
+            "optimizer": stats.optimizer, "fmax_target": stats.fmax_target,
+            "fmax": stats.fmax, "converged": bool(stats.converged), "steps": stats.steps,
+            "n_qm_calls": stats.n_qm_calls, "n_qm_real_calls": stats.n_qm_real_calls,
+            "buffer_width": buffer_width}
+
+
+def output_frame(atoms: Atoms, info: dict) -> Atoms:
+    """A copy carrying the mixed forces (``forces``), ``region``, ``fix_mask`` and info."""
+    forces = atoms.get_forces(apply_constraint=False)
+    out = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out.arrays["region"] = np.asarray(atoms.arrays["region"]).astype("<U6")
+    fix = atoms.arrays.get("fix_mask", np.zeros(len(atoms), dtype=bool))
+    out.arrays["fix_mask"] = np.asarray(fix, dtype=bool)
+    out.info.update(info)
+    out.calc = SinglePointCalculator(out, forces=forces)
+    return out
+
+
+def write_frames(path: str | Path, frames: list[Atoms]) -> Path:
+    """Atomic extxyz write (tmp + rename)."""
+    from ase.io import write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp, frames, format="extxyz")
+    os.replace(tmp, path)
+    return path
+
+
+# ---- CLI hook: ``qmml neb`` is implemented in qmml.relax; COMMANDS maps names to modules
+def configure(parser) -> None:
+    """``qmml neb`` arguments (see :mod:`qmml.relax`)."""
+    from qmml.relax import configure_neb
+
+    configure_neb(parser)
+
+
+def run(args) -> int:
+    """``qmml neb`` (see :mod:`qmml.relax`)."""
+    from qmml.relax import run_neb
+
+    return run_neb(args)

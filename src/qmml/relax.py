@@ -1,0 +1,154 @@
+"""``qmml relax`` and ``qmml neb``: force-mixed QM/ML relaxation and glide-path NEB.
+
+Both commands cache every QM call in ``--cache`` and checkpoint every optimiser step, so a
+killed run started again with the same arguments repeats no QM call and continues.
+Outputs are extxyz frames with the mixed QM/ML ``forces``, ``region`` and ``fix_mask``
+arrays and provenance info keys (engine, settings hash, fmax, QM call count, potential);
+they are readable by ``ForceQMMM.import_extxyz`` and by ``qmml retrain``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from qmml import QmmlError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--potential", required=True,
+                        help="ML potential prefix (PREFIX.snapcoeff + PREFIX.snapparam)")
+    eng = parser.add_mutually_exclusive_group(required=True)
+    eng.add_argument("--engine-config", help="YAML engine config (key 'engine' + settings)")
+    eng.add_argument("--engine", help="engine name with default settings: tblite, gpaw, "
+                     "vasp, espresso, castep, reference (classical stand-in, not QM)")
+    parser.add_argument("--kpts-line", type=int, default=None,
+                        help="k-points along the dislocation line (tblite: replicas)")
+    parser.add_argument("--optimizer", default="FIRE",
+                        choices=["FIRE", "LBFGS", "ODE12r", "PreconLBFGS"])
+    parser.add_argument("--buffer", type=float, default=8.0, help="buffer width in Å")
+    parser.add_argument("--vacuum", type=float, default=5.0, help="vacuum around the QM cluster")
+    parser.add_argument("--steps", type=int, default=1000, help="maximum optimiser steps")
+    parser.add_argument("--cache", required=True, help="QM cache directory")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint file (default: OUTPUT.ckpt)")
+    parser.add_argument("--output", required=True, help="output extxyz")
+    parser.add_argument("--quiet", action="store_true", help="no per-step progress lines")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``qmml relax`` (``qmml neb`` uses :func:`configure_neb`)."""
+    parser.add_argument("--input", required=True,
+                        help="extxyz with 'region' (QM/buffer/MM) and 'fix_mask' arrays")
+    parser.add_argument("--fmax", type=float, default=0.01, help="force tolerance, eV/Å")
+    _common(parser)
+
+
+def configure_neb(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--initial", required=True, help="relaxed initial state (extxyz)")
+    parser.add_argument("--final", required=True, help="relaxed final state (extxyz)")
+    parser.add_argument("--images", type=int, default=7, help="images including end points")
+    parser.add_argument("--spring", type=float, default=0.1, help="NEB spring constant, eV/Å²")
+    parser.add_argument("--fmax", type=float, default=0.05, help="force tolerance, eV/Å")
+    _common(parser)
+
+
+def load_engine_config(args: argparse.Namespace) -> dict:
+    if args.engine_config:
+        import yaml
+
+        path = Path(args.engine_config)
+        if not path.is_file():
+            raise QmmlError(f"{path}: engine config not found")
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise QmmlError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
+        if not isinstance(cfg, dict):
+            raise QmmlError(f"{path}: expected a mapping with key 'engine'")
+    else:
+        cfg = {"engine": args.engine}
+    if args.kpts_line is not None:
+        cfg["kpts_line"] = args.kpts_line
+    return cfg
+
+
+def _read_structure(path: str):
+    from ase.io import read
+
+    p = Path(path)
+    if not p.is_file():
+        raise QmmlError(f"{p}: input structure not found")
+    try:
+        atoms = read(p, format="extxyz", index=-1)
+    except Exception as err:
+        raise QmmlError(f"{p}: cannot read extxyz ({' '.join(str(err).split())})") from None
+    atoms.calc = None
+    if "region" not in atoms.arrays:
+        raise QmmlError(f"{p}: no 'region' array (QM/buffer/MM per atom)")
+    return atoms
+
+
+def _setup(args: argparse.Namespace):
+    from qmml.engines import engine_label, engine_settings_hash, make_qm_calculator
+    from qmml.potential import SNAPPotential
+    from qmml.qmcache import CachedQMCalculator, QMCache
+
+    cfg = load_engine_config(args)
+    settings_hash = engine_settings_hash(cfg)
+    pot = SNAPPotential.read(args.potential)
+    log = None if args.quiet else (lambda line: print(line, flush=True))
+    qm = CachedQMCalculator(make_qm_calculator(cfg), QMCache(args.cache, settings_hash),
+                            retries=int(cfg.get("retries", 1)), log=log)
+    label = engine_label(cfg)
+    if log and cfg["engine"] == "reference":
+        log(f"QM engine: {label}")
+    # the potential's coefficients are part of the run identity (resume safety)
+    pot_id = (hashlib.sha256(pot.coeffs.tobytes()).hexdigest()[:16],)
+    return cfg, settings_hash, pot, qm, label, log, pot_id
+
+
+def run(args: argparse.Namespace) -> int:
+    from qmml.qmmm import output_frame, provenance, relax, write_frames
+
+    atoms = _read_structure(args.input)
+    cfg, settings_hash, pot, qm, label, log, pot_id = _setup(args)
+    checkpoint = args.checkpoint or f"{args.output}.ckpt"
+    stats = relax(atoms, qm, pot.calculator(), args.buffer, optimizer=args.optimizer,
+                  fmax=args.fmax, steps=args.steps, checkpoint=checkpoint,
+                  vacuum=args.vacuum, log=log, fingerprint_extra=pot_id)
+    info = provenance(stats, label, settings_hash, str(args.potential), args.buffer)
+    write_frames(args.output, [output_frame(atoms, info)])
+    print(f"relax: {'converged' if stats.converged else 'NOT converged'} fmax "
+          f"{stats.fmax:.5f} eV/A after {stats.steps} steps; QM calls {stats.n_qm_calls} "
+          f"(new {stats.n_qm_real_calls}, {stats.qm_seconds:.1f} s in QM, "
+          f"{stats.wall_seconds:.1f} s total); engine {label}; wrote {args.output}")
+    return 0 if stats.converged else 1
+
+
+def run_neb(args: argparse.Namespace) -> int:
+    from qmml.qmmm import neb, output_frame, provenance, write_frames
+
+    initial, final = _read_structure(args.initial), _read_structure(args.final)
+    cfg, settings_hash, pot, qm, label, log, pot_id = _setup(args)
+    checkpoint = args.checkpoint or f"{args.output}.ckpt"
+    images, stats, profile = neb(initial, final, args.images, qm, pot.calculator,
+                                 args.buffer, optimizer=args.optimizer, fmax=args.fmax,
+                                 steps=args.steps, k=args.spring, checkpoint=checkpoint,
+                                 vacuum=args.vacuum, log=log, fingerprint_extra=pot_id)
+    info = provenance(stats, label, settings_hash, str(args.potential), args.buffer)
+    info["neb_barrier_virtual_work"] = profile["barrier"]
+    s_images = np.linspace(0, 1, len(images))
+    e_images = np.interp(s_images, profile["s"], profile["energy"])
+    frames = []
+    for i, im in enumerate(images):
+        frames.append(output_frame(im, dict(info, neb_image=i,
+                                            neb_energy_virtual_work=float(e_images[i]))))
+    write_frames(args.output, frames)
+    print(f"neb: {'converged' if stats.converged else 'NOT converged'} fmax {stats.fmax:.5f} "
+          f"eV/A after {stats.steps} steps; virtual-work barrier {profile['barrier']:.4f} eV; "
+          f"QM calls {stats.n_qm_calls} (new {stats.n_qm_real_calls}); engine {label}; "
+          f"wrote {args.output}")
+    return 0 if stats.converged else 1
