@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.calculators.qmmm import ForceQMMM
 from ase.geometry import get_distances
 from ase.io import read

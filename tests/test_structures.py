@@ -20,10 +20,6 @@ def cylinder(kind: str, radius: float = 30.0, fixed: float = 8.0, n_line: int = 
                                 n_line=n_line)
 
 
-def xy_distance(atoms, point):
-    return np.linalg.norm(atoms.positions[:, :2] - np.asarray(point)[:2], axis=1)
-
-
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_atom_count_cell_and_burgers(kind):
     atoms = cylinder(kind)
