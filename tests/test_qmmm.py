@@ -1,0 +1,162 @@
+"""Force-mixed QM/ML with real engines: tblite (GFN1-xTB) and the classical stand-in."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.calculators.qmmm import ForceQMMM
+from ase.io import read
+from scipy.spatial import Delaunay
+
+from conftest import MILADY
+from qmml.engines import REFERENCE_LABEL, engine_settings_hash, make_qm_calculator
+from qmml.qmcache import CachedQMCalculator, QMCache
+from qmml.qmmm import (make_force_qmmm, neb, output_frame, provenance, relax,
+                       write_frames)
+from qmml.regions import cylinder_region
+from qmml.structures import dislocation_cylinder, glide_endpoints, perfect_sites
+
+RADIUS, FIXED = 20.0, 6.0
+
+
+def screw(radius: float = RADIUS):
+    return dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
+                                MILADY["C44"], radius=radius, fixed_width=FIXED)
+
+
+def cached(cfg: dict, directory) -> CachedQMCalculator:
+    return CachedQMCalculator(make_qm_calculator(cfg),
+                              QMCache(directory, engine_settings_hash(cfg)))
+
+
+def burgers_circuits(atoms, sites):
+    """Burgers circuit (in units of b) around every Delaunay triangle of atom columns.
+
+    Differential displacements u_z(j) - u_z(i) relative to the perfect crystal, wrapped
+    into [-b/2, b/2), summed around each triangle: ±1 where the dislocation core sits.
+    Returns (circuits, triangle centroids in xy).
+    """
+    b = float(np.linalg.norm(atoms.info["burgers"]))
+    tri = Delaunay(sites[:, :2])
+    u = atoms.positions[:, 2] - sites[:, 2]
+    circuit = np.zeros(len(tri.simplices))
+    for i, j in ((0, 1), (1, 2), (2, 0)):
+        d = u[tri.simplices[:, j]] - u[tri.simplices[:, i]]
+        circuit += d - b * np.round(d / b)
+    return circuit / b, sites[tri.simplices, :2].mean(axis=1)
+
+
+def core_position(atoms, sites) -> np.ndarray:
+    circuit, centroids = burgers_circuits(atoms, sites)
+    core = np.flatnonzero(np.abs(circuit) > 0.5)
+    assert len(core) == 1, f"core not compact: circuits {circuit[core]}"
+    assert abs(abs(circuit[core[0]]) - 1) < 0.05
+    return centroids[core[0]]
+
+
+def test_reference_relaxation_keeps_compact_core_in_place(milady, tmp_path):
+    atoms = screw()
+    counts = cylinder_region(atoms, None, qm_radius=4.5, buffer_width=milady.cutoff,
+                             ml_cutoff=milady.cutoff)
+    assert counts == {"QM": 12, "buffer": 30, "MM": 177}
+    sites, _ = perfect_sites(atoms)
+    start = atoms.positions.copy()
+    core0 = core_position(atoms, sites)
+    np.testing.assert_allclose(core0, atoms.info["core_position"], atol=0.5)
+
+    qm = cached({"engine": "reference"}, tmp_path / "cache")
+    stats = relax(atoms, qm, milady.calculator(), milady.cutoff, optimizer="FIRE",
+                  fmax=0.01, log=None)
+    assert stats.converged and stats.fmax <= 0.01
+    assert stats.n_qm_real_calls == stats.n_qm_calls > 5  # no repeats within a run
+    # region untouched by the run; fixed atoms did not move, core atoms did
+    assert {r: int((atoms.arrays["region"] == r).sum()) for r in counts} == counts
+    fixed = atoms.arrays["fix_mask"]
+    np.testing.assert_array_equal(atoms.positions[fixed], start[fixed])
+    moved = np.linalg.norm(atoms.positions - start, axis=1)
+    assert moved[atoms.arrays["region"] == "QM"].max() > 0.01
+    # compact core, same place
+    assert np.linalg.norm(core_position(atoms, sites) - core0) < 0.5
+
+    # output: mixed forces, region, fix_mask, provenance; ASE can re-import the masks
+    info = provenance(stats, REFERENCE_LABEL, qm.cache.settings_hash, "W_milady_lml",
+                      milady.cutoff)
+    path = write_frames(tmp_path / "relaxed.xyz", [output_frame(atoms, info)])
+    back = read(path)
+    np.testing.assert_allclose(back.get_forces(),
+                               atoms.get_forces(apply_constraint=False), atol=1e-6)
+    free = ~back.arrays["fix_mask"]
+    assert np.sqrt((back.get_forces()[free] ** 2).sum(axis=1)).max() <= 0.01 + 1e-6
+    assert back.info["qm_engine"] == REFERENCE_LABEL
+    assert back.info["n_qm_calls"] == stats.n_qm_calls
+    assert back.info["qm_settings_hash"] == qm.cache.settings_hash
+    imported = ForceQMMM.import_extxyz(path, qm, milady.calculator())
+    np.testing.assert_array_equal(imported.qm_selection_mask, atoms.arrays["region"] == "QM")
+    np.testing.assert_array_equal(imported.qm_buffer_mask,
+                                  atoms.arrays["region"] != "MM")
+
+
+@pytest.mark.slow
+def test_tblite_qm_forces_equal_direct_call_and_relaxation_lowers_fmax(milady, tmp_path):
+    from tblite.ase import TBLite
+
+    atoms = screw()
+    core = np.asarray(atoms.info["core_position"])
+    qm_mask = np.linalg.norm(atoms.positions[:, :2] - core, axis=1) <= 4.5
+    region = np.full(len(atoms), "MM", dtype="<U6")
+    region[qm_mask] = "QM"
+    atoms.arrays["region"] = region  # buffer from ForceQMMM's buffer_width rule
+    cfg = {"engine": "tblite", "kpts_line": 2, "electronic_temperature": 1000.0}
+    qm = cached(cfg, tmp_path / "cache")
+    ml = milady.calculator()
+    calc = make_force_qmmm(atoms, qm, ml, buffer_width=3.0)
+    assert 10 <= qm_mask.sum() <= 20
+    mixed = calc.get_forces(atoms)
+    assert qm.n_real_calls == 1
+
+    # direct tblite on the same cluster, replicated twice along the line
+    cluster = calc.get_qm_cluster(atoms)
+    assert tuple(cluster.pbc) == (False, False, True) and len(cluster) < 40
+    big = cluster.repeat((1, 1, 2))
+    big.calc = TBLite(method="GFN1-xTB", electronic_temperature=1000.0, verbosity=0)
+    copies = big.get_forces().reshape(2, len(cluster), 3)
+    # the two copies are equivalent by translation; they differ only by SCF tolerance
+    np.testing.assert_allclose(copies[0], copies[1], atol=1e-4)
+    direct = copies.mean(axis=0)  # qmml maps the copies' mean back onto each atom
+    ml_forces = ml.get_forces(atoms)
+    raw = ml_forces.copy()
+    raw[qm_mask] = direct[qm_mask[calc.qm_buffer_mask]]
+    expected = raw - raw.mean(axis=0)  # zero_mean=True
+    np.testing.assert_allclose(mixed[qm_mask], expected[qm_mask], atol=1e-6)
+    np.testing.assert_allclose(mixed[~qm_mask], expected[~qm_mask], atol=1e-6)
+    assert np.abs(direct[qm_mask[calc.qm_buffer_mask]]).max() > 0.05  # real QM forces
+
+    # a few FIRE steps with the same cache: the start is not recomputed, fmax drops
+    qm2 = cached(cfg, tmp_path / "cache")
+    stats = relax(atoms, qm2, ml, 3.0, optimizer="FIRE", fmax=0.01, steps=2, log=None)
+    assert qm2.n_cache_hits >= 1 and qm2.n_real_calls == 2
+    assert stats.fmax < 0.5 * stats.fmax_history[0]
+
+
+@pytest.mark.slow
+def test_reference_neb_glide_barrier_by_virtual_work(milady, tmp_path):
+    ini, fin = glide_endpoints("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
+                               MILADY["C44"], radius=16.0, fixed_width=FIXED)
+    path = ini.info["glide_path"]
+    for state in (ini, fin):
+        state.info["glide_path"] = path
+        cylinder_region(state, None, 4.0, milady.cutoff, milady.cutoff,
+                        path=[path[:2], path[2:]])
+    fin.arrays["region"] = ini.arrays["region"].copy()
+    qm = cached({"engine": "reference"}, tmp_path / "cache")
+    for state in (ini, fin):
+        assert relax(state, qm, milady.calculator(), milady.cutoff, fmax=0.01,
+                     log=None).converged
+    images, stats, profile = neb(ini, fin, 5, qm, milady.calculator, milady.cutoff,
+                                 fmax=0.05, steps=200, log=None)
+    assert stats.converged
+    e = profile["energy"]
+    # equivalent end states: the virtual work from one to the other is ~0;
+    # the Peierls barrier of the screw in W is tens of meV per b (stand-in, coarse path)
+    assert abs(e[-1] - e[0]) < 0.02
+    assert 0.005 < profile["barrier"] < 0.2
+    assert [str(r) for r in images[2].arrays["region"]] == list(ini.arrays["region"])
