@@ -18,6 +18,7 @@ COMMANDS = {
     "fit-elastic": ("qmml.elastic", "fit Θ0: exact a0, C11, C12, C44 (hard constraints)"),
     "retrain": ("qmml.retrain", "retrain Θ on QM/ML forces, hard constraints exact"),
     "constraints": ("qmml.constraints", "generate strain / vacancy-NEB / MD constraint sets"),
+    "check-config": ("qmml.config", "validate a pipeline config (schema, defaults)"),
     "build": ("qmml.build", "build a dislocation case (+ defect, QM/buffer/MM regions) as extxyz"),
 }
 
