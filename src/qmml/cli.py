@@ -16,6 +16,7 @@ COMMANDS = {
     "relax": ("qmml.relax", "force-mixed QM/ML relaxation (QM calls cached, checkpointed)"),
     "neb": ("qmml.qmmm", "QM/ML NEB of a glide path, virtual-work barrier (cached, checkpointed)"),
     "fit-elastic": ("qmml.elastic", "fit Θ0: exact a0, C11, C12, C44 (hard constraints)"),
+    "extract-forces": ("qmml.extract", "gather QM/ML frames into retraining targets"),
     "retrain": ("qmml.retrain", "retrain Θ on QM/ML forces, hard constraints exact"),
     "constraints": ("qmml.constraints", "generate strain / vacancy-NEB / MD constraint sets"),
     "check-config": ("qmml.config", "validate a pipeline config (schema, defaults)"),

@@ -1,0 +1,74 @@
+"""Force extraction: gather an iteration's QM/ML frames into one retraining target file.
+
+Each frame keeps its mixed QM/ML ``forces``, ``region`` and ``fix_mask``; NEB end images
+are dropped when the relaxed end states are already included (no double weight).  The
+summary records how far the iteration's own potential is from the QM/ML forces on the
+QM atoms: the error retraining is meant to remove.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from qmml import QmmlError
+from qmml.potential import SNAPPotential
+from qmml.qmmm import write_frames
+from qmml.retrain import free_mask, read_configurations, target_forces
+
+
+def gather_frames(paths: Sequence[str | Path]) -> list[Atoms]:
+    frames = []
+    for path in paths:
+        group = read_configurations(path)
+        if len(group) > 2 and "neb_image" in group[0].info:
+            group = group[1:-1]  # end states come from their own relaxations
+        for i, atoms in enumerate(group):
+            forces = target_forces(atoms, f"{path} frame {i}")
+            atoms.calc = None
+            atoms.arrays["forces"] = forces
+            atoms.info["source_file"] = str(path)
+            frames.append(atoms)
+    if not frames:
+        raise QmmlError("extract-forces: no QM/ML frames given")
+    return frames
+
+
+def qm_force_errors(frames: Sequence[Atoms], potential: SNAPPotential) -> dict:
+    """RMSE (force components, eV/Å) of the potential vs the QM/ML forces on QM atoms."""
+    calc = potential.calculator()
+    diffs, norms = [], []
+    for atoms in frames:
+        qm = (np.asarray(atoms.arrays.get("region", np.full(len(atoms), "QM"))) == "QM") \
+            & free_mask(atoms)
+        ml = atoms.copy()
+        ml.calc = calc
+        diffs.append((ml.get_forces() - atoms.arrays["forces"])[qm])
+        norms.append(atoms.arrays["forces"][qm])
+    d, f = np.concatenate(diffs), np.concatenate(norms)
+    return {"qm_force_rmse": float(np.sqrt(np.mean(d ** 2))),
+            "qm_force_max_error": float(np.abs(d).max()),
+            "qm_force_rms": float(np.sqrt(np.mean(f ** 2))),
+            "n_qm_atoms": int(len(d)), "n_frames": len(frames)}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("frames", nargs="+", help="QM/ML extxyz files (qmml relax/neb output)")
+    parser.add_argument("--potential", required=True, help="the iteration's potential prefix")
+    parser.add_argument("--output", required=True, help="targets extxyz")
+    parser.add_argument("--summary", help="JSON summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    frames = gather_frames(args.frames)
+    summary = qm_force_errors(frames, SNAPPotential.read(args.potential))
+    summary["files"] = [str(p) for p in args.frames]
+    write_frames(args.output, frames)
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,73 @@
+# Config validation (qmml.config: JSON schema + defaults, one-line errors) and path helpers.
+import json
+from pathlib import Path
+
+from qmml import QmmlError
+from qmml.config import validate_config
+
+try:
+    _validated = validate_config(dict(config), source="config")
+except QmmlError as err:
+    raise WorkflowError(str(err))
+config.clear()
+config.update(_validated)
+
+R = config["results"]
+N = config["iterations"]
+CASES = list(config["dislocations"])
+DEFECTS = config["defects"]
+QM_CACHE = f"{R}/qm_cache"  # every QM result ever computed, shared by all rules/iterations
+
+
+wildcard_constraints:
+    i=r"\d+",
+    j=r"[1-9]\d*",
+    case="|".join(CASES),
+    state="initial|final",
+    k=r"\d+",
+    name="|".join(DEFECTS) or "(?!x)x",
+
+
+# light rules run on the login node under the SLURM profile
+localrules:
+    all,
+    engine_config,
+    extract_forces,
+    binding_energies,
+    figures,
+    report,
+
+
+def potential(i):
+    """Prefix of the potential of iteration i."""
+    return f"{R}/iter_{i}/potential"
+
+
+def potential_files(i):
+    return [f"{potential(i)}.snapcoeff", f"{potential(i)}.snapparam"]
+
+
+def glide(case):
+    return config["dislocations"][case]["glide_images"] > 0
+
+
+def qmml_outputs(i):
+    """All QM/ML frames of iteration i: relaxed states and glide NEB images."""
+    files = []
+    for case in CASES:
+        files.append(f"{R}/iter_{i}/qmml/{case}_initial.xyz")
+        if glide(case):
+            files += [f"{R}/iter_{i}/qmml/{case}_final.xyz", f"{R}/iter_{i}/qmml/{case}_neb.xyz"]
+    return files
+
+
+def defect_outputs(i):
+    return [f"{R}/iter_{i}/3d/{name}_{k}.xyz" for name, d in DEFECTS.items()
+            for k in range(len(d["distances"]))]
+
+
+def final_targets():
+    targets = potential_files(N) + [f"{R}/report.html"]
+    if DEFECTS:
+        targets.append(f"{R}/iter_{N}/binding.csv")
+    return targets

@@ -1,0 +1,88 @@
+# 3D QM/ML: point defects on a long dislocation line with a spherical QM region, and
+# binding energies E_b = E(far) - E(at distance d) by virtual work (method.md, step 5).
+
+
+rule build_defect:
+    input:
+        potential_files("{i}"),
+    output:
+        f"{R}/iter_{{i}}/3d/structures/{{name}}_{{k}}.xyz",
+    params:
+        defect=lambda w: DEFECTS[w.name],
+        dislocation=lambda w: config["dislocations"][DEFECTS[w.name]["dislocation"]],
+        three_d=config["three_d"],
+        prefix=lambda w: potential(w.i),
+    log:
+        f"{R}/logs/iter_{{i}}/build_defect_{{name}}_{{k}}.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{i}}/build_defect_{{name}}_{{k}}.tsv"
+    script:
+        "../scripts/build_defect.py"
+
+
+rule qmml_3d_defect:
+    input:
+        structure=f"{R}/iter_{{i}}/3d/structures/{{name}}_{{k}}.xyz",
+        engine=rules.engine_config.output[0],
+        potential=potential_files("{i}"),
+    output:
+        f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz",
+    params:
+        prefix=lambda w: potential(w.i),
+        q=config["qmml"],
+        buffer=config["three_d"]["buffer"],
+        cache=QM_CACHE,
+        checkpoint=lambda w: f"{R}/checkpoints/iter_{w.i}/3d_{w.name}_{w.k}.ckpt",
+    log:
+        f"{R}/logs/iter_{{i}}/qmml_3d_defect_{{name}}_{{k}}.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{i}}/qmml_3d_defect_{{name}}_{{k}}.tsv"
+    shell:
+        "qmml relax --input {input.structure} --potential {params.prefix} "
+        "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
+        "--fmax {params.q[fmax]} --buffer {params.buffer} --vacuum {params.q[vacuum]} "
+        "--steps {params.q[max_steps]} --cache {params.cache} "
+        "--checkpoint {params.checkpoint} --output {output} > {log} 2>&1"
+
+
+def far_index(name):
+    d = DEFECTS[name]["distances"]
+    return max(range(len(d)), key=lambda k: d[k])
+
+
+rule qmml_binding_path:
+    input:
+        near=f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz",
+        far=lambda w: f"{R}/iter_{w.i}/3d/{w.name}_{far_index(w.name)}.xyz",
+        engine=rules.engine_config.output[0],
+        potential=potential_files("{i}"),
+    output:
+        f"{R}/iter_{{i}}/3d/paths/{{name}}_{{k}}.xyz",
+    params:
+        prefix=lambda w: potential(w.i),
+        three_d=config["three_d"],
+        vacuum=config["qmml"]["vacuum"],
+        cache=QM_CACHE,
+    log:
+        f"{R}/logs/iter_{{i}}/qmml_binding_path_{{name}}_{{k}}.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{i}}/qmml_binding_path_{{name}}_{{k}}.tsv"
+    script:
+        "../scripts/binding_path.py"
+
+
+rule binding_energies:
+    input:
+        paths=lambda w: [f"{R}/iter_{w.i}/3d/paths/{name}_{k}.xyz"
+                         for name, d in DEFECTS.items() for k in range(len(d["distances"]))],
+        potential=potential_files("{i}"),
+    output:
+        f"{R}/iter_{{i}}/binding.csv",
+    params:
+        prefix=lambda w: potential(w.i),
+    log:
+        f"{R}/logs/iter_{{i}}/binding_energies.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{i}}/binding_energies.tsv"
+    script:
+        "../scripts/binding_energies.py"

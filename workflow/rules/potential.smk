@@ -1,0 +1,119 @@
+# Θ0 (elastic fit to the QM engine's bulk properties), constraint sets, retraining.
+
+
+rule engine_config:
+    output:
+        f"{R}/engine.yaml",
+    params:
+        qm=config["qm"],
+    log:
+        f"{R}/logs/engine_config.log",
+    benchmark:
+        f"{R}/benchmarks/engine_config.tsv"
+    script:
+        "../scripts/engine_config.py"
+
+
+rule qm_bulk_reference:
+    input:
+        engine=rules.engine_config.output[0],
+    output:
+        f"{R}/qm_bulk/reference.json",
+    params:
+        elastic=config["elastic"],
+        cache=QM_CACHE,
+    log:
+        f"{R}/logs/qm_bulk_reference.log",
+    benchmark:
+        f"{R}/benchmarks/qm_bulk_reference.tsv"
+    script:
+        "../scripts/qm_bulk_reference.py"
+
+
+rule fit_elastic:
+    input:
+        reference=rules.qm_bulk_reference.output[0],
+    output:
+        coeff=f"{R}/iter_0/potential.snapcoeff",
+        param=f"{R}/iter_0/potential.snapparam",
+        report=f"{R}/iter_0/fit_elastic.json",
+    params:
+        start=config["start_potential"],
+        elastic=config["elastic"],
+        prefix=potential(0),
+    log:
+        f"{R}/logs/fit_elastic.log",
+    benchmark:
+        f"{R}/benchmarks/fit_elastic.tsv"
+    script:
+        "../scripts/fit_elastic.py"
+
+
+rule constraint_sets:
+    input:
+        potential_files("{i}"),
+    output:
+        strain=f"{R}/iter_{{i}}/constraints/strain.xyz",
+        neb=f"{R}/iter_{{i}}/constraints/neb.xyz",
+        md=f"{R}/iter_{{i}}/constraints/md.xyz",
+    params:
+        c=config["constraints"],
+        prefix=lambda w: potential(w.i),
+    log:
+        f"{R}/logs/iter_{{i}}/constraint_sets.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{i}}/constraint_sets.tsv"
+    script:
+        "../scripts/constraint_sets.py"
+
+
+rule elastic_check:
+    input:
+        potential_files("{i}"),
+    output:
+        f"{R}/iter_{{i}}/elastic.json",
+    params:
+        prefix=lambda w: potential(w.i),
+    log:
+        f"{R}/logs/iter_{{i}}/elastic_check.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{i}}/elastic_check.tsv"
+    script:
+        "../scripts/elastic_check.py"
+
+
+def retrain_inputs(w):
+    i = int(w.j) - 1
+    targets = [f"{R}/iter_{i}/targets.xyz"]
+    if config["retrain"]["use_3d"] and DEFECTS:
+        targets += defect_outputs(i)
+    return {
+        "potential": potential_files(i),
+        "targets": targets,
+        "strain": f"{R}/iter_{i}/constraints/strain.xyz",
+        "neb": f"{R}/iter_{i}/constraints/neb.xyz",
+        "md": f"{R}/iter_{i}/constraints/md.xyz",
+    }
+
+
+rule retrain:
+    input:
+        unpack(retrain_inputs),
+    output:
+        coeff=f"{R}/iter_{{j}}/potential.snapcoeff",
+        param=f"{R}/iter_{{j}}/potential.snapparam",
+        report=f"{R}/iter_{{j}}/retrain.json",
+    params:
+        previous=lambda w: potential(int(w.j) - 1),
+        prefix=lambda w: potential(w.j),
+        r=config["retrain"],
+        quadratic="--quadratic" if config["retrain"]["quadratic"] else "",
+    log:
+        f"{R}/logs/iter_{{j}}/retrain.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{j}}/retrain.tsv"
+    shell:
+        "qmml retrain --potential {params.previous} --targets {input.targets} "
+        "--hard {input.strain} {input.neb} --soft {input.md} "
+        "--lambda0 {params.r[lambda0]} --lambda-soft {params.r[lambda_soft]} "
+        "{params.quadratic} --output {params.prefix} --report {output.report} > {log} 2>&1"

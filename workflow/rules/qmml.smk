@@ -1,0 +1,72 @@
+# Force-mixed QM/ML: the DFT-heavy rules. Every QM call goes through the shared cache
+# (results/qm_cache) and every optimiser step is checkpointed, so a killed or rerun job
+# repeats no QM call.
+
+
+rule qmml_relax:
+    input:
+        structure=f"{R}/iter_{{i}}/structures/{{case}}_{{state}}.xyz",
+        engine=rules.engine_config.output[0],
+        potential=potential_files("{i}"),
+    output:
+        f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz",
+    params:
+        prefix=lambda w: potential(w.i),
+        q=config["qmml"],
+        cache=QM_CACHE,
+        checkpoint=lambda w: f"{R}/checkpoints/iter_{w.i}/{w.case}_{w.state}.ckpt",
+    log:
+        f"{R}/logs/iter_{{i}}/qmml_relax_{{case}}_{{state}}.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{i}}/qmml_relax_{{case}}_{{state}}.tsv"
+    shell:
+        "qmml relax --input {input.structure} --potential {params.prefix} "
+        "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
+        "--fmax {params.q[fmax]} --buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
+        "--steps {params.q[max_steps]} --cache {params.cache} "
+        "--checkpoint {params.checkpoint} --output {output} > {log} 2>&1"
+
+
+rule qmml_neb:
+    input:
+        initial=f"{R}/iter_{{i}}/qmml/{{case}}_initial.xyz",
+        final=f"{R}/iter_{{i}}/qmml/{{case}}_final.xyz",
+        engine=rules.engine_config.output[0],
+        potential=potential_files("{i}"),
+    output:
+        f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz",
+    params:
+        prefix=lambda w: potential(w.i),
+        q=config["qmml"],
+        images=lambda w: config["dislocations"][w.case]["glide_images"],
+        cache=QM_CACHE,
+        checkpoint=lambda w: f"{R}/checkpoints/iter_{w.i}/{w.case}_neb.ckpt",
+    log:
+        f"{R}/logs/iter_{{i}}/qmml_neb_{{case}}.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{i}}/qmml_neb_{{case}}.tsv"
+    shell:
+        "qmml neb --initial {input.initial} --final {input.final} --images {params.images} "
+        "--potential {params.prefix} --engine-config {input.engine} "
+        "--optimizer {params.q[optimizer]} --fmax {params.q[neb_fmax]} "
+        "--buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
+        "--steps {params.q[max_steps]} --cache {params.cache} "
+        "--checkpoint {params.checkpoint} --output {output} > {log} 2>&1"
+
+
+rule extract_forces:
+    input:
+        frames=lambda w: qmml_outputs(w.i),
+        potential=potential_files("{i}"),
+    output:
+        targets=f"{R}/iter_{{i}}/targets.xyz",
+        summary=f"{R}/iter_{{i}}/targets.json",
+    params:
+        prefix=lambda w: potential(w.i),
+    log:
+        f"{R}/logs/iter_{{i}}/extract_forces.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{i}}/extract_forces.tsv"
+    shell:
+        "qmml extract-forces {input.frames} --potential {params.prefix} "
+        "--output {output.targets} --summary {output.summary} > {log} 2>&1"
