@@ -119,18 +119,16 @@ def make_qm_calculator(cfg: dict) -> Calculator:
         from qmml.potential import reference_potential
 
         pot, zbl = reference_potential()
-        return _Adapter(pot.calculator(zbl=zbl), name, kpts_line, kpts_key=None)
-    if name == "gpaw":
-        return _Adapter(_gpaw(settings, kpts_line), name, kpts_line, kpts_key="kpts")
-    if name == "vasp":
-        return _Adapter(_vasp(settings, kpts_line), name, kpts_line, kpts_key="kpts")
-    if name == "espresso":
-        return _Adapter(_espresso(settings, kpts_line), name, kpts_line, kpts_key="kpts")
-    return _Adapter(_castep(settings, kpts_line), name, kpts_line, kpts_key="kpts")
+        return _Adapter(pot.calculator(zbl=zbl), name, kpts_line)
+    builders = {"gpaw": _gpaw, "vasp": _vasp, "espresso": _espresso, "castep": _castep}
+    build = builders[name]
+    # built now so a missing module or bad setting fails at start-up, not mid-run
+    return _Adapter(build(settings, kpts_line), name, kpts_line, build=build,
+                    settings=settings)
 
 
 # ---- engine constructors ----------------------------------------------------------------
-def _gpaw(s: dict, k: int) -> Calculator:
+def _gpaw(s: dict, k) -> Calculator:
     try:
         from gpaw import GPAW
     except ImportError as err:
@@ -144,20 +142,23 @@ def _gpaw(s: dict, k: int) -> Calculator:
         extra = {}
     else:
         raise QmmlError(f"engine config: gpaw 'mode' must be 'lcao' or 'pw', got '{s['mode']}'")
-    return GPAW(mode=mode, xc=s["xc"], setups=s["setups"], kpts=(1, 1, k),
+    if "mixer" in s:
+        from gpaw import Mixer
+        extra["mixer"] = Mixer(**s["mixer"])
+    return GPAW(mode=mode, xc=s["xc"], setups=s["setups"], kpts=_kpts(k),
                 occupations={"name": "methfessel-paxton", "width": float(s["smearing"])},
                 symmetry="off", maxiter=int(s["maxiter"]), txt=s["txt"], **extra)
 
 
-def _vasp(s: dict, k: int) -> Calculator:
+def _vasp(s: dict, k) -> Calculator:
     from ase.calculators.vasp import Vasp
 
     s = dict(s)
     command = s.pop("command")
-    return Vasp(command=command, kpts=(1, 1, k), **s)
+    return Vasp(command=command, kpts=_kpts(k), **s)
 
 
-def _espresso(s: dict, k: int) -> Calculator:
+def _espresso(s: dict, k) -> Calculator:
     from ase.calculators.espresso import Espresso, EspressoProfile
 
     s = dict(s)
@@ -166,11 +167,11 @@ def _espresso(s: dict, k: int) -> Calculator:
     pseudopotentials = s.pop("pseudopotentials")
     directory = s.pop("directory")
     return Espresso(profile=EspressoProfile(command=command, pseudo_dir=pseudo_dir),
-                    pseudopotentials=pseudopotentials, kpts=(1, 1, k), directory=directory,
+                    pseudopotentials=pseudopotentials, kpts=_kpts(k), directory=directory,
                     input_data={"system": s})
 
 
-def _castep(s: dict, k: int) -> Calculator:
+def _castep(s: dict, k) -> Calculator:
     from ase.calculators.castep import Castep
 
     s = dict(s)
@@ -179,45 +180,53 @@ def _castep(s: dict, k: int) -> Calculator:
     calc = Castep(directory=directory, castep_command=command)
     for key, value in s.items():
         setattr(calc.param, key, value)
-    calc.cell.kpoint_mp_grid = f"1 1 {k}"
+    calc.cell.kpoint_mp_grid = " ".join(map(str, _kpts(k)))
     return calc
 
 
 # ---- adapters ---------------------------------------------------------------------------
+def _kpts(k) -> tuple[int, int, int]:
+    """An int means 'k along the line' (z); a tuple is used as given."""
+    return (1, 1, int(k)) if np.isscalar(k) else tuple(int(x) for x in k)
+
+
 class _Adapter(Calculator):
-    """Wraps an ASE calculator: k-points only along periodic directions of each cluster."""
+    """Wraps an ASE calculator: k-points only along periodic directions of each cluster.
+
+    DFT engines are (re)built by ``build(settings, kpts)`` whenever the k-point mesh
+    the cluster needs changes (slab: (1, 1, k); sphere: Γ) or after an SCF failure.
+    """
 
     implemented_properties = ["energy", "forces"]
 
-    def __init__(self, calc: Calculator, name: str, kpts_line: int, kpts_key: str | None):
+    def __init__(self, calc: Calculator | None, name: str, kpts_line: int, build=None,
+                 settings: dict | None = None):
         super().__init__()
-        self.calc, self.engine_name, self.kpts_line, self.kpts_key = calc, name, kpts_line, kpts_key
-        self._kpts = None
+        self.calc, self.engine_name, self.kpts_line = calc, name, kpts_line
+        self.build, self.settings = build, dict(settings or {})
+        self._kpts = _kpts(kpts_line) if calc is not None and build is not None else None
 
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms.copy()
-        if self.kpts_key is not None:
+        if self.build is not None:
             kpts = tuple(self.kpts_line if p else 1 for p in atoms.pbc)
-            if kpts != self._kpts:
-                if self.engine_name == "castep":
-                    self.calc.cell.kpoint_mp_grid = " ".join(map(str, kpts))
-                else:
-                    self.calc.set(**{self.kpts_key: kpts})
+            if kpts != self._kpts or self.calc is None:
+                self.calc = self.build(self.settings, kpts)
                 self._kpts = kpts
         atoms.calc = self.calc
         self.results["forces"] = np.array(atoms.get_forces())
         self.results["energy"] = float(atoms.get_potential_energy())
 
     def adjust_for_retry(self, attempt: int) -> str:
-        """Softer SCF settings for the next attempt; returns what was changed."""
+        """Softer SCF settings for the next attempt (same converged physics)."""
+        self.calc = None if self.build is not None else self.calc
         if self.engine_name == "gpaw":
-            self.calc = self.calc.new(mixer={"beta": 0.02, "nmaxold": 5, "weight": 100.0},
-                                      maxiter=666 * attempt)
-            self._kpts = None
-            return "mixer beta 0.02, more iterations"
+            self.settings["maxiter"] = int(self.settings["maxiter"]) * 2
+            self.settings["mixer"] = {"beta": 0.02, "nmaxold": 5, "weight": 100.0}
+            return f"mixer beta 0.02, maxiter {self.settings['maxiter']}"
         if self.engine_name == "vasp":
-            self.calc.set(algo="All", nelm=200 * (attempt + 1))
+            self.settings.update(algo="All", nelm=200 * (attempt + 1))
             return "ALGO=All, more NELM"
         return "plain retry"
 
