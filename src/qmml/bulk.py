@@ -64,13 +64,13 @@ class CachedStressCalculator(Calculator):
                  log=None):
         super().__init__()
         self.engine, self.settings_hash, self.log = engine, settings_hash, log
-        self.directory = Path(directory) / "bulk"
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.store_dir = Path(directory) / "bulk"
+        self.store_dir.mkdir(parents=True, exist_ok=True)
         self.n_real_calls = self.n_cache_hits = 0
 
     def calculate(self, atoms=None, properties=("stress",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        path = self.directory / f"{cluster_key(self.atoms, self.settings_hash)}.json"
+        path = self.store_dir / f"{cluster_key(self.atoms, self.settings_hash)}.json"
         if path.is_file():
             data = json.loads(path.read_text())
             self.n_cache_hits += 1

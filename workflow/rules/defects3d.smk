@@ -32,7 +32,6 @@ rule qmml_3d_defect:
         q=config["qmml"],
         buffer=config["three_d"]["buffer"],
         cache=QM_CACHE,
-        checkpoint=lambda w: f"{R}/checkpoints/iter_{w.i}/3d_{w.name}_{w.k}.ckpt",
     log:
         f"{R}/logs/iter_{{i}}/qmml_3d_defect_{{name}}_{{k}}.log",
     benchmark:
@@ -42,7 +41,7 @@ rule qmml_3d_defect:
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.buffer} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "--checkpoint {params.checkpoint} --output {output} > {log} 2>&1"
+        "--output {output} > {log} 2>&1"
 
 
 def far_index(name):

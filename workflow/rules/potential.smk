@@ -40,6 +40,7 @@ rule fit_elastic:
     params:
         start=config["start_potential"],
         elastic=config["elastic"],
+        c=config["constraints"],
         prefix=potential(0),
     log:
         f"{R}/logs/fit_elastic.log",

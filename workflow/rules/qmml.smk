@@ -14,7 +14,6 @@ rule qmml_relax:
         prefix=lambda w: potential(w.i),
         q=config["qmml"],
         cache=QM_CACHE,
-        checkpoint=lambda w: f"{R}/checkpoints/iter_{w.i}/{w.case}_{w.state}.ckpt",
     log:
         f"{R}/logs/iter_{{i}}/qmml_relax_{{case}}_{{state}}.log",
     benchmark:
@@ -24,7 +23,7 @@ rule qmml_relax:
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "--checkpoint {params.checkpoint} --output {output} > {log} 2>&1"
+        "--output {output} > {log} 2>&1"
 
 
 rule qmml_neb:
@@ -40,7 +39,6 @@ rule qmml_neb:
         q=config["qmml"],
         images=lambda w: config["dislocations"][w.case]["glide_images"],
         cache=QM_CACHE,
-        checkpoint=lambda w: f"{R}/checkpoints/iter_{w.i}/{w.case}_neb.ckpt",
     log:
         f"{R}/logs/iter_{{i}}/qmml_neb_{{case}}.log",
     benchmark:
@@ -51,7 +49,7 @@ rule qmml_neb:
         "--optimizer {params.q[optimizer]} --fmax {params.q[neb_fmax]} "
         "--buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "--checkpoint {params.checkpoint} --output {output} > {log} 2>&1"
+        "--output {output} > {log} 2>&1"
 
 
 rule extract_forces:

@@ -11,8 +11,10 @@ start = snakemake.params.start
 prefix = potential_path(start) if Path(f"{potential_path(start)}.snapcoeff").exists() else start
 pot = SNAPPotential.read(prefix)
 t = read_targets(snakemake.input.reference)
-e = snakemake.params.elastic
-fitted, res = fit_elastic(pot, t["a0"], t["C11"], t["C12"], t["C44"], md_snapshots(pot),
+e, c = snakemake.params.elastic, snakemake.params.c
+md = md_snapshots(pot, temperatures=c["md_temperatures"], n_steps=c["md_steps"],
+                  n_cells=c["strain_cells"])
+fitted, res = fit_elastic(pot, t["a0"], t["C11"], t["C12"], t["C44"], md,
                           lambda0=e["lambda0"], lambda_soft=e["lambda_soft"])
 fitted.write(snakemake.params.prefix, comment=f"qmml Θ0: {start} fitted to {t}")
 report = {"start": str(prefix), "targets": t, "hard_residual_max": res.hard_residual_max,

@@ -1,0 +1,126 @@
+"""The Snakemake pipeline: DAGs of every shipped config, bad configs, and an end-to-end
+run of a tiny config (classical stand-in QM, 2 iterations) with a partial rerun."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CONFIGS = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "examples").glob("*.yaml")),
+           ROOT / "tests" / "data" / "tiny.yaml"]
+
+
+def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True):
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def planned_jobs(proc) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run."""
+    jobs, table = {}, False
+    for line in (proc.stdout + proc.stderr).splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            table = True
+            continue
+        if table and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.mark.parametrize("configfile", CONFIGS, ids=lambda p: p.name)
+def test_dry_run_builds_full_dag(configfile, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load(configfile.read_text())
+    jobs = planned_jobs(snakemake(tmp_path, configfile, "-n"))
+    n_iter = cfg.get("iterations", 1)
+    n_cases = len(cfg["dislocations"])
+    glide = sum(1 for d in cfg["dislocations"].values() if d.get("glide_images", 0))
+    n_points = sum(len(d["distances"]) for d in cfg.get("defects", {}).values())
+    assert jobs["fit_elastic"] == 1 and jobs["qm_bulk_reference"] == 1
+    assert jobs["retrain"] == n_iter
+    assert jobs["qmml_relax"] == n_iter * (n_cases + glide)
+    assert jobs.get("qmml_neb", 0) == n_iter * glide
+    iters_3d = n_iter + 1 if cfg.get("retrain", {}).get("use_3d") else 1
+    assert jobs.get("qmml_3d_defect", 0) == iters_3d * n_points
+    assert jobs["figures"] == 1 and jobs["report"] == 1
+    assert not (tmp_path / "results").exists()  # a dry run computes nothing
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("qmml:\n  fmax: -1\n", "key 'qmml.fmax': -1 is less than or equal to the minimum of 0"),
+    ("qmml:\n  fmx: 0.1\n", "key 'qmml.fmx': unknown key"),
+    ("dislocations:\n  s: {kind: spiral}\n", "key 'dislocations.s.kind'"),
+    ("defects:\n  v: {defect: vacancy, dislocation: nope, distances: [1]}\n",
+     "'nope' is not a configured dislocation"),
+])
+def test_bad_config_stops_before_anything_runs(tmp_path, bad, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(bad)
+    proc = snakemake(tmp_path, cfg, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def _qm_cache_entries(results: Path) -> int:
+    return sum(1 for _ in (results / "qm_cache").rglob("*.npz")) + \
+        sum(1 for _ in (results / "qm_cache").rglob("bulk/*.json"))
+
+
+@pytest.mark.slow
+def test_end_to_end_two_iterations_and_partial_rerun(tmp_path):
+    config = ROOT / "tests" / "data" / "tiny.yaml"
+    snakemake(tmp_path, config)
+    res = tmp_path / "results"
+    # iteration-1 retrained potential exists and keeps the elastic constants of Θ0
+    assert (res / "iter_1" / "potential.snapcoeff").is_file()
+    e0 = json.loads((res / "iter_0" / "elastic.json").read_text())
+    e1 = json.loads((res / "iter_1" / "elastic.json").read_text())
+    for key in ("a0", "C11", "C12", "C44"):
+        assert abs(e1[key] / e0[key] - 1) < 1e-6, (key, e0[key], e1[key])
+    # the QM-atom force error of the iteration's potential drops from iteration 0 to 1
+    err = [json.loads((res / f"iter_{i}" / "targets.json").read_text())["qm_force_rmse"]
+           for i in (0, 1)]
+    assert err[1] < err[0] / 2, err
+    # one binding-energy row per configured (defect, dislocation, distance)
+    table = pd.read_csv(res / "iter_2" / "binding.csv")
+    assert len(table) == 2 and set(table["defect"]) == {"vac"}
+    assert np.isfinite(table["E_b_qmml"]).all() and np.isfinite(table["E_b_ml"]).all()
+    html = (res / "report.html").read_text()
+    for name in ("force_parity", "force_rmse", "elastic_constants", "glide_barriers",
+                 "dd_maps", "binding_energy"):
+        assert (res / "figures" / f"{name}.png").stat().st_size > 5000
+    assert html.count("data:image/png;base64,") >= 6
+
+    # rerun after deleting one iteration-1 QM/ML output: only its downstream reruns, and
+    # every QM call it needs comes from the cache
+    n_cache = _qm_cache_entries(res)
+    relaxed = res / "iter_1" / "qmml" / "screw_initial.xyz"
+    relaxed.unlink()
+    jobs = planned_jobs(snakemake(tmp_path, config, "-n"))
+    assert jobs["qmml_relax"] == 1 and "qmml_3d_defect" not in jobs
+    assert "fit_elastic" not in jobs and "qm_bulk_reference" not in jobs
+    assert jobs["retrain"] == 1  # iteration 2 only
+    snakemake(tmp_path, config)
+    assert relaxed.is_file()
+    assert _qm_cache_entries(res) == n_cache
+    log = (res / "logs" / "iter_1" / "qmml_relax_screw_initial.log").read_text()
+    assert "(new 0," in log
