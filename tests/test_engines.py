@@ -110,3 +110,26 @@ def test_tblite_replicates_along_the_line_only():
     sphere = _w_chain()
     sphere.pbc = False
     assert calc.replicate(sphere)[1] == (1, 1, 1)  # 3D sphere: Γ only
+
+
+def test_cache_survives_an_extxyz_round_trip(tmp_path):
+    """A structure written to extxyz (8 decimals) and read back still hits its entry."""
+    from ase.io import read, write
+
+    cfg = {"engine": "reference"}
+    cache = QMCache(tmp_path / "cache", engine_settings_hash(cfg))
+    qm = CachedQMCalculator(make_qm_calculator(cfg), cache)
+    a = _w_chain()
+    a.positions += np.random.default_rng(7).uniform(-1e-3, 1e-3, a.positions.shape)
+    f = qm.get_forces(a.copy())
+    write(tmp_path / "a.xyz", a)
+    back = read(tmp_path / "a.xyz")
+    assert np.abs(back.positions - a.positions).max() > 0  # really rounded
+    qm2 = CachedQMCalculator(make_qm_calculator(cfg), QMCache(tmp_path / "cache",
+                                                              cache.settings_hash))
+    np.testing.assert_array_equal(qm2.get_forces(back), f)
+    assert qm2.n_real_calls == 0
+    moved = back.copy()
+    moved.positions[1, 2] += 1e-5  # a genuinely different cluster is recomputed
+    qm2.get_forces(moved)
+    assert qm2.n_real_calls == 1

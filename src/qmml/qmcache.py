@@ -2,9 +2,15 @@
 
 Key = SHA-256 of the QM cluster's species, positions (rounded to ``POSITION_TOL`` Å),
 cell (same rounding), pbc and the engine settings hash.  Each result is one small
-``.npz`` (forces, energy, and the cluster itself for inspection) written to a temporary
-file and renamed, so a process killed at any moment leaves either the complete entry or
-none.  A restarted relaxation therefore repeats no completed QM call.
+``.npz`` (forces, energy, and the cluster itself) written to a temporary file and
+renamed, so a process killed at any moment leaves either the complete entry or none.
+A restarted relaxation therefore repeats no completed QM call.
+
+Entries live in ``<dir>/<bucket>/<key>.npz`` where the bucket hashes species, pbc and
+settings only.  On an exact-key miss the bucket is searched for a cluster whose positions
+and cell agree within ``MATCH_TOL`` Å: structures that went through an extxyz file
+(8 decimals) land a few 1e-9 Å off the rounding grid, and e.g. a relaxed end point
+reused as an NEB end image must still find its QM result.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
 
-POSITION_TOL = 1e-8  # Å: clusters closer than this share a cache entry
+POSITION_TOL = 1e-8  # Å: rounding grid of the exact cache key
+MATCH_TOL = 1e-7     # Å: fallback match (extxyz round trips are off by <= 5e-9 Å)
 # Test hook for crash-resume tests: SIGKILL this process right after the N-th real QM call
 # has been stored (simulates a job killed by the scheduler at the worst moment).
 KILL_ENV = "QMML_TEST_KILL_AFTER_QM_CALLS"
@@ -37,29 +44,65 @@ def cluster_key(atoms: Atoms, settings_hash: str) -> str:
     return h.hexdigest()
 
 
+def bucket_key(atoms: Atoms, settings_hash: str) -> str:
+    """Species + pbc + settings: the clusters that may match each other."""
+    h = hashlib.sha256()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
+    h.update(settings_hash.encode())
+    return h.hexdigest()[:16]
+
+
 class QMCache:
-    """A directory of cached QM results (``<dir>/<key[:2]>/<key>.npz``)."""
+    """A directory of cached QM results (``<dir>/<bucket>/<key>.npz``)."""
 
     def __init__(self, directory: str | Path, settings_hash: str):
         self.directory = Path(directory)
         self.settings_hash = settings_hash
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._index: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
 
-    def path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.npz"
+    def path(self, atoms: Atoms) -> Path:
+        return (self.directory / bucket_key(atoms, self.settings_hash)
+                / f"{cluster_key(atoms, self.settings_hash)}.npz")
 
-    def load(self, atoms: Atoms) -> dict | None:
-        path = self.path(cluster_key(atoms, self.settings_hash))
-        if not path.is_file():
-            return None
+    def _read(self, path: Path) -> dict | None:
         try:
             with np.load(path) as data:
                 return {"forces": data["forces"].copy(), "energy": float(data["energy"])}
         except (OSError, ValueError, KeyError):  # unreadable entry: recompute, never trust it
             return None
 
+    def _nearby(self, atoms: Atoms) -> Path | None:
+        """An entry of the same bucket within MATCH_TOL Å (positions and cell)."""
+        folder = self.path(atoms).parent
+        if not folder.is_dir():
+            return None
+        index = self._index.setdefault(folder.name, {})
+        for path in folder.glob("*.npz"):  # index entries written since the last look
+            if path.name not in index:
+                try:
+                    with np.load(path) as data:
+                        index[path.name] = (data["positions"].copy(), data["cell"].copy())
+                except (OSError, ValueError, KeyError):
+                    continue
+        pos, cell = np.asarray(atoms.positions), np.asarray(atoms.cell)
+        for name, (p, c) in index.items():
+            if (p.shape == pos.shape and np.abs(p - pos).max() <= MATCH_TOL
+                    and np.abs(c - cell).max() <= MATCH_TOL):
+                return folder / name
+        return None
+
+    def load(self, atoms: Atoms) -> dict | None:
+        path = self.path(atoms)
+        if not path.is_file():
+            path = self._nearby(atoms)
+            if path is None:
+                return None
+        return self._read(path)
+
     def store(self, atoms: Atoms, forces: np.ndarray, energy: float) -> Path:
-        path = self.path(cluster_key(atoms, self.settings_hash))
+        path = self.path(atoms)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
@@ -72,7 +115,7 @@ class QMCache:
         return path
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.directory.glob("??/*.npz"))
+        return sum(1 for _ in self.directory.glob("*/*.npz"))
 
 
 class CachedQMCalculator(Calculator):
