@@ -56,7 +56,8 @@ def bcc_supercell(a0: float, n_cells: int, element: str = "W") -> Atoms:
 
 def _element(potential: SNAPPotential) -> str:
     if len(potential.elements) != 1:
-        raise QmmlError(f"constraint sets need a single-element potential, got {potential.elements}")
+        raise QmmlError("constraint sets need a single-element potential, "
+                        f"got {potential.elements}")
     return potential.elements[0]
 
 
