@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	CC=g++ $(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	$(BIN)/python -c "import qmml.lmp"
+	scripts/install-profile.sh slurm
 	touch $@
 
 test: install

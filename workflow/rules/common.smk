@@ -1,6 +1,13 @@
 # Config validation (qmml.config: JSON schema + defaults, one-line errors) and path helpers.
 import json
+import os
 from pathlib import Path
+
+# jobs (local, SLURM, or in the conda env of --sdm conda) import qmml from this checkout
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(workflow.basedir) / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
+QMML = "python -m qmml.cli"  # the CLI, independent of where the console script lives
+ENV = "../../envs/qmml.yaml"  # relative to workflow/rules/
 
 from qmml import QmmlError
 from qmml.config import validate_config

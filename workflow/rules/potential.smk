@@ -6,6 +6,8 @@ rule engine_config:
         f"{R}/engine.yaml",
     params:
         qm=config["qm"],
+    conda:
+        ENV
     log:
         f"{R}/logs/engine_config.log",
     benchmark:
@@ -22,6 +24,8 @@ rule qm_bulk_reference:
     params:
         elastic=config["elastic"],
         cache=QM_CACHE,
+    conda:
+        ENV
     log:
         f"{R}/logs/qm_bulk_reference.log",
     benchmark:
@@ -42,6 +46,8 @@ rule fit_elastic:
         elastic=config["elastic"],
         c=config["constraints"],
         prefix=potential(0),
+    conda:
+        ENV
     log:
         f"{R}/logs/fit_elastic.log",
     benchmark:
@@ -60,6 +66,8 @@ rule constraint_sets:
     params:
         c=config["constraints"],
         prefix=lambda w: potential(w.i),
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{i}}/constraint_sets.log",
     benchmark:
@@ -75,6 +83,8 @@ rule elastic_check:
         f"{R}/iter_{{i}}/elastic.json",
     params:
         prefix=lambda w: potential(w.i),
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{i}}/elastic_check.log",
     benchmark:
@@ -109,12 +119,14 @@ rule retrain:
         prefix=lambda w: potential(w.j),
         r=config["retrain"],
         quadratic="--quadratic" if config["retrain"]["quadratic"] else "",
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{j}}/retrain.log",
     benchmark:
         f"{R}/benchmarks/iter_{{j}}/retrain.tsv"
     shell:
-        "qmml retrain --potential {params.previous} --targets {input.targets} "
+        "{QMML} retrain --potential {params.previous} --targets {input.targets} "
         "--hard {input.strain} {input.neb} --soft {input.md} "
         "--lambda0 {params.r[lambda0]} --lambda-soft {params.r[lambda_soft]} "
         "{params.quadratic} --output {params.prefix} --report {output.report} > {log} 2>&1"

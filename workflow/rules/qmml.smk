@@ -14,12 +14,14 @@ rule qmml_relax:
         prefix=lambda w: potential(w.i),
         q=config["qmml"],
         cache=QM_CACHE,
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{i}}/qmml_relax_{{case}}_{{state}}.log",
     benchmark:
         f"{R}/benchmarks/iter_{{i}}/qmml_relax_{{case}}_{{state}}.tsv"
     shell:
-        "qmml relax --input {input.structure} --potential {params.prefix} "
+        "{QMML} relax --input {input.structure} --potential {params.prefix} "
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
@@ -39,12 +41,14 @@ rule qmml_neb:
         q=config["qmml"],
         images=lambda w: config["dislocations"][w.case]["glide_images"],
         cache=QM_CACHE,
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{i}}/qmml_neb_{{case}}.log",
     benchmark:
         f"{R}/benchmarks/iter_{{i}}/qmml_neb_{{case}}.tsv"
     shell:
-        "qmml neb --initial {input.initial} --final {input.final} --images {params.images} "
+        "{QMML} neb --initial {input.initial} --final {input.final} --images {params.images} "
         "--potential {params.prefix} --engine-config {input.engine} "
         "--optimizer {params.q[optimizer]} --fmax {params.q[neb_fmax]} "
         "--buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
@@ -61,10 +65,12 @@ rule extract_forces:
         summary=f"{R}/iter_{{i}}/targets.json",
     params:
         prefix=lambda w: potential(w.i),
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{i}}/extract_forces.log",
     benchmark:
         f"{R}/benchmarks/iter_{{i}}/extract_forces.tsv"
     shell:
-        "qmml extract-forces {input.frames} --potential {params.prefix} "
+        "{QMML} extract-forces {input.frames} --potential {params.prefix} "
         "--output {output.targets} --summary {output.summary} > {log} 2>&1"

@@ -12,6 +12,8 @@ rule build_dislocation:
         case=lambda w: config["dislocations"][w.case],
         qmml=config["qmml"],
         prefix=lambda w: potential(w.i),
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{i}}/build_{{case}}_{{state}}.log",
     benchmark:
