@@ -33,7 +33,7 @@ from pathlib import Path
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 APT_PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "srun")
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "srun", "scontrol", "scancel")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN_DIR = Path("/run/munge")
 MUNGE_PID = MUNGE_RUN_DIR / "munged.pid"
@@ -44,7 +44,11 @@ DEFAULT_STATE_DIR = Path(tempfile.gettempdir()) / "qmml-slurm"
 
 
 class SlurmUnavailable(RuntimeError):
-    """The local cluster cannot be installed or started here (the reason is the message)."""
+    """This machine cannot host the cluster (not root, no apt-get, a foreign slurm.conf)."""
+
+
+class SlurmStartError(SlurmUnavailable):
+    """SLURM is installed but the daemons did not come up: a bug to report, not a skip."""
 
 
 @dataclass
@@ -66,13 +70,38 @@ class SlurmCluster:
         return self.state_dir / "log" / "slurmd.log"
 
     def stop(self) -> None:
-        """Stop the daemons this module started (slurmd, slurmctld, then munged)."""
+        """Cancel leftover jobs, then stop the daemons (slurmd, slurmctld, then munged).
+
+        Jobs go first: a job left running (e.g. by a test that timed out) would keep
+        its slurmstepd and job processes alive after slurmd is gone.
+        """
+        if _pid_alive(self.pid_files.get("slurmctld", Path("/nonexistent"))) is not None:
+            _cancel_all_jobs()
         order = ["slurmd", "slurmctld"] + (["munged"] if self.started_munge else [])
         for name in order:
             pid_file = self.pid_files.get(name)
             if pid_file is not None:
                 _stop_pid_file(pid_file)
         (self.state_dir / "munge-started-by-qmml").unlink(missing_ok=True)
+
+
+def _active_job_ids() -> list[str]:
+    proc = subprocess.run(
+        ["squeue", "-h", "-t", "PENDING,RUNNING,COMPLETING,SUSPENDED", "-o", "%i"],
+        capture_output=True, text=True, timeout=10,
+    )
+    return proc.stdout.split() if proc.returncode == 0 else []
+
+
+def _cancel_all_jobs(timeout: float = 15.0) -> None:
+    """scancel every job still queued or running and wait (bounded) for them to end."""
+    jobs = _active_job_ids()
+    if not jobs:
+        return
+    subprocess.run(["scancel", *jobs], capture_output=True, timeout=10)
+    deadline = time.monotonic() + timeout
+    while _active_job_ids() and time.monotonic() < deadline:
+        time.sleep(0.3)
 
 
 def _run(cmd: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
@@ -127,7 +156,7 @@ def ensure_installed() -> None:
             raise SlurmUnavailable(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
     still = _missing_binaries()
     if still:
-        raise SlurmUnavailable(f"installed {APT_PACKAGES} but still missing: {', '.join(still)}")
+        raise SlurmStartError(f"installed {APT_PACKAGES} but still missing: {', '.join(still)}")
 
 
 def _node_hardware() -> str:
@@ -196,7 +225,7 @@ def _start_munge(state_dir: Path) -> bool:
     # munged refuses to run as root; it forks and writes MUNGE_PID itself.
     proc = subprocess.run(["runuser", "-u", "munge", "--", "munged"], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SlurmUnavailable(f"munged failed to start: {proc.stderr.strip()}")
+        raise SlurmStartError(f"munged failed to start: {proc.stderr.strip()}")
     _wait_for(_munge_works, 15, "munged to answer")
     (state_dir / "munge-started-by-qmml").write_text(str(MUNGE_PID))
     return True
@@ -208,7 +237,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
         if predicate():
             return
         time.sleep(0.2)
-    raise SlurmUnavailable(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise SlurmStartError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def node_state(node: str = "localhost") -> str:
@@ -276,7 +305,7 @@ def start_cluster(
         )
         cluster.stop()
         detail = err.stderr if isinstance(err, subprocess.CalledProcessError) else str(err)
-        raise SlurmUnavailable(f"SLURM daemons did not come up: {detail}\n{logs}") from err
+        raise SlurmStartError(f"SLURM daemons did not come up: {detail}\n{logs}") from err
     return cluster
 
 
