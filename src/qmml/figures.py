@@ -1,0 +1,557 @@
+"""The paper's figures, one function per figure, from plain files (no Snakemake needed).
+
+Every function takes input paths (or data) and an output PNG path, writes the figure with
+the Agg backend and returns the numbers it drew, so callers (the HTML report, tests) can
+show or check them.  Iteration numbers come from ``iter_<i>`` in the paths when present,
+otherwise from the position in the list.
+
+Figures: ``force_parity``, ``force_rmse``, ``elastic_constants``, ``glide_barriers``,
+``dd_maps``, ``binding_energy``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on compute nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from ase import Atoms  # noqa: E402
+
+from qmml import QmmlError  # noqa: E402
+
+PathLike = str | Path
+ELASTIC_KEYS = ("a0", "C11", "C12", "C44")
+ELASTIC_UNITS = {"a0": "Å", "C11": "GPa", "C12": "GPa", "C44": "GPa"}
+BINDING_COLUMNS = ("defect", "dislocation", "distance", "E_b_qmml", "E_b_ml")
+DPI = 110
+
+
+# ---- small helpers ------------------------------------------------------------------------
+def iteration_of(path: PathLike, default: int) -> int:
+    """Iteration number from an ``iter_<i>`` path component, else `default`."""
+    found = re.findall(r"iter_(\d+)", str(path))
+    return int(found[-1]) if found else default
+
+
+def read_json(path: PathLike, required: Sequence[str] = ()) -> dict:
+    """A JSON object with the `required` keys; one-line QmmlError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise QmmlError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise QmmlError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise QmmlError(f"{path}: expected a JSON object")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise QmmlError(f"{path}: required key '{missing[0]}' missing")
+    return data
+
+
+def _by_iteration(paths: Sequence[PathLike]) -> dict[int, Path]:
+    return {iteration_of(p, k): Path(p) for k, p in enumerate(paths)}
+
+
+def _save(fig, output: PathLike) -> Path:
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp.png")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(output)  # no half-written figure if the process dies
+    return output
+
+
+def _message_figure(output: PathLike, title: str, message: str) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    return _save(fig, output)
+
+
+def rmse(a: np.ndarray, b: np.ndarray) -> float:
+    """Root mean square of force-component differences (the retrain report's definition)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    return float(np.sqrt(np.mean(d ** 2))) if d.size else float("nan")
+
+
+# ---- 1. force parity ----------------------------------------------------------------------
+def qm_atom_forces(targets: PathLike, potential: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(QM/ML forces, ML forces of `potential`) on the free QM atoms of every target frame.
+
+    Arrays are (n_atoms, 3) in eV/Å, frames concatenated in file order.
+    """
+    from qmml.potential import SNAPPotential
+    from qmml.retrain import free_mask, read_configurations, target_forces
+
+    frames = read_configurations(targets)
+    calc = SNAPPotential.read(potential).calculator()
+    ref, ml = [], []
+    for k, atoms in enumerate(frames):
+        if "region" not in atoms.arrays:
+            raise QmmlError(f"{targets} frame {k}: no 'region' array (QM/buffer/MM)")
+        qm = (np.asarray(atoms.arrays["region"]).astype(str) == "QM") & free_mask(atoms)
+        forces = target_forces(atoms, f"{targets} frame {k}")
+        probe = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        probe.calc = calc
+        ref.append(forces[qm])
+        ml.append(probe.get_forces()[qm])
+    ref_all, ml_all = np.concatenate(ref), np.concatenate(ml)
+    if not len(ref_all):
+        raise QmmlError(f"{targets}: no free atom has region QM")
+    return ref_all, ml_all
+
+
+def force_parity(targets: Sequence[PathLike], potentials: Sequence[PathLike],
+                 output: PathLike) -> dict[int, dict]:
+    """ML vs QM/ML force components on the QM atoms of each iteration's targets.
+
+    Iteration i's targets are evaluated with potential i (before retraining) and, when
+    present, potential i+1 (after).  Returns {i: {"rmse_before", "rmse_after", "n_qm_atoms"}}.
+    """
+    pots = _by_iteration(potentials)
+    data = {}
+    for i, path in sorted(_by_iteration(targets).items()):
+        if i not in pots:
+            raise QmmlError(f"{path}: no potential of iteration {i} given")
+        ref, before = qm_atom_forces(path, pots[i])
+        entry = {"n_qm_atoms": int(len(ref)), "ref": ref, "before": before,
+                 "rmse_before": rmse(before, ref), "after": None, "rmse_after": None}
+        if i + 1 in pots:
+            _, after = qm_atom_forces(path, pots[i + 1])
+            entry.update(after=after, rmse_after=rmse(after, ref))
+        data[i] = entry
+    if not data:
+        _message_figure(output, "QM-atom force parity", "no QM/ML target data")
+        return {}
+    fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data), 4.2), squeeze=False)
+    for ax, (i, e) in zip(axes[0], data.items()):
+        ref = e["ref"].ravel()
+        ax.scatter(ref, e["before"].ravel(), s=9, alpha=0.7, color="tab:blue",
+                   label=f"potential {i} (before): RMSE {e['rmse_before']:.4f} eV/Å")
+        if e["after"] is not None:
+            ax.scatter(ref, e["after"].ravel(), s=9, alpha=0.7, color="tab:orange",
+                       marker="s", label=f"potential {i + 1} (after): "
+                       f"RMSE {e['rmse_after']:.4f} eV/Å")
+        values = np.concatenate([ref, e["before"].ravel()])
+        lim = 1.05 * float(np.abs(values).max() or 1.0)
+        ax.plot([-lim, lim], [-lim, lim], color="0.4", lw=0.8)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xlabel("QM/ML force component (eV/Å)")
+        ax.set_ylabel("ML force component (eV/Å)")
+        ax.set_title(f"iteration {i}: {e['n_qm_atoms']} QM atoms")
+        ax.legend(fontsize=7, loc="upper left")
+    _save(fig, output)
+    return {i: {k: e[k] for k in ("rmse_before", "rmse_after", "n_qm_atoms")}
+            for i, e in data.items()}
+
+
+# ---- 2. force RMSE per iteration ----------------------------------------------------------
+def force_rmse(retrain: Sequence[PathLike], targets_summary: Sequence[PathLike],
+               output: PathLike) -> dict:
+    """QM-atom force RMSE per iteration from retrain.json and targets.json.
+
+    Returns {"own": {i: rmse of potential i on iteration i's QM/ML data},
+    "before": {j: retrain j's RMSE of potential j-1}, "after": {j: of potential j}}, both
+    retrain values on the targets of iteration j-1.
+    """
+    own = {i: float(read_json(p, ["qm_force_rmse"])["qm_force_rmse"])
+           for i, p in _by_iteration(targets_summary).items()}
+    before, after = {}, {}
+    for j, p in _by_iteration(retrain).items():
+        if iteration_of(p, -1) < 0:
+            j += 1  # positional fallback: the first retrain report makes potential 1
+        r = read_json(p, ["qm_force_rmse_before", "qm_force_rmse_after"])
+        before[j], after[j] = float(r["qm_force_rmse_before"]), float(r["qm_force_rmse_after"])
+    if not (own or before):
+        _message_figure(output, "QM-atom force RMSE", "no force data yet")
+        return {"own": own, "before": before, "after": after}
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    if own:
+        ax.plot(list(own), list(own.values()), "o-", color="tab:blue",
+                label="potential i on its own QM/ML data (targets.json)")
+    if before:
+        # retrain j: potential j-1 (before) and potential j (after) on the data of j-1
+        for k, j in enumerate(sorted(before)):
+            ax.plot([j - 1, j], [before[j], after[j]], "s--", color="tab:orange",
+                    label="retraining: before → after (same data)" if k == 0 else None)
+    ax.set_xlabel("potential iteration")
+    ax.set_ylabel("QM-atom force RMSE (eV/Å)")
+    ax.set_xticks(sorted(set(own) | set(before) | {j - 1 for j in before}))
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, output)
+    return {"own": own, "before": before, "after": after}
+
+
+# ---- 3. elastic constants -----------------------------------------------------------------
+def elastic_constants(elastic: Sequence[PathLike], output: PathLike) -> dict:
+    """a0, C11, C12, C44 per iteration and their relative deviation from iteration 0.
+
+    Returns {"iterations": [...], "values": {key: [...]}, "relative_deviation": {key: [...]}}.
+    """
+    files = _by_iteration(elastic)
+    if not files:
+        raise QmmlError("elastic_constants: no elastic.json files given")
+    iters = sorted(files)
+    rows = [read_json(files[i], ELASTIC_KEYS) for i in iters]
+    values = {k: [float(r[k]) for r in rows] for k in ELASTIC_KEYS}
+    relative = {k: [(v - values[k][0]) / values[k][0] for v in values[k]] for k in ELASTIC_KEYS}
+    fig, axes = plt.subplots(2, 4, figsize=(13, 5.5), sharex=True)
+    for col, key in enumerate(ELASTIC_KEYS):
+        top, bottom = axes[0, col], axes[1, col]
+        top.plot(iters, values[key], "o-", color="tab:blue")
+        mean = np.mean(values[key])
+        # a flat line must look flat: show at least ±1 % around the mean
+        spread = max(0.01 * abs(mean), 1.2 * float(np.ptp(values[key])))
+        top.set_ylim(mean - spread, mean + spread)
+        top.set_title(f"{key} ({ELASTIC_UNITS[key]})")
+        bottom.plot(iters, np.asarray(relative[key]) * 1e6, "o-", color="tab:red")
+        bottom.axhline(0, color="0.5", lw=0.8)
+        bottom.set_xlabel("iteration")
+        bottom.set_xticks(iters)
+        bottom.set_ylabel("deviation from iter 0 (ppm)" if col == 0 else "")
+        top.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
+    fig.suptitle("Elastic properties per iteration (hard constraints keep them fixed)")
+    _save(fig, output)
+    return {"iterations": iters, "values": values, "relative_deviation": relative}
+
+
+# ---- 4. glide barriers --------------------------------------------------------------------
+def read_neb_profile(path: PathLike) -> tuple[list[Atoms], np.ndarray, np.ndarray]:
+    """QM/ML NEB images and their virtual-work profile (s in [0, 1], energy in eV)."""
+    from qmml.retrain import read_configurations
+
+    images = read_configurations(path)
+    if len(images) < 3:
+        raise QmmlError(f"{path}: an NEB needs ≥ 3 images, found {len(images)}")
+    missing = [k for k, im in enumerate(images) if "neb_energy_virtual_work" not in im.info]
+    if missing:
+        raise QmmlError(f"{path} frame {missing[0]}: info key 'neb_energy_virtual_work' "
+                        "missing (not a qmml neb output)")
+    energy = np.array([float(im.info["neb_energy_virtual_work"]) for im in images])
+    # qmml neb stores the virtual-work energy at s = k/(n-1) (relax.run_neb)
+    s = np.linspace(0.0, 1.0, len(images))
+    return images, s, energy - energy[0]
+
+
+def _ml_image(atoms: Atoms) -> Atoms:
+    from qmml.qmmm import apply_fix_mask
+
+    image = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    if "fix_mask" in atoms.arrays:
+        image.arrays["fix_mask"] = np.asarray(atoms.arrays["fix_mask"], bool)
+    apply_fix_mask(image)
+    return image
+
+
+def ml_neb_profile(initial: Atoms, final: Atoms, potential: PathLike, n_images: int,
+                   fmax: float = 0.05, steps: int = 300, relax_ends: bool = True,
+                   ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """ML-only NEB (ASE, SNAP energies) between two end states; fixed atoms from fix_mask.
+
+    With `relax_ends` the end states are first relaxed with the same potential (they are
+    QM/ML minima, not ML ones).  Returns (s = normalised path length, E − E_initial in eV,
+    converged).
+    """
+    from ase.mep import NEB
+    from ase.optimize import FIRE
+
+    from qmml.potential import SNAPPotential
+
+    pot = SNAPPotential.read(potential)
+    ends = [_ml_image(initial), _ml_image(final)]
+    if relax_ends:
+        for end in ends:
+            end.calc = pot.calculator()
+            FIRE(end, logfile=None).run(fmax=0.01, steps=steps)
+    images = [ends[0]] + [ends[0].copy() for _ in range(n_images - 2)] + [ends[1]]
+    for im in images:
+        im.set_constraint(ends[0].constraints)
+        im.calc = pot.calculator()  # one LAMMPS instance per image
+    band = NEB(images, k=0.1, method="improvedtangent")
+    band.interpolate(method="linear")
+    opt = FIRE(band, logfile=None)
+    converged = bool(opt.run(fmax=fmax, steps=steps))
+    energy = np.array([im.get_potential_energy() for im in images])
+    steps_len = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images, images[1:])]
+    s = np.concatenate([[0.0], np.cumsum(steps_len)])
+    return s / s[-1], energy - energy[0], converged
+
+
+def glide_barriers(neb_files: Sequence[PathLike], potentials: Sequence[PathLike],
+                   output: PathLike, fmax: float = 0.05, steps: int = 300) -> dict:
+    """QM/ML virtual-work glide profiles vs ML-only NEBs with Θ0 and the last potential.
+
+    `potentials`: all iteration potentials (the first and last are used).  Files of the same
+    case (``<case>_neb.xyz``) share a panel; the ML NEBs run between the end states of the
+    case's latest QM/ML NEB.  Returns {case: {"qmml": {i: {"s", "energy", "barrier"}},
+    "ml": {label: {...,"converged"}}}}.
+    """
+    if not neb_files:
+        _message_figure(output, "Glide barriers",
+                        "no glide cases configured (glide_images = 0 for every dislocation)")
+        return {}
+    pots = _by_iteration(potentials)
+    if not pots:
+        raise QmmlError("glide_barriers: no potentials given")
+    first, last = min(pots), max(pots)
+    cases: dict[str, dict[int, Path]] = {}
+    for k, path in enumerate(neb_files):
+        case = Path(path).name.removesuffix(".xyz").removesuffix("_neb")
+        cases.setdefault(case, {})[iteration_of(path, k)] = Path(path)
+    result = {}
+    fig, axes = plt.subplots(1, len(cases), figsize=(5.2 * len(cases), 4), squeeze=False)
+    for ax, (case, files) in zip(axes[0], cases.items()):
+        entry = {"qmml": {}, "ml": {}}
+        for i, path in sorted(files.items()):
+            images, s, e = read_neb_profile(path)
+            entry["qmml"][i] = {"s": s.tolist(), "energy": e.tolist(), "barrier": float(e.max())}
+            ax.plot(s, e * 1e3, "o-", label=f"QM/ML (virtual work), iteration {i}: "
+                    f"{e.max() * 1e3:.1f} meV")
+        labels = {first: f"ML Θ0 (iteration {first})"}
+        if last != first:
+            labels[last] = f"ML retrained (iteration {last})"
+        for i, label in labels.items():
+            s, e, ok = ml_neb_profile(images[0], images[-1], pots[i], len(images), fmax, steps)
+            entry["ml"][label] = {"s": s.tolist(), "energy": e.tolist(),
+                                  "barrier": float(e.max()), "converged": ok}
+            ax.plot(s, e * 1e3, "s--", label=f"{label}: {e.max() * 1e3:.1f} meV"
+                    + ("" if ok else " (NEB not converged)"))
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_xlabel("reaction coordinate")
+        ax.set_ylabel("energy (meV per cell)")
+        ax.set_title(f"{case}: glide barrier")
+        ax.legend(fontsize=7)
+        result[case] = entry
+    _save(fig, output)
+    return result
+
+
+# ---- 5. differential-displacement maps ----------------------------------------------------
+_STRUCTURE_KEYS = ("kind", "a0", "C11", "C12", "C44", "core_position", "lattice_origin",
+                   "burgers", "n_line")
+
+
+def reference_bulk(atoms: Atoms, structure: Atoms | None = None) -> tuple[Atoms, dict]:
+    """Perfect-crystal counterpart of a dislocation cylinder (same atoms, same order).
+
+    The lattice sites come from ``qmml.structures.perfect_sites`` applied to `structure`
+    (the unrelaxed input, whose atoms sit exactly on the elastic field) or, without it, to
+    `atoms` itself; either must carry the structure info (kind, a0, C_ij, core_position…).
+    Returns the bulk and the info used.
+    """
+    from qmml.structures import perfect_sites
+
+    source = structure if structure is not None else atoms
+    missing = [k for k in _STRUCTURE_KEYS if k not in source.info]
+    if missing:
+        raise QmmlError(f"dd_maps: structure info '{missing[0]}' missing (give the unrelaxed "
+                        "structure built by qmml build)")
+    if len(source) != len(atoms) or (source.numbers != atoms.numbers).any():
+        raise QmmlError("dd_maps: relaxed and unrelaxed structures hold different atoms")
+    sites, _ = perfect_sites(source)
+    host = np.isfinite(sites).all(axis=1)
+    bulk = Atoms(atoms.numbers[host], sites[host], cell=atoms.cell, pbc=atoms.pbc)
+    return bulk, dict(source.info)
+
+
+def differential_displacements(dislo: Atoms, bulk: Atoms, burgers: Sequence[float],
+                               a0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Vitek differential displacements along b of first-neighbour pairs of `bulk`.
+
+    Returns (pairs (n, 2), dd (n,) in Å wrapped into [-|b|/2, |b|/2]).  The same
+    quantity the DD arrows show; for a compact ½⟨111⟩ screw core the three core pairs
+    carry ≈ b/3.
+    """
+    from ase.neighborlist import neighbor_list
+
+    b = np.asarray(burgers, float)
+    blen = float(np.linalg.norm(b))
+    i, j = neighbor_list("ij", bulk, 0.95 * a0)  # 1NN only (0.866·a0)
+    keep = i < j
+    i, j = i[keep], j[keep]
+    u = dislo.positions - bulk.positions
+    dd = (u[j] - u[i]) @ (b / blen)
+    dd -= blen * np.round(dd / blen)
+    return np.stack([i, j], axis=1), dd
+
+
+def dd_maps(relaxed: Sequence[PathLike], output: PathLike,
+            structures: Sequence[PathLike | None] | None = None, window: float = 10.0,
+            ) -> dict[str, dict]:
+    """Differential-displacement (Vitek) maps of relaxed dislocation cores.
+
+    Drawn here rather than with ``matscipy.dislocation.plot_vitek``: that wraps atomman,
+    whose 1.5.4 release calls ``matplotlib.cm.get_cmap`` (removed in matplotlib 3.9), and
+    it assumes b ∥ z (screw only).  Same convention (arrows along the neighbour pair,
+    length ∝ DD along b).  `structures` (same order as
+    `relaxed`) are the unrelaxed inputs providing the structure info when the relaxed
+    frames do not carry it.  Returns {label: {"kind", "max_dd_over_b", "core_dd_over_b"}}:
+    the largest DD within `window` Å of the core, in units of |b|.
+    """
+    from ase.io import read
+
+    if not relaxed:
+        _message_figure(output, "Differential-displacement maps", "no relaxed cores")
+        return {}
+    structures = list(structures) if structures else [None] * len(relaxed)
+    if len(structures) != len(relaxed):
+        raise QmmlError("dd_maps: give one unrelaxed structure per relaxed file")
+    n = len(relaxed)
+    ncol = min(n, 3)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 5 * nrow), squeeze=False)
+    summary = {}
+    for ax, path, spath in zip(axes.ravel(), relaxed, structures):
+        path = Path(path)
+        if not path.is_file():
+            raise QmmlError(f"{path}: file not found")
+        atoms = read(path, index=-1, format="extxyz")
+        structure = read(spath, index=-1, format="extxyz") if spath else None
+        bulk, info = reference_bulk(atoms, structure)
+        host = np.array(atoms.get_chemical_symbols()) == info.get("symbol", "W")
+        dislo = Atoms(atoms.numbers[host], atoms.positions[host], cell=atoms.cell,
+                      pbc=atoms.pbc)
+        a0, burgers = float(info["a0"]), np.asarray(info["burgers"], float)
+        blen = float(np.linalg.norm(burgers))
+        core = np.asarray(info["core_position"], float)
+        label = f"{path.stem.removesuffix('_initial')} (iteration {iteration_of(path, 0)})"
+        if label in summary:  # same case and iteration twice: keep both panels apart
+            label += f" [{len(summary) + 1}]"
+        pairs, dd = differential_displacements(dislo, bulk, burgers, a0)
+        _draw_dd(ax, dislo, bulk, info, window, pairs, dd)
+        mid = 0.5 * (bulk.positions[pairs[:, 0], :2] + bulk.positions[pairs[:, 1], :2])
+        near = np.linalg.norm(mid - core, axis=1) < window
+        summary[label] = {"kind": info["kind"],
+                          "max_dd_over_b": float(np.abs(dd[near]).max() / blen),
+                          "core_dd_over_b": float(np.abs(dd[np.linalg.norm(
+                              mid - core, axis=1) < a0]).max(initial=0.0) / blen)}
+        ax.set_title(f"{label}\nmax DD {summary[label]['max_dd_over_b']:.2f} b", fontsize=9)
+        ax.set_xlabel("x (Å)")
+        ax.set_ylabel("y (Å)")
+    for ax in axes.ravel()[n:]:
+        ax.set_axis_off()
+    _save(fig, output)
+    return summary
+
+
+def _draw_dd(ax, dislo: Atoms, bulk: Atoms, info: dict, window: float,
+             pairs: np.ndarray, dd: np.ndarray) -> None:
+    """Vitek map: atoms projected on xy (coloured by height within one period along the
+    line), one arrow per first-neighbour pair along the pair's projection, centred on its
+    midpoint, of length 3·|DD|/|b| times the pair separation (DD = b/3 spans the pair)."""
+    b = float(np.linalg.norm(info["burgers"]))
+    core = np.asarray(info["core_position"], float)
+    period = float(bulk.cell[2, 2]) / int(info.get("n_line", 1))
+    z0 = float(bulk.positions[:, 2].min())
+    xy = bulk.positions[:, :2]
+    layer = ((bulk.positions[:, 2] - z0) % period) / period
+    inside = np.all(np.abs(xy - core) < window + 0.5, axis=1)
+    first_period = (bulk.positions[:, 2] - z0) < period - 1e-6
+    shown = inside & first_period
+    ax.scatter(xy[shown, 0], xy[shown, 1], c=layer[shown], cmap="viridis", vmin=0, vmax=1,
+               s=90, edgecolors="k", linewidths=0.6, zorder=1)
+    use = inside[pairs[:, 0]] & inside[pairs[:, 1]] & first_period[pairs[:, 0]]
+    i, j = pairs[use, 0], pairs[use, 1]
+    sep = xy[j] - xy[i]
+    arrow = sep * (3.0 * dd[use] / b)[:, None]  # sign of DD sets the arrow's direction
+    mid = 0.5 * (xy[i] + xy[j])
+    big = np.abs(dd[use]) > 0.01 * b  # elastic far field: no visible arrow
+    ax.quiver(mid[big, 0] - 0.5 * arrow[big, 0], mid[big, 1] - 0.5 * arrow[big, 1],
+              arrow[big, 0], arrow[big, 1], angles="xy", scale_units="xy", scale=1,
+              width=0.006, color="k", zorder=2)
+    ax.plot(*core, "r+", ms=12, mew=2, zorder=3)
+    ax.set_xlim(core[0] - window, core[0] + window)
+    ax.set_ylim(core[1] - window, core[1] + window)
+    ax.set_aspect("equal")
+
+
+# ---- 6. binding energies ------------------------------------------------------------------
+def read_binding(path: PathLike):
+    """binding.csv as a pandas DataFrame with the required columns checked."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise QmmlError(f"{path}: file not found")
+    try:
+        table = pd.read_csv(path)
+    except Exception as err:  # pandas raises several parser error types
+        raise QmmlError(f"{path}: not a readable CSV ({err})") from None
+    missing = [c for c in BINDING_COLUMNS if c not in table.columns]
+    if missing:
+        raise QmmlError(f"{path}: required column '{missing[0]}' missing "
+                        f"(need {', '.join(BINDING_COLUMNS)})")
+    for column in ("distance", "E_b_qmml", "E_b_ml"):
+        if not np.issubdtype(table[column].dtype, np.number):
+            raise QmmlError(f"{path}: column '{column}' is not numeric")
+    return table
+
+
+def binding_energy(binding: PathLike | None, output: PathLike) -> dict:
+    """E_b (QM/ML and ML-only) vs distance from the core, one curve pair per defect.
+
+    Returns {(defect, dislocation): {"distance", "E_b_qmml", "E_b_ml"}} sorted by distance.
+    """
+    if binding is None:
+        _message_figure(output, "Binding energies", "no point defects configured")
+        return {}
+    table = read_binding(binding)
+    groups = {}
+    for (defect, disl), g in table.groupby(["defect", "dislocation"], sort=True):
+        g = g.sort_values("distance")
+        groups[(str(defect), str(disl))] = {c: g[c].astype(float).tolist()
+                                            for c in ("distance", "E_b_qmml", "E_b_ml")}
+    if not groups:
+        _message_figure(output, "Binding energies", f"{binding}: no rows")
+        return {}
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, ((defect, disl), g) in enumerate(groups.items()):
+        c = colors[k % len(colors)]
+        ax.plot(g["distance"], g["E_b_qmml"], "o-", color=c, label=f"{defect} ({disl}) QM/ML")
+        ax.plot(g["distance"], g["E_b_ml"], "s--", color=c, mfc="none",
+                label=f"{defect} ({disl}) ML only")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("distance from the dislocation line (Å)")
+    ax.set_ylabel("binding energy E_b (eV), > 0 attractive")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save(fig, output)
+    return groups
+
+
+FIGURES = ("force_parity", "force_rmse", "elastic_constants", "glide_barriers", "dd_maps",
+           "binding_energy")
+
+
+def make_all(inputs: dict, outputs: dict[str, PathLike]) -> dict[str, object]:
+    """All six figures from the ``figure_inputs`` dict of the workflow (lists of paths)."""
+    potentials = list(inputs.get("potentials", []))
+    return {
+        "force_parity": force_parity(inputs.get("targets", []), potentials,
+                                     outputs["force_parity"]),
+        "force_rmse": force_rmse(inputs.get("retrain", []), inputs.get("targets_summary", []),
+                                 outputs["force_rmse"]),
+        "elastic_constants": elastic_constants(inputs["elastic"], outputs["elastic_constants"]),
+        "glide_barriers": glide_barriers(inputs.get("neb", []), potentials,
+                                         outputs["glide_barriers"]),
+        "dd_maps": dd_maps(inputs.get("relaxed", []), outputs["dd_maps"],
+                           inputs.get("structures") or None),
+        "binding_energy": binding_energy((list(inputs.get("binding", [])) or [None])[0],
+                                         outputs["binding_energy"]),
+    }
