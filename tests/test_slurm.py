@@ -46,7 +46,9 @@ def test_profile_declares_slurm_and_heavy_rules() -> None:
     # Without slurmdbd `sacct` fails; `squeue` works everywhere.
     assert prof["slurm-status-command"] == "squeue"
     assert {"runtime", "mem_mb", "slurm_partition"} <= set(prof["default-resources"])
-    for rule in ("qmml_relax", "qmml_neb", "qmml_3d_defect", "qm_bulk_reference"):
+    heavy = ("qmml_relax", "qmml_neb", "qmml_3d_defect", "qmml_binding_path", "qm_bulk_reference")
+    assert set(prof["set-resources"]) == set(heavy)
+    for rule in heavy:
         res = prof["set-resources"][rule]
         assert res["mpi"] == "srun", rule
         # The plugin rejects MPI jobs with tasks == 1.
@@ -70,15 +72,17 @@ def slurm_cluster() -> SlurmCluster:
 
 
 def heavy_rule_test_resources() -> list[str]:
-    """`--set-resources` for the heavy rule: the profile's keys, values that fit the test node.
+    """`--set-resources` for every heavy rule of the profile, sized for the test node.
 
-    The profile asks for 64 ranks and 128 GB; the test node has 2 cores.  A
-    `--set-resources` on the command line replaces the profile's whole key, so
-    every key of the profile's entry is restated (mpi stays the profile's value).
+    The profile asks for 64-128 ranks and 128-256 GB; the test node has 2 cores.  A
+    `--set-resources` on the command line replaces the profile's whole key, so each
+    rule's every key is restated (`mpi` keeps the profile's value).
     """
-    entry = dict(profile_settings()["set-resources"][HEAVY_RULE])
-    entry.update(nodes=1, tasks=TEST_TASKS, cpus_per_task=1, runtime=10, mem_mb=1000)
-    return [f"{HEAVY_RULE}:{key}={value}" for key, value in entry.items()]
+    args = []
+    for rule, entry in profile_settings()["set-resources"].items():
+        entry = dict(entry, nodes=1, tasks=TEST_TASKS, cpus_per_task=1, runtime=10, mem_mb=1000)
+        args += [f"{rule}:{key}={value}" for key, value in entry.items()]
+    return args
 
 
 def run_snakemake(
