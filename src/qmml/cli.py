@@ -21,6 +21,7 @@ COMMANDS = {
     "constraints": ("qmml.constraints", "generate strain / vacancy-NEB / MD constraint sets"),
     "check-config": ("qmml.config", "validate a pipeline config (schema, defaults)"),
     "build": ("qmml.build", "build a dislocation case (+ defect, QM/buffer/MM regions) as extxyz"),
+    "binding": ("qmml.binding", "QM/ML virtual-work binding path of a defect between two distances"),
 }
 
 

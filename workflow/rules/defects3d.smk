@@ -44,15 +44,21 @@ rule qmml_3d_defect:
         "--output {output} > {log} 2>&1"
 
 
-def far_index(name):
-    d = DEFECTS[name]["distances"]
-    return max(range(len(d)), key=lambda k: d[k])
+def path_start(name, k):
+    """Distance index the binding path of (name, k) starts from: the next farther
+    configured distance (the farthest maps to itself); qmml.binding sums the chain."""
+    from qmml.binding import reference_index
+
+    return reference_index(DEFECTS[name]["distances"], int(k))
 
 
 rule qmml_binding_path:
     input:
         near=f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz",
-        far=lambda w: f"{R}/iter_{w.i}/3d/{w.name}_{far_index(w.name)}.xyz",
+        far=lambda w: f"{R}/iter_{w.i}/3d/{w.name}_{path_start(w.name, w.k)}.xyz",
+        near_structure=f"{R}/iter_{{i}}/3d/structures/{{name}}_{{k}}.xyz",
+        far_structure=lambda w: (f"{R}/iter_{w.i}/3d/structures/"
+                                 f"{w.name}_{path_start(w.name, w.k)}.xyz"),
         engine=rules.engine_config.output[0],
         potential=potential_files("{i}"),
     output:
@@ -79,6 +85,7 @@ rule binding_energies:
         f"{R}/iter_{{i}}/binding.csv",
     params:
         prefix=lambda w: potential(w.i),
+        defects=DEFECTS,
     log:
         f"{R}/logs/iter_{{i}}/binding_energies.log",
     benchmark:
