@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_masses, atomic_numbers
 from ase.optimize.ode import ODE12r
 
 from qmml import QmmlError, potential_path
+from qmml.elastic import bcc_cell, zero_pressure_a0
 from qmml.potential import SNAPPotential
 
 
@@ -51,7 +51,7 @@ def bcc_supercell(a0: float, n_cells: int, element: str = "W") -> Atoms:
     """n_cells³ conventional bcc cells (2 n_cells³ atoms), cubic axes, periodic."""
     if n_cells < 1:
         raise QmmlError(f"n_cells must be >= 1, got {n_cells}")
-    return bulk(element, "bcc", a=a0, cubic=True).repeat(n_cells)
+    return bcc_cell(a0, n_cells, element)
 
 
 def _element(potential: SNAPPotential) -> str:
@@ -63,36 +63,9 @@ def _element(potential: SNAPPotential) -> str:
 
 def lattice_constant(potential: SNAPPotential, zbl: tuple[float, float] | None = None,
                      guess: float = 3.2, xtol: float = 1e-9) -> float:
-    """Zero-pressure bcc lattice constant of ``potential`` (Å), the energy minimum vs a.
-
-    A 1D root find of the pressure of a 2-atom cubic cell.  The bracket has p > 0 at the
-    small a and p < 0 at the large a, so the root is a minimum of E(a), not a maximum.
-    """
-    from scipy.optimize import brentq
-
-    element = _element(potential)
-    calc = potential.calculator(zbl=zbl)
-
-    def pressure(a: float) -> float:
-        atoms = bulk(element, "bcc", a=a, cubic=True)
-        atoms.calc = calc
-        return float(-atoms.get_stress()[:3].mean())
-
-    lo, hi = guess * 0.97, guess * 1.03
-    p_lo, p_hi = pressure(lo), pressure(hi)
-    for _ in range(20):  # widen the bracket until it holds a compressed and a stretched side
-        if p_lo > 0 > p_hi:
-            break
-        if p_lo <= 0:
-            lo *= 0.97
-            p_lo = pressure(lo)
-        if p_hi >= 0:
-            hi *= 1.03
-            p_hi = pressure(hi)
-    else:
-        raise QmmlError(f"potential has no zero-pressure bcc lattice constant between "
-                        f"{lo:.3f} and {hi:.3f} Å (p = {p_lo:.3g}, {p_hi:.3g} eV/Å³)")
-    return float(brentq(pressure, lo, hi, xtol=xtol, rtol=1e-15))
+    """Zero-pressure bcc lattice constant of ``potential`` (Å), the energy minimum vs a."""
+    return zero_pressure_a0(potential.calculator(zbl=zbl), guess, _element(potential), n=1,
+                            xtol=xtol)
 
 
 def strain_set(potential: SNAPPotential, a0: float | None = None, n_cells: int = 5,

@@ -47,6 +47,35 @@ def _unit(i: int, h: float) -> np.ndarray:
     return v
 
 
+def zero_pressure_a0(calc: Calculator, guess: float, symbol: str = "W", n: int = 1,
+                     xtol: float = 1e-10) -> float:
+    """Zero-pressure lattice constant of a cubic bcc crystal (Å): the energy minimum vs a.
+
+    A root of the pressure of an n×n×n cell; the bracket is widened until p > 0 at the
+    small side and p < 0 at the large side, so the root is a minimum, not a maximum.
+    """
+    def pressure(a: float) -> float:
+        atoms = bcc_cell(a, n, symbol)
+        atoms.calc = calc
+        return float(-atoms.get_stress()[:3].mean())
+
+    lo, hi = guess * 0.97, guess * 1.03
+    p_lo, p_hi = pressure(lo), pressure(hi)
+    for _ in range(20):
+        if p_lo > 0 > p_hi:
+            break
+        if p_lo <= 0:
+            lo *= 0.97
+            p_lo = pressure(lo)
+        if p_hi >= 0:
+            hi *= 1.03
+            p_hi = pressure(hi)
+    else:
+        raise QmmlError(f"no zero-pressure bcc lattice constant between {lo:.3f} and "
+                        f"{hi:.3f} Å (p = {p_lo:.3g}, {p_hi:.3g} eV/Å³)")
+    return float(brentq(pressure, lo, hi, xtol=xtol, rtol=1e-15))
+
+
 def measure_cubic_elastic(calculator: Callable[[], Calculator] | Calculator, a0_guess: float,
                           symbol: str = "W", n: int = 3, h: float = STRAIN_STEP) -> dict:
     """a0 (zero pressure) and C11, C12, C44 (GPa) of a cubic bcc crystal by finite
@@ -58,13 +87,7 @@ def measure_cubic_elastic(calculator: Callable[[], Calculator] | Calculator, a0_
         atoms.calc = calc
         return atoms.get_stress()
 
-    def pressure(a: float) -> float:
-        return -stress(bcc_cell(a, n, symbol))[:3].mean()
-
-    lo, hi = 0.97 * a0_guess, 1.03 * a0_guess
-    if pressure(lo) * pressure(hi) > 0:
-        raise QmmlError(f"no zero-pressure lattice constant within ±3 % of {a0_guess} Å")
-    a0 = brentq(pressure, lo, hi, xtol=1e-10, rtol=1e-14)
+    a0 = zero_pressure_a0(calc, a0_guess, symbol, n)
     ref = bcc_cell(a0, n, symbol)
     d_xx = (stress(strained(ref, _unit(0, h))) - stress(strained(ref, _unit(0, -h)))) / (2 * h)
     d_yz = (stress(strained(ref, _unit(3, h))) - stress(strained(ref, _unit(3, -h)))) / (2 * h)

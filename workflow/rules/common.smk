@@ -39,6 +39,9 @@ wildcard_constraints:
 localrules:
     all,
     engine_config,
+    elastic_check,
+    build_dislocation,
+    build_defect,
     extract_forces,
     binding_energies,
     figures,
