@@ -1,0 +1,513 @@
+"""ML-accelerated QM/ML relaxation: a retrained surrogate between QM calls.
+
+QM calls are the whole cost of force-mixed QM/ML, and the ML potential is linear in Θ, so a
+potential retrained on the QM forces gathered so far is one small linear solve.  The outer
+loop (one QM call per image per outer step):
+
+1. evaluate the TRUE QM/ML forces at the current geometry x_k (through the QM cache);
+   converged when they are below ``fmax`` (the only convergence test ever used);
+2. retrain a surrogate Θ_k: target rows = the raw QM forces of the QM atoms at EVERY
+   QM-called geometry of this relaxation, hard rows = energy rows of the hard set (exact,
+   residual recorded per surrogate), Tikhonov towards the iteration's potential Θ_i
+   (``qmml.fitting.solve_constrained``);
+3. surrogate force field = force mixing with the surrogate in place of QM: QM atoms get
+   Θ_k forces + a constant per-atom offset δ = F_QM(x_k) − F_Θk(x_k) (the Δ-correction:
+   the surrogate reproduces the true QM/ML forces exactly at x_k, so a QM/ML stationary
+   point is a surrogate stationary point), all other atoms get Θ_i forces exactly as in the
+   real QM/ML calculator, with the same zero-mean correction as ASE ``ForceQMMM``;
+4. relax the surrogate (cheap: two SNAP evaluations per step) to ``inner_fmax_ratio``·fmax,
+   but never further than the trust radius r (max atomic displacement from x_k);
+5. call QM at the new point x_{k+1}.  Prediction error e = max |F_sur(x_{k+1}) − F_true|.
+   Accept x_{k+1} if its true fmax dropped or e < fmax_true(x_k) (the surrogate predicted
+   better than "nothing changes"); otherwise reject (stay at x_k; the new point still
+   joins the training data) and shrink r.  Grow r after a good step that hit r.  After
+   ``fallback_after`` consecutive rejections, ``fallback_steps`` plain FIRE steps on the
+   true QM/ML forces are taken (each one a QM call, all of them training data).
+
+Everything is retrained from the data, nothing is fitted across relaxations: the
+surrogates are per-relaxation scaffolding and are never written as a potential; only the
+QM/ML frames (true mixed forces) are output.
+
+Hard set.  The caller passes the iteration's hard configurations (the pipeline's strain +
+vacancy-NEB sets); without them, :func:`default_hard_set` generates a SMALL strain set of
+Θ_i in process (3×3×3 cells, 6 modes × 5 strains in ±1 %): it has the same row space for
+homogeneous strain as the paper's 102-cell set at a fraction of the cost, so the elastic
+constants and lattice parameter of every surrogate equal Θ_i's.  (Surrogates only steer
+the relaxation; the hard rows keep their bulk physics sane far from the core.)
+
+Resume.  After every outer step the state (all QM-called geometries, the accepted index,
+trust radius, counters) is pickled atomically.  A restarted run replays the stored
+geometries through the QM cache (zero real QM calls), rebuilds the training rows and
+continues.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from qmml import QmmlError
+from qmml.descriptors import compute_descriptors, energy_rows
+from qmml.fitting import solve_constrained
+from qmml.potential import SNAPPotential
+from qmml.qmcache import CachedQMCalculator
+from qmml.qmmm import (RunStats, apply_fix_mask, make_force_qmmm, qm_mask_from_region,
+                       run_fingerprint)
+
+
+@dataclass
+class AcceleratedSettings:
+    """Knobs of the accelerated optimiser (defaults measured on the stand-in screw)."""
+
+    space: str = "linear"            # surrogate descriptor space: linear | quadratic
+    lambda0: float = 1e-6            # Tikhonov weight towards Θ_i (per unit GᵀG scale)
+    trust_radius: float = 0.3        # Å: initial max atomic displacement per outer step
+    trust_min: float = 0.01
+    trust_max: float = 1.0
+    inner_optimizer: str = "LBFGS"   # FIRE | LBFGS (measured: LBFGS ~3x fewer steps)
+    inner_fmax_ratio: float = 0.2    # surrogate relaxed to this fraction of fmax
+    inner_steps: int = 3000
+    delta_correction: bool = True
+    fallback_after: int = 2          # consecutive rejected steps before plain steps
+    fallback_steps: int = 3          # plain FIRE steps on true forces per fallback
+
+    def check(self) -> None:
+        if self.space not in ("linear", "quadratic"):
+            raise QmmlError(f"accelerated: space must be 'linear' or 'quadratic', "
+                            f"got '{self.space}'")
+        if not (0 < self.trust_min <= self.trust_radius <= self.trust_max):
+            raise QmmlError("accelerated: need 0 < trust_min <= trust_radius <= trust_max")
+        if self.lambda0 <= 0:
+            raise QmmlError("accelerated: lambda0 must be > 0 (the fit is underdetermined "
+                            "after the first QM call)")
+
+
+@dataclass
+class AcceleratedStats(RunStats):
+    """RunStats plus what the surrogate loop did."""
+
+    outer_steps: int = 0
+    rejected_steps: int = 0
+    fallback_steps: int = 0
+    surrogate_hard_residuals: list = field(default_factory=list)
+    prediction_errors: list = field(default_factory=list)
+    trust_history: list = field(default_factory=list)
+    surrogate_steps: int = 0
+    seconds_fit: float = 0.0
+
+    @property
+    def surrogate_hard_residual_max(self) -> float:
+        return max(self.surrogate_hard_residuals, default=0.0)
+
+
+def default_hard_set(potential: SNAPPotential) -> list[Atoms]:
+    """Small in-process strain set of Θ_i (see module docstring): 30 cells of 54 atoms."""
+    from qmml.constraints import strain_set
+
+    return strain_set(potential, n_cells=3, n_strains=5, max_strain=0.01)
+
+
+# ---- calculators ---------------------------------------------------------------------
+class _QMTap(Calculator):
+    """Per-image proxy in front of the shared cached QM calculator: keeps this image's
+    raw QM cluster forces (ForceQMMM only returns the mixed, zero-mean-shifted ones)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, qm: CachedQMCalculator) -> None:
+        super().__init__()
+        self.qm = qm
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        cluster = self.atoms.copy()
+        self.results["forces"] = np.array(self.qm.get_forces(cluster))
+        self.results["energy"] = float(self.qm.results.get("energy", 0.0))
+
+
+class SurrogateMixing(Calculator):
+    """Force mixing with a surrogate SNAP in place of QM (module docstring, step 3)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, qm_mask: np.ndarray, ml_calc: Calculator, surrogate_calc: Calculator,
+                 zero_mean: bool = True) -> None:
+        super().__init__()
+        self.qm_mask = np.asarray(qm_mask, dtype=bool)
+        self.ml_calc, self.surrogate_calc = ml_calc, surrogate_calc
+        self.zero_mean = zero_mean
+        self.offset = np.zeros((int(self.qm_mask.sum()), 3))
+
+    def raw_surrogate_qm_forces(self, atoms: Atoms) -> np.ndarray:
+        return np.array(self.surrogate_calc.get_forces(atoms))[self.qm_mask]
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        forces = np.array(self.ml_calc.get_forces(atoms))
+        forces[self.qm_mask] = self.raw_surrogate_qm_forces(atoms) + self.offset
+        if self.zero_mean:  # exactly what ForceQMMM does to the true forces
+            forces -= forces.mean(axis=0)
+        self.results["forces"] = forces
+        self.results["energy"] = 0.0
+
+
+# ---- the system: one image (relaxation) or the interior images of an NEB ---------------
+@dataclass
+class _Evaluation:
+    positions: np.ndarray          # (n_images, N, 3)
+    forces: np.ndarray             # true mixed forces (n_images, N, 3), no constraints
+    qm_forces: np.ndarray          # raw QM forces of the QM atoms (n_images, n_qm, 3)
+    fmax: float                    # convergence measure (constraints/NEB projection applied)
+
+
+class _System:
+    """True and surrogate copies of the moving images plus their optimiser targets."""
+
+    def __init__(self, true_images: list[Atoms], moving: Sequence[int], qm: CachedQMCalculator,
+                 ml_factory: Callable[[], Calculator], potential: SNAPPotential,
+                 settings: AcceleratedSettings, buffer_width: float, vacuum: float,
+                 neb_kwargs: dict | None) -> None:
+        self.images, self.moving, self.qm = true_images, list(moving), qm
+        self.potential = potential
+        self.qm_mask = qm_mask_from_region(true_images[self.moving[0]])
+        self.free = ~np.asarray(true_images[self.moving[0]].arrays.get(
+            "fix_mask", np.zeros(len(true_images[0]), bool)), dtype=bool)
+        self.taps = {}
+        for j, im in enumerate(true_images):
+            apply_fix_mask(im)
+            if j in self.moving or neb_kwargs is not None:
+                tap = _QMTap(qm)
+                im.calc = make_force_qmmm(im, tap, ml_factory(), buffer_width, vacuum=vacuum)
+                self.taps[j] = tap
+        self.space = potential.to_quadratic() if settings.space == "quadratic" else potential
+        self.theta_i = self.space.theta
+        self.sur_images = []
+        for j, im in enumerate(true_images):
+            s = im.copy()
+            apply_fix_mask(s)
+            if j in self.moving:
+                s.calc = SurrogateMixing(self.qm_mask, ml_factory(),
+                                         self.space.with_theta(self.theta_i).calculator())
+            else:  # NEB end points: fixed, energy only used for spline bookkeeping
+                s.calc = SinglePointCalculator(s, energy=0.0, forces=np.zeros((len(s), 3)))
+            self.sur_images.append(s)
+        self.neb_kwargs = neb_kwargs
+        if neb_kwargs is None:
+            self.true_target, self.sur_target = true_images[self.moving[0]], \
+                self.sur_images[self.moving[0]]
+        else:
+            from ase.mep import NEB
+
+            self.true_target = NEB(true_images, **neb_kwargs)
+            self.sur_target = NEB(self.sur_images, **neb_kwargs)
+
+    # positions of the moving images, (n_moving, N, 3)
+    def positions(self, which: str = "true") -> np.ndarray:
+        imgs = self.images if which == "true" else self.sur_images
+        return np.array([imgs[j].positions for j in self.moving])
+
+    def set_positions(self, x: np.ndarray, which: str = "true") -> None:
+        imgs = self.images if which == "true" else self.sur_images
+        for j, p in zip(self.moving, x):
+            imgs[j].set_positions(p, apply_constraint=False)
+
+    def _fmax(self, target) -> float:
+        f = target.get_forces()  # constraints applied / NEB-projected
+        return float(np.sqrt((np.asarray(f).reshape(-1, 3) ** 2).sum(axis=1)).max())
+
+    def evaluate_true(self, x: np.ndarray | None = None) -> _Evaluation:
+        if x is not None:
+            self.set_positions(x)
+        forces, qm_forces = [], []
+        sel = None
+        for j in self.moving:
+            im = self.images[j]
+            forces.append(np.array(im.get_forces(apply_constraint=False)))
+            fq = im.calc
+            sel = fq.qm_selection_mask[fq.qm_buffer_mask]
+            qm_forces.append(np.array(self.taps[j].results["forces"])[sel])
+        return _Evaluation(self.positions(), np.array(forces), np.array(qm_forces),
+                           self._fmax(self.true_target))
+
+    def descriptor_rows(self, x: np.ndarray) -> list[np.ndarray]:
+        rows = []
+        for j, p in zip(self.moving, x):
+            a = Atoms(self.images[j].numbers, p, cell=self.images[j].cell,
+                      pbc=self.images[j].pbc)
+            rows.append(compute_descriptors(a, self.space, force_mask=self.qm_mask,
+                                            source="QM/ML geometry").forces)
+        return rows
+
+    def set_surrogate(self, theta: np.ndarray, anchor: _Evaluation, delta: bool) -> None:
+        """New surrogate coefficients; offsets δ so the surrogate = truth at ``anchor``."""
+        pot = self.space.with_theta(theta)
+        self.set_positions(anchor.positions, "sur")
+        for n, j in enumerate(self.moving):
+            calc = self.sur_images[j].calc
+            calc.surrogate_calc.set_potential(pot)
+            calc.offset = np.zeros_like(calc.offset)
+            if delta:
+                calc.offset = anchor.qm_forces[n] - calc.raw_surrogate_qm_forces(
+                    self.sur_images[j])
+            calc.reset()
+
+    def surrogate_forces(self) -> np.ndarray:
+        return np.array([self.sur_images[j].get_forces(apply_constraint=False)
+                         for j in self.moving])
+
+    def relax_surrogate(self, start: np.ndarray, trust: float, fmax: float, optimizer: str,
+                        steps: int) -> tuple[np.ndarray, int, bool]:
+        """Surrogate relaxation from ``start``, stopped at the trust radius.
+
+        Returns (positions, steps taken, hit_trust_radius).
+        """
+        from qmml.qmmm import make_optimizer
+
+        self.set_positions(start, "sur")
+        opt = make_optimizer(optimizer, self.sur_target)
+        hit = False
+        n = 0
+        for _ in opt.irun(fmax=fmax, steps=steps):
+            n = opt.nsteps
+            x = self.positions("sur")
+            d = float(np.sqrt(((x - start) ** 2).sum(axis=2)).max())
+            if d > trust:  # pull back onto the trust sphere along the surrogate path
+                self.set_positions(start + (x - start) * (trust / d), "sur")
+                hit = True
+                break
+        return self.positions("sur"), n, hit
+
+
+# ---- checkpoint -----------------------------------------------------------------------
+def _save(path: Path | None, state: dict) -> None:
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# ---- the outer loop -------------------------------------------------------------------
+def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_steps: int,
+         settings: AcceleratedSettings, checkpoint: Path | None, fingerprint: str,
+         log: Callable[[str], None] | None) -> AcceleratedStats:
+    settings.check()
+    qm = system.qm
+    stats = AcceleratedStats("accelerated", fmax)
+    real0, hits0, qm_s0 = qm.n_real_calls, qm.n_cache_hits, qm.qm_seconds
+    start = time.perf_counter()
+
+    t0 = time.perf_counter()
+    hard_configs = list(hard) if hard else default_hard_set(system.potential)
+    hard_rows = energy_rows(hard_configs, system.space)
+    k = system.theta_i.size
+    gtg, gtf = np.zeros((k, k)), np.zeros(k)
+    stats.seconds_fit += time.perf_counter() - t0
+
+    def add_data(ev: _Evaluation) -> None:
+        nonlocal gtg, gtf
+        t = time.perf_counter()
+        for rows, f in zip(system.descriptor_rows(ev.positions), ev.qm_forces):
+            gtg += rows.T @ rows
+            gtf += rows.T @ f.ravel()
+        stats.seconds_fit += time.perf_counter() - t
+
+    points: list[np.ndarray] = []   # every QM-called geometry, in order
+    evals: list[_Evaluation] = []
+    current = 0
+    trust = settings.trust_radius
+    rejects = 0
+    last_error = np.inf
+
+    saved = None
+    if checkpoint is not None and checkpoint.is_file():
+        with open(checkpoint, "rb") as fh:
+            saved = pickle.load(fh)
+        if saved.get("fingerprint") != fingerprint:
+            raise QmmlError(f"{checkpoint}: checkpoint belongs to a different run (other "
+                            "input, optimizer or settings); delete it or choose another path")
+    if saved:
+        for x in saved["points"]:  # replay through the QM cache: no real QM call
+            ev = system.evaluate_true(x)
+            evals.append(ev)
+            points.append(ev.positions)
+            add_data(ev)
+        current, trust, rejects = saved["current"], saved["trust"], saved["rejects"]
+        last_error = saved["last_error"]
+        for key in ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
+                    "prediction_errors", "trust_history", "fmax_history", "outer_steps",
+                    "surrogate_steps"):
+            setattr(stats, key, saved["stats"][key])
+        stats.resumed_from_step = stats.outer_steps
+        if log:
+            log(f"accelerated: resumed from {checkpoint} at outer step {stats.outer_steps} "
+                f"({len(points)} QM geometries replayed from the cache)")
+    else:
+        ev = system.evaluate_true()
+        evals.append(ev)
+        points.append(ev.positions)
+        add_data(ev)
+        stats.fmax_history.append(ev.fmax)
+
+    def save() -> None:
+        keys = ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
+                "prediction_errors", "trust_history", "fmax_history", "outer_steps",
+                "surrogate_steps")
+        _save(checkpoint, {"fingerprint": fingerprint, "points": points, "current": current,
+                           "trust": trust, "rejects": rejects, "last_error": last_error,
+                           "stats": {key: getattr(stats, key) for key in keys}})
+
+    save()
+    while evals[current].fmax > fmax and stats.outer_steps < max_qm_steps:
+        anchor = evals[current]
+        # ---- fallback: plain FIRE steps on the true forces -----------------------------
+        if rejects >= settings.fallback_after:
+            from ase.optimize import FIRE
+
+            system.set_positions(anchor.positions)
+            opt = FIRE(system.true_target, logfile=None)
+            for _ in opt.irun(fmax=fmax, steps=settings.fallback_steps):
+                ev = system.evaluate_true()
+                if opt.nsteps == 0 and np.array_equal(ev.positions, anchor.positions):
+                    continue  # the starting point, already known
+                evals.append(ev)
+                points.append(ev.positions)
+                add_data(ev)
+                stats.fallback_steps += 1
+            current = len(evals) - 1
+            rejects = 0
+            stats.outer_steps += 1
+            stats.fmax_history.append(evals[current].fmax)
+            if log:
+                log(f"accelerated: fallback FIRE steps -> fmax {evals[current].fmax:.5f}")
+            save()
+            continue
+        # ---- retrain the surrogate on every QM geometry so far --------------------------
+        t = time.perf_counter()
+        # λ0 relative to the data's own scale, so one setting suits any descriptor space
+        scale = max(float(np.trace(gtg)) / k, 1e-300)
+        fit = solve_constrained(system.theta_i, gtg, gtf, hard=hard_rows,
+                                lambda0=settings.lambda0 * scale)
+        stats.seconds_fit += time.perf_counter() - t
+        stats.surrogate_hard_residuals.append(fit.hard_residual_max)
+        system.set_surrogate(fit.theta, anchor, settings.delta_correction)
+        # ---- relax the surrogate inside the trust radius ---------------------------------
+        x_new, n_inner, hit = system.relax_surrogate(
+            anchor.positions, trust, settings.inner_fmax_ratio * fmax,
+            settings.inner_optimizer, settings.inner_steps)
+        stats.surrogate_steps += n_inner
+        predicted = system.surrogate_forces()
+        ev = system.evaluate_true(x_new)
+        evals.append(ev)
+        points.append(ev.positions)
+        add_data(ev)
+        free = system.free
+        error = float(np.sqrt(((predicted - ev.forces)[:, free] ** 2).sum(axis=2)).max())
+        stats.prediction_errors.append(error)
+        accept = ev.fmax < anchor.fmax or error < anchor.fmax
+        if accept:
+            current = len(evals) - 1
+            rejects = 0
+            if hit and error < 0.5 * anchor.fmax:
+                trust = min(2.0 * trust, settings.trust_max)
+        else:
+            rejects += 1
+            stats.rejected_steps += 1
+            trust = max(0.25 * trust, settings.trust_min)
+        last_error = error
+        stats.outer_steps += 1
+        stats.trust_history.append(trust)
+        stats.fmax_history.append(evals[current].fmax)
+        if log:
+            log(f"accelerated: outer {stats.outer_steps:3d}  QM calls {qm.n_calls:4d}  "
+                f"true fmax {ev.fmax:.5f}  prediction error {error:.5f}  "
+                f"{'accepted' if accept else 'REJECTED'}  surrogate steps {n_inner:4d}"
+                f"{' (trust)' if hit else ''}  trust {trust:.3f} A  "
+                f"hard residual {fit.hard_residual_max:.1e}")
+        save()
+
+    best = evals[current]
+    system.set_positions(best.positions)
+    system.evaluate_true()  # leave the true calculators at the accepted point (no QM call)
+    stats.steps = stats.outer_steps
+    stats.fmax = best.fmax
+    stats.converged = best.fmax <= fmax
+    stats.n_qm_calls = qm.n_real_calls - real0 + qm.n_cache_hits - hits0
+    stats.n_qm_real_calls = qm.n_real_calls - real0
+    stats.qm_seconds = qm.qm_seconds - qm_s0
+    stats.wall_seconds = time.perf_counter() - start
+    return stats
+
+
+# ---- public entry points -------------------------------------------------------------
+def relax_accelerated(atoms: Atoms, qm: CachedQMCalculator, potential: SNAPPotential,
+                      buffer_width: float, fmax: float = 0.01, steps: int = 200,
+                      hard: Sequence[Atoms] | None = None,
+                      settings: AcceleratedSettings | None = None,
+                      checkpoint: str | Path | None = None, vacuum: float = 5.0,
+                      log: Callable[[str], None] | None = print,
+                      fingerprint_extra=()) -> AcceleratedStats:
+    """Relax ``atoms`` in place with the accelerated QM/ML optimiser (module docstring).
+
+    ``potential`` is the iteration's Θ_i (ML forces outside QM, Tikhonov centre, descriptor
+    space); ``steps`` bounds the outer steps; ``hard`` the hard configurations (default:
+    :func:`default_hard_set`).  On return ``atoms.calc`` is the true ForceQMMM at the
+    accepted geometry.
+    """
+    settings = settings or AcceleratedSettings()
+    settings.check()
+    system = _System([atoms], [0], qm, potential.calculator, potential, settings,
+                     buffer_width, vacuum, None)
+    fingerprint = run_fingerprint([atoms], "accelerated", fmax, buffer_width, vacuum,
+                                  qm.cache.settings_hash, repr(settings),
+                                  _hard_id(hard), *fingerprint_extra)
+    return _run(system, hard, fmax, steps, settings,
+                Path(checkpoint) if checkpoint else None, fingerprint, log)
+
+
+def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAPPotential,
+                    buffer_width: float, fmax: float = 0.05, steps: int = 200, k: float = 0.1,
+                    hard: Sequence[Atoms] | None = None,
+                    settings: AcceleratedSettings | None = None,
+                    checkpoint: str | Path | None = None, vacuum: float = 5.0,
+                    log: Callable[[str], None] | None = print, fingerprint_extra=()
+                    ) -> tuple[AcceleratedStats, "object"]:
+    """Accelerated NEB: the surrogate NEB is converged, then QM on all interior images.
+
+    ``images`` (end points included, already interpolated, region arrays set) are moved in
+    place.  Returns the stats and the true ASE NEB object (for ``integrate_forces``).
+    """
+    settings = settings or AcceleratedSettings()
+    settings.check()
+    system = _System(images, range(1, len(images) - 1), qm, potential.calculator, potential,
+                     settings, buffer_width, vacuum, {"k": k, "method": "spline"})
+    fingerprint = run_fingerprint(images, "neb-accelerated", fmax, k, buffer_width, vacuum,
+                                  qm.cache.settings_hash, repr(settings), _hard_id(hard),
+                                  *fingerprint_extra)
+    stats = _run(system, hard, fmax, steps, settings,
+                 Path(checkpoint) if checkpoint else None, fingerprint, log)
+    return stats, system.true_target
+
+
+def _hard_id(hard: Sequence[Atoms] | None) -> str:
+    if not hard:
+        return "default-strain-set"
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in hard:
+        h.update(np.ascontiguousarray(a.positions).tobytes())
+        h.update(np.ascontiguousarray(a.cell.array).tobytes())
+    return h.hexdigest()[:16]
