@@ -34,13 +34,6 @@ from qmml.potential import SNAPPotential
 MILADY = {"a0": 3.18551, "C11": 513.1, "C12": 201.0, "C44": 144.9}
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process and of its waited-for children (MB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024.0  # Linux: KiB
-
-
 # ---- (1) calculator overhead ----------------------------------------------------------
 # The three evaluators are built once and then called in interleaved rounds with the same
 # displacements, so background load on a shared machine hits all of them alike.  Both wall
@@ -142,6 +135,138 @@ def run_calculator(args: argparse.Namespace) -> dict:
     return out
 
 
+# ---- (2) retraining -------------------------------------------------------------------
+STAND_IN = "reference (classical stand-in, not QM): W_2940_2017_2+ZBL"
+
+
+def build_retrain_data(folder: Path, n_images: int = 13, rattle: float = 0.02,
+                       qm_radius: float = 6.0) -> dict[str, Path]:
+    """Targets, hard and soft sets as extxyz files in ``folder`` (reused when present).
+
+    Targets: ``n_images`` rattled copies of a ½<111> screw cylinder (R 60 Å, outer 10 Å
+    fixed) with forces of the classical stand-in (W_2940_2017_2+ZBL) on every atom and a
+    ``region`` array (QM = within ``qm_radius`` of the core axis, else MM).
+    """
+    from ase.io import write
+
+    from qmml import constraints
+    from qmml.potential import reference_potential
+    from qmml.structures import dislocation_cylinder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {k: folder / f"{k}.xyz" for k in ("targets", "hard", "soft")}
+    if all(f.is_file() for f in files.values()):
+        return files
+    pot = SNAPPotential.read(potential_path("W_milady_lml"))
+    ref, zbl = reference_potential()
+    disloc = dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
+                                  MILADY["C44"], radius=60, fixed_width=10)
+    fixed = disloc.arrays["fix_mask"].astype(bool)
+    core = np.asarray(disloc.info["core_position"], dtype=float)[:2]
+    r = np.linalg.norm(disloc.positions[:, :2] - core, axis=1)
+    region = np.where(r < qm_radius, "QM", "MM")
+    calc = ref.calculator(zbl=zbl)
+    rng = np.random.default_rng(2023)
+    frames = []
+    for i in range(n_images):
+        atoms = disloc.copy()
+        atoms.positions[~fixed] += rng.normal(0.0, rattle, (int((~fixed).sum()), 3))
+        atoms.calc = calc
+        forces = atoms.get_forces()
+        atoms.calc = None
+        atoms.new_array("forces", forces)
+        atoms.new_array("region", region.copy())
+        atoms.info.update(image=i, qm_engine=STAND_IN)
+        frames.append(atoms)
+    write(files["targets"], frames, format="extxyz")
+    a0 = constraints.lattice_constant(pot)
+    constraints.write_set(files["hard"], constraints.strain_set(pot, a0=a0)
+                          + constraints.vacancy_neb(pot, a0=a0))
+    constraints.write_set(files["soft"], constraints.md_snapshots(pot, a0=a0))
+    return files
+
+
+def _timed(func, *args, **kwargs):
+    t, c = time.perf_counter(), time.process_time()
+    out = func(*args, **kwargs)
+    return out, {"wall_s": time.perf_counter() - t, "cpu_s_main": time.process_time() - c}
+
+
+def run_retrain_pipeline(files: dict[str, Path], workers: int) -> dict:
+    """The steps of ``qmml.retrain.retrain`` (same inputs, same solver), each timed, with
+    descriptors spread over ``workers`` processes (``force_normal_equations``/``energy_rows``).
+    """
+    from ase.io import read
+
+    from qmml.descriptors import energy_rows, force_normal_equations
+    from qmml.fitting import solve_constrained
+    from qmml.retrain import free_mask, target_forces
+
+    pot0 = SNAPPotential.read(potential_path("W_milady_lml")).to_quadratic()
+    targets = read(files["targets"], index=":")
+    hard = read(files["hard"], index=":")
+    soft = read(files["soft"], index=":")
+    steps: dict = {}
+    tsum, steps["targets"] = _timed(
+        force_normal_equations, targets, pot0,
+        force_masks=[free_mask(a) for a in targets],
+        targets=[target_forces(a, f"target {i}") for i, a in enumerate(targets)],
+        keep_masks=[a.arrays["region"] == "QM" for a in targets], workers=workers)
+    hard_rows, steps["hard"] = _timed(energy_rows, hard, pot0, workers=workers)
+    ssum, steps["soft"] = _timed(force_normal_equations, soft, pot0, workers=workers)
+    theta0 = pot0.theta
+
+    def solve():
+        return solve_constrained(theta0, tsum.normal.matrix(), tsum.normal.gtf, hard=hard_rows,
+                                 soft_ata=ssum.normal.matrix(), lambda_soft=1.0, lambda0=500.0)
+
+    result, steps["solve"] = _timed(solve)
+    rows, forces = np.vstack(tsum.kept_rows), np.concatenate(tsum.kept_targets)
+    rmse = lambda th: float(np.sqrt(np.mean((rows @ th - forces) ** 2)))  # noqa: E731
+    return {"workers": workers, "steps": steps,
+            "total_wall_s": sum(v["wall_s"] for v in steps.values()),
+            "n_target_rows": tsum.normal.n_rows, "n_soft_rows": ssum.normal.n_rows,
+            "n_hard_rows": int(hard_rows.shape[0]), "hard_rank": result.hard_rank,
+            "hard_residual_max": result.hard_residual_max,
+            "qm_force_rmse_before": rmse(theta0), "qm_force_rmse_after": rmse(result.theta),
+            "theta": result.theta}
+
+
+def run_retrain_api(files: dict[str, Path]) -> dict:
+    """``qmml.retrain.retrain`` itself, on the same data (serial, as it stands)."""
+    from ase.io import read
+
+    from qmml.retrain import retrain
+
+    pot = SNAPPotential.read(potential_path("W_milady_lml"))
+    targets = [(f"target {i}", a) for i, a in enumerate(read(files["targets"], index=":"))]
+    hard = read(files["hard"], index=":")
+    soft = read(files["soft"], index=":")
+    t = time.perf_counter()
+    new, report = retrain(pot, targets, hard, soft, lambda0=500.0, lambda_soft=1.0,
+                          quadratic=True)
+    report["wall_s"] = time.perf_counter() - t
+    report["theta"] = new.theta
+    return report
+
+
+def run_retrain(args: argparse.Namespace) -> dict:
+    files = build_retrain_data(args.data)
+    out: dict = {}
+    if not args.skip_api:
+        out["retrain_api_serial"] = run_retrain_api(files)
+    for w in args.workers:
+        out[f"pipeline_workers_{w}"] = run_retrain_pipeline(files, w)
+    from qmml.descriptors import close_workers
+
+    close_workers()  # joined children count in RUSAGE_CHILDREN (peak memory)
+    thetas = {k: v.pop("theta") for k, v in out.items()}
+    ref = next(iter(thetas.values()))
+    for k, th in thetas.items():
+        out[k]["max_theta_diff_vs_first"] = float(np.abs(th - ref).max())
+    return out
+
+
 # ---- entry point ----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -151,9 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-lammpslib", action="store_true")
     p.add_argument("--json", type=Path)
+    r = sub.add_parser("retrain")
+    r.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "qmml-bench",
+                   help="folder for the generated targets/hard/soft extxyz (reused)")
+    r.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    r.add_argument("--skip-api", action="store_true", help="skip qmml.retrain.retrain itself")
+    r.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    result = run_calculator(args)
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result = run_calculator(args) if args.what == "calculator" else run_retrain(args)
+    result["peak_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb_largest_child"] = (
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
