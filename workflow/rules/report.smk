@@ -10,6 +10,10 @@ def figure_inputs(w=None):
         "targets_summary": [f"{R}/iter_{i}/targets.json" for i in range(N)],
         "retrain": [f"{R}/iter_{j}/retrain.json" for j in range(1, N + 1)],
         "relaxed": [f"{R}/iter_{i}/qmml/{case}_initial.xyz" for i in range(N) for case in CASES],
+        # unrelaxed inputs of "relaxed" (same order): the DD maps' perfect reference lattice
+        # comes from their structure info, which the QM/ML outputs do not carry
+        "structures": [f"{R}/iter_{i}/structures/{case}_initial.xyz" for i in range(N)
+                       for case in CASES],
         "neb": [f"{R}/iter_{i}/qmml/{case}_neb.xyz" for i in range(N) for case in CASES
                 if glide(case)],
         "binding": [f"{R}/iter_{N}/binding.csv"] if DEFECTS else [],
