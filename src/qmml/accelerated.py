@@ -98,6 +98,7 @@ class AcceleratedStats(RunStats):
     rejected_steps: int = 0
     fallback_steps: int = 0
     surrogate_hard_residuals: list = field(default_factory=list)
+    surrogate_thetas: list = field(default_factory=list)   # kept for audit, never written
     prediction_errors: list = field(default_factory=list)
     trust_history: list = field(default_factory=list)
     surrogate_steps: int = 0
@@ -287,6 +288,11 @@ class _System:
         return self.positions("sur"), n, hit
 
 
+_STATE_KEYS = ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
+               "surrogate_thetas", "prediction_errors", "trust_history", "fmax_history",
+               "outer_steps", "surrogate_steps")
+
+
 # ---- checkpoint -----------------------------------------------------------------------
 def _save(path: Path | None, state: dict) -> None:
     if path is None:
@@ -331,6 +337,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
     rejects = 0
     last_error = np.inf
 
+    pending = None  # surrogate step computed but its QM call not yet recorded
     saved = None
     if checkpoint is not None and checkpoint.is_file():
         with open(checkpoint, "rb") as fh:
@@ -345,10 +352,8 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
             points.append(ev.positions)
             add_data(ev)
         current, trust, rejects = saved["current"], saved["trust"], saved["rejects"]
-        last_error = saved["last_error"]
-        for key in ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
-                    "prediction_errors", "trust_history", "fmax_history", "outer_steps",
-                    "surrogate_steps"):
+        last_error, pending = saved["last_error"], saved["pending"]
+        for key in _STATE_KEYS:
             setattr(stats, key, saved["stats"][key])
         stats.resumed_from_step = stats.outer_steps
         if log:
@@ -362,12 +367,10 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
         stats.fmax_history.append(ev.fmax)
 
     def save() -> None:
-        keys = ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
-                "prediction_errors", "trust_history", "fmax_history", "outer_steps",
-                "surrogate_steps")
         _save(checkpoint, {"fingerprint": fingerprint, "points": points, "current": current,
                            "trust": trust, "rejects": rejects, "last_error": last_error,
-                           "stats": {key: getattr(stats, key) for key in keys}})
+                           "pending": pending,
+                           "stats": {key: getattr(stats, key) for key in _STATE_KEYS}})
 
     save()
     while evals[current].fmax > fmax and stats.outer_steps < max_qm_steps:
@@ -394,24 +397,34 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
                 log(f"accelerated: fallback FIRE steps -> fmax {evals[current].fmax:.5f}")
             save()
             continue
-        # ---- retrain the surrogate on every QM geometry so far --------------------------
-        t = time.perf_counter()
-        # λ0 relative to the data's own scale, so one setting suits any descriptor space
-        scale = max(float(np.trace(gtg)) / k, 1e-300)
-        fit = solve_constrained(system.theta_i, gtg, gtf, hard=hard_rows,
-                                lambda0=settings.lambda0 * scale)
-        stats.seconds_fit += time.perf_counter() - t
-        stats.surrogate_hard_residuals.append(fit.hard_residual_max)
-        system.set_surrogate(fit.theta, anchor, settings.delta_correction)
-        # ---- relax the surrogate inside the trust radius ---------------------------------
-        x_new, n_inner, hit = system.relax_surrogate(
-            anchor.positions, trust, settings.inner_fmax_ratio * fmax,
-            settings.inner_optimizer, settings.inner_steps)
-        stats.surrogate_steps += n_inner
-        predicted = system.surrogate_forces()
+        if pending is None:
+            # ---- retrain the surrogate on every QM geometry so far ----------------------
+            t = time.perf_counter()
+            # λ0 relative to the data's own scale, so one setting suits any descriptor space
+            scale = max(float(np.trace(gtg)) / k, 1e-300)
+            fit = solve_constrained(system.theta_i, gtg, gtf, hard=hard_rows,
+                                    lambda0=settings.lambda0 * scale)
+            stats.seconds_fit += time.perf_counter() - t
+            stats.surrogate_hard_residuals.append(fit.hard_residual_max)
+            stats.surrogate_thetas.append(fit.theta)
+            system.set_surrogate(fit.theta, anchor, settings.delta_correction)
+            # ---- relax the surrogate inside the trust radius -----------------------------
+            x_new, n_inner, hit = system.relax_surrogate(
+                anchor.positions, trust, settings.inner_fmax_ratio * fmax,
+                settings.inner_optimizer, settings.inner_steps)
+            stats.surrogate_steps += n_inner
+            # checkpoint the step BEFORE its QM call: a run killed during the call resumes
+            # with exactly this geometry (a cache hit if the call had completed)
+            pending = {"positions": x_new, "predicted": system.surrogate_forces(),
+                       "steps": n_inner, "hit": hit}
+            save()
+        x_new, predicted = pending["positions"], pending["predicted"]
+        n_inner, hit = pending["steps"], pending["hit"]
+        residual = stats.surrogate_hard_residuals[-1]
         ev = system.evaluate_true(x_new)
         evals.append(ev)
         points.append(ev.positions)
+        pending = None
         add_data(ev)
         free = system.free
         error = float(np.sqrt(((predicted - ev.forces)[:, free] ** 2).sum(axis=2)).max())
@@ -435,7 +448,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
                 f"true fmax {ev.fmax:.5f}  prediction error {error:.5f}  "
                 f"{'accepted' if accept else 'REJECTED'}  surrogate steps {n_inner:4d}"
                 f"{' (trust)' if hit else ''}  trust {trust:.3f} A  "
-                f"hard residual {fit.hard_residual_max:.1e}")
+                f"hard residual {residual:.1e}")
         save()
 
     best = evals[current]

@@ -210,13 +210,24 @@ def _fmax_atoms(atoms: Atoms) -> float:
 def relax(atoms: Atoms, qm: CachedQMCalculator, ml_calc: Calculator, buffer_width: float,
           optimizer: str = "FIRE", fmax: float = 0.01, steps: int = 1000,
           checkpoint: str | Path | None = None, vacuum: float = 5.0,
-          log: Callable[[str], None] | None = print, fingerprint_extra=()) -> RunStats:
+          log: Callable[[str], None] | None = print, fingerprint_extra=(),
+          hard=None, accelerated=None) -> RunStats:
     """Relax ``atoms`` in place with force-mixed QM/ML; fixed atoms from ``fix_mask``.
 
     ``qm`` is the cached QM calculator, ``ml_calc`` the ML potential's calculator.
+    ``optimizer="accelerated"``: :mod:`qmml.accelerated` (``hard``: its hard configurations,
+    ``accelerated``: its ``AcceleratedSettings``; ``steps`` then bounds outer steps).
     """
+    if optimizer == "accelerated":  # surrogate between QM calls (qmml.accelerated)
+        from qmml.accelerated import relax_accelerated
+
+        return relax_accelerated(atoms, qm, ml_calc.potential, buffer_width, fmax=fmax,
+                                 steps=steps, hard=hard, settings=accelerated,
+                                 checkpoint=checkpoint, vacuum=vacuum, log=log,
+                                 fingerprint_extra=fingerprint_extra)
     if optimizer not in OPTIMIZERS:
-        raise QmmlError(f"unknown optimizer '{optimizer}' (choose from {', '.join(OPTIMIZERS)})")
+        raise QmmlError(f"unknown optimizer '{optimizer}' (choose from "
+                        f"{', '.join(OPTIMIZERS)}, accelerated)")
     apply_fix_mask(atoms)
     atoms.calc = make_force_qmmm(atoms, qm, ml_calc, buffer_width, vacuum=vacuum)
     fingerprint = run_fingerprint([atoms], optimizer, fmax, buffer_width, vacuum,
@@ -231,8 +242,8 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
         ml_factory: Callable[[], Calculator], buffer_width: float, optimizer: str = "FIRE",
         fmax: float = 0.05, steps: int = 1000, k: float = 0.1,
         checkpoint: str | Path | None = None, vacuum: float = 5.0,
-        log: Callable[[str], None] | None = print, fingerprint_extra=()
-        ) -> tuple[list[Atoms], RunStats, dict]:
+        log: Callable[[str], None] | None = print, fingerprint_extra=(), hard=None,
+        accelerated=None) -> tuple[list[Atoms], RunStats, dict]:
     """NEB of a glide path with one ForceQMMM per image (all sharing the QM cache).
 
     ``n_images`` counts all images including the two end points.  The QM/buffer masks
@@ -250,6 +261,21 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
     images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
     neb_obj = NEB(images, k=k, method="spline")
     neb_obj.interpolate(method="linear")
+    if optimizer == "accelerated":  # surrogate NEB between QM calls (qmml.accelerated)
+        from qmml.accelerated import neb_accelerated
+
+        region = np.asarray(images[0].arrays["region"]).astype(str)
+        for im in images[1:]:
+            im.arrays["region"] = region.copy()
+        stats, neb_obj = neb_accelerated(
+            images, qm, ml_factory().potential, buffer_width, fmax=fmax, steps=steps, k=k,
+            hard=hard, settings=accelerated, checkpoint=checkpoint, vacuum=vacuum, log=log,
+            fingerprint_extra=fingerprint_extra)
+        s, energy, _ = neb_obj.integrate_forces()
+        stats.n_qm_calls = qm.n_calls
+        stats.n_qm_real_calls = qm.n_real_calls
+        return images, stats, {"s": s, "energy": energy,
+                               "barrier": float(energy.max() - energy[0])}
     # masks (QM and buffer) come from the initial image and are shared by every image
     apply_fix_mask(images[0])
     images[0].calc = make_force_qmmm(images[0], qm, ml_factory(), buffer_width, vacuum=vacuum)
@@ -284,7 +310,10 @@ def provenance(stats: RunStats, engine: str, settings_hash: str, potential: str,
             "optimizer": stats.optimizer, "fmax_target": stats.fmax_target,
             "fmax": stats.fmax, "converged": bool(stats.converged), "steps": stats.steps,
             "n_qm_calls": stats.n_qm_calls, "n_qm_real_calls": stats.n_qm_real_calls,
-            "buffer_width": buffer_width}
+            "buffer_width": buffer_width,
+            **({"surrogate_hard_residual_max": stats.surrogate_hard_residual_max,
+                "surrogate_outer_steps": stats.outer_steps}
+               if hasattr(stats, "surrogate_hard_residual_max") else {})}
 
 
 def output_frame(atoms: Atoms, info: dict) -> Atoms:

@@ -27,7 +27,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kpts-line", type=int, default=None,
                         help="k-points along the dislocation line (tblite: replicas)")
     parser.add_argument("--optimizer", default="FIRE",
-                        choices=["FIRE", "LBFGS", "ODE12r", "PreconLBFGS"])
+                        choices=["FIRE", "LBFGS", "ODE12r", "PreconLBFGS", "accelerated"],
+                        help="accelerated: retrain a surrogate potential on the QM forces "
+                        "after each QM call and relax it between QM calls (qmml.accelerated)")
+    parser.add_argument("--hard", nargs="+", default=None, metavar="H.xyz",
+                        help="accelerated only: hard-constraint extxyz files kept exact by "
+                        "every surrogate (default: a small strain set of the potential, "
+                        "generated in process)")
+    parser.add_argument("--surrogate-space", default="linear", choices=["linear", "quadratic"],
+                        help="accelerated only: descriptor space of the surrogate")
     parser.add_argument("--buffer", type=float, default=8.0, help="buffer width in Å")
     parser.add_argument("--vacuum", type=float, default=5.0, help="vacuum around the QM cluster")
     parser.add_argument("--steps", type=int, default=1000, help="maximum optimiser steps")
@@ -110,6 +118,19 @@ def _setup(args: argparse.Namespace):
     return cfg, settings_hash, pot, qm, label, log, pot_id
 
 
+def _accelerated_options(args: argparse.Namespace) -> dict:
+    """hard set + settings for ``--optimizer accelerated`` (empty dict otherwise)."""
+    if args.optimizer != "accelerated":
+        if args.hard:
+            raise QmmlError("--hard is only used with --optimizer accelerated")
+        return {}
+    from qmml.accelerated import AcceleratedSettings
+    from qmml.retrain import read_configurations
+
+    hard = [a for path in args.hard for a in read_configurations(path)] if args.hard else None
+    return {"hard": hard, "accelerated": AcceleratedSettings(space=args.surrogate_space)}
+
+
 def run(args: argparse.Namespace) -> int:
     from qmml.qmmm import output_frame, provenance, relax, write_frames
 
@@ -118,9 +139,13 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or f"{args.output}.ckpt"
     stats = relax(atoms, qm, pot.calculator(), args.buffer, optimizer=args.optimizer,
                   fmax=args.fmax, steps=args.steps, checkpoint=checkpoint,
-                  vacuum=args.vacuum, log=log, fingerprint_extra=pot_id)
+                  vacuum=args.vacuum, log=log, fingerprint_extra=pot_id,
+                  **_accelerated_options(args))
     info = provenance(stats, label, settings_hash, str(args.potential), args.buffer)
     write_frames(args.output, [output_frame(atoms, info)])
+    if args.optimizer == "accelerated":
+        print(f"relax: accelerated, {stats.outer_steps} outer steps, surrogate hard "
+              f"residual max {stats.surrogate_hard_residual_max:.2e} eV/atom")
     print(f"relax: {'converged' if stats.converged else 'NOT converged'} fmax "
           f"{stats.fmax:.5f} eV/A after {stats.steps} steps; QM calls {stats.n_qm_calls} "
           f"(new {stats.n_qm_real_calls}, {stats.qm_seconds:.1f} s in QM, "
@@ -137,7 +162,8 @@ def run_neb(args: argparse.Namespace) -> int:
     images, stats, profile = neb(initial, final, args.images, qm, pot.calculator,
                                  args.buffer, optimizer=args.optimizer, fmax=args.fmax,
                                  steps=args.steps, k=args.spring, checkpoint=checkpoint,
-                                 vacuum=args.vacuum, log=log, fingerprint_extra=pot_id)
+                                 vacuum=args.vacuum, log=log, fingerprint_extra=pot_id,
+                                 **_accelerated_options(args))
     info = provenance(stats, label, settings_hash, str(args.potential), args.buffer)
     info["neb_barrier_virtual_work"] = profile["barrier"]
     s_images = np.linspace(0, 1, len(images))

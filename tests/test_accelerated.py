@@ -1,0 +1,185 @@
+"""ML-accelerated QM/ML relaxation (qmml.accelerated) against plain FIRE, stand-in QM.
+
+Stand-in QM = W_2940_2017_2 + ZBL ("reference", classical, not QM); Θ_i = W_milady_lml.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.io import read, write
+
+from conftest import MILADY
+from qmml.accelerated import (AcceleratedSettings, SurrogateMixing, default_hard_set,
+                              relax_accelerated)
+from qmml.descriptors import energy_rows
+from qmml.engines import engine_settings_hash, make_qm_calculator
+from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
+from qmml.qmmm import make_force_qmmm, relax
+from qmml.regions import cylinder_region
+from qmml.structures import dislocation_cylinder
+
+FMAX = 0.01
+BUFFER = 5.0
+REFERENCE = {"engine": "reference"}
+
+
+def cached(directory) -> CachedQMCalculator:
+    return CachedQMCalculator(make_qm_calculator(REFERENCE),
+                              QMCache(directory, engine_settings_hash(REFERENCE)))
+
+
+@pytest.fixture(scope="module")
+def start(milady):
+    atoms = dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
+                                 MILADY["C44"], radius=20.0, fixed_width=6.0)
+    counts = cylinder_region(atoms, None, qm_radius=4.5, buffer_width=BUFFER,
+                             ml_cutoff=milady.cutoff)
+    assert counts["QM"] == 12
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def fire_run(start, milady, tmp_path_factory):
+    atoms = start.copy()
+    qm = cached(tmp_path_factory.mktemp("fire_cache"))
+    stats = relax(atoms, qm, milady.calculator(), BUFFER, optimizer="FIRE", fmax=FMAX,
+                  log=None)
+    assert stats.converged
+    return atoms, stats
+
+
+@pytest.fixture(scope="module")
+def accelerated_run(start, milady, tmp_path_factory):
+    work = tmp_path_factory.mktemp("accelerated")
+    atoms = start.copy()
+    stats = relax_accelerated(atoms, cached(work / "cache"), milady, BUFFER, fmax=FMAX,
+                              checkpoint=work / "run.ckpt", log=None)
+    return atoms, stats, work
+
+
+def test_accelerated_reaches_fire_minimum_with_fewer_qm_calls(start, milady, fire_run,
+                                                              accelerated_run, tmp_path):
+    fire_atoms, fire = fire_run
+    atoms, stats, _ = accelerated_run
+    assert stats.converged and stats.fmax <= FMAX
+    assert stats.n_qm_real_calls == stats.n_qm_calls  # no repeats within a run
+    # independent check of the TRUE QM/ML forces: fresh ForceQMMM, fresh (empty) cache
+    check = atoms.copy()
+    check.calc = make_force_qmmm(check, cached(tmp_path / "fresh"), milady.calculator(),
+                                 BUFFER)
+    free = ~check.arrays["fix_mask"]
+    forces = check.get_forces()[free]
+    assert np.linalg.norm(forces, axis=1).max() <= FMAX
+    # same minimum as FIRE (free atoms), fixed atoms untouched
+    assert np.abs(atoms.positions[free] - fire_atoms.positions[free]).max() < 0.01
+    np.testing.assert_array_equal(atoms.positions[~free], start.positions[~free])
+    # measured: FIRE 36 QM calls, accelerated 4 (9x); bound leaves room for round-off
+    ratio = fire.n_qm_real_calls / stats.n_qm_real_calls
+    print(f"QM calls: FIRE {fire.n_qm_real_calls}, accelerated {stats.n_qm_real_calls} "
+          f"({ratio:.1f}x)")
+    assert ratio >= 6.0
+    assert stats.rejected_steps == 0 and stats.fallback_steps == 0
+
+
+def test_every_surrogate_keeps_hard_rows_exact(milady, accelerated_run):
+    _, stats, _ = accelerated_run
+    assert len(stats.surrogate_hard_residuals) == stats.outer_steps >= 2
+    assert stats.surrogate_hard_residual_max <= 1e-9
+    # independent: energies per atom of the hard set with each surrogate vs Θ_i, computed
+    # through LAMMPS pair_style snap (not the descriptor rows the solver used)
+    hard = default_hard_set(milady)[::7]
+    rows = energy_rows(hard, milady)
+    base = rows @ milady.theta
+    ref_calc = milady.calculator()
+    for theta in stats.surrogate_thetas:
+        np.testing.assert_allclose(rows @ theta, base, rtol=0, atol=1e-9)
+        sur_calc = milady.with_theta(theta).calculator()
+        for cell, e_row in zip(hard[:2], base[:2]):
+            a = cell.copy()
+            a.calc = sur_calc
+            assert abs(a.get_potential_energy() / len(a) - e_row) < 1e-9
+    # ...while the surrogates really differ from Θ_i where it matters (the QM forces)
+    assert max(np.abs(t - milady.theta).max() for t in stats.surrogate_thetas) > 1e-6
+
+
+def test_delta_corrected_surrogate_equals_true_forces_at_anchor(start, milady, tmp_path):
+    atoms = start.copy()
+    qm = cached(tmp_path / "cache")
+    true = make_force_qmmm(atoms, qm, milady.calculator(), BUFFER)
+    atoms.calc = true
+    f_true = atoms.get_forces(apply_constraint=False)
+    qm_mask = atoms.arrays["region"] == "QM"
+    raw_qm = qm.results["forces"][true.qm_selection_mask[true.qm_buffer_mask]]
+    theta = milady.theta * (1 + 0.01 * np.sin(np.arange(milady.theta.size)))
+    sur = SurrogateMixing(qm_mask, milady.calculator(), milady.with_theta(theta).calculator())
+    probe = atoms.copy()
+    probe.calc = sur
+    without = probe.get_forces(apply_constraint=False)
+    assert np.abs(without - f_true).max() > 1e-3  # the perturbed surrogate is wrong...
+    sur.offset = raw_qm - sur.raw_surrogate_qm_forces(probe)
+    sur.reset()
+    # ...and exact at the anchor once Δ-corrected (zero-mean shift included)
+    np.testing.assert_allclose(probe.get_forces(apply_constraint=False), f_true, atol=1e-10)
+
+
+def test_resume_from_checkpoint_repeats_no_qm_call(start, milady, accelerated_run):
+    done, stats, work = accelerated_run
+    atoms = start.copy()
+    qm = cached(work / "cache")
+    again = relax_accelerated(atoms, qm, milady, BUFFER, fmax=FMAX,
+                              checkpoint=work / "run.ckpt", log=None)
+    assert again.n_qm_real_calls == 0 and qm.n_real_calls == 0
+    assert again.converged and again.resumed_from_step == stats.outer_steps
+    np.testing.assert_array_equal(atoms.positions, done.positions)
+    with pytest.raises(Exception, match="different run"):
+        relax_accelerated(start.copy(), cached(work / "cache"), milady, BUFFER, fmax=0.02,
+                          checkpoint=work / "run.ckpt", log=None)
+
+
+@pytest.mark.slow
+def test_cli_killed_run_resumes_without_repeating_qm_calls(start, milady, tmp_path):
+    """``qmml relax --optimizer accelerated`` SIGKILLed after 2 QM calls, then rerun."""
+    structure = tmp_path / "screw.xyz"
+    write(structure, start, format="extxyz")
+    out = tmp_path / "relaxed.xyz"
+    cmd = [sys.executable, "-m", "qmml.cli", "relax", "--input", str(structure),
+           "--potential", str(milady_prefix()), "--engine", "reference",
+           "--optimizer", "accelerated", "--buffer", str(BUFFER), "--fmax", str(FMAX),
+           "--cache", str(tmp_path / "cache"), "--output", str(out), "--quiet"]
+    killed = subprocess.run(cmd, env=dict(os.environ, **{KILL_ENV: "2"}),
+                            capture_output=True, text=True)
+    assert killed.returncode == -9 and not out.exists()
+    assert len(QMCache(tmp_path / "cache", engine_settings_hash(REFERENCE))) == 2
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    frame = read(out, format="extxyz")
+    n_total = len(QMCache(tmp_path / "cache", engine_settings_hash(REFERENCE)))
+    # the rerun made only the calls the killed run had not made
+    assert frame.info["n_qm_real_calls"] == n_total - 2
+    assert frame.info["optimizer"] == "accelerated" and frame.info["converged"]
+    assert frame.info["surrogate_hard_residual_max"] <= 1e-9
+    assert frame.info["qm_engine"].startswith("reference (classical stand-in")
+    free = ~frame.arrays["fix_mask"]
+    assert np.linalg.norm(frame.get_forces()[free], axis=1).max() <= FMAX
+    # a third run (checkpoint says converged) makes no QM call at all
+    third = subprocess.run(cmd, capture_output=True, text=True)
+    assert third.returncode == 0 and read(out, format="extxyz").info["n_qm_real_calls"] == 0
+
+
+def test_bad_settings_are_one_line_errors(start, milady, tmp_path):
+    from qmml import QmmlError
+
+    with pytest.raises(QmmlError, match="space must be"):
+        relax_accelerated(start.copy(), cached(tmp_path), milady, BUFFER,
+                          settings=AcceleratedSettings(space="cubic"), log=None)
+
+
+def milady_prefix() -> Path:
+    from qmml import potential_path
+
+    return Path(potential_path("W_milady_lml"))
