@@ -27,7 +27,7 @@ other atoms only relax.  He (interstitial or in vacancies) is paired the same wa
 QM region of the path (:func:`path_region`): the union of the QM spheres of both end
 configurations (every atom within ``qm_radius`` of the far or the near defect centre, in A
 or in B), plus every atom within ``qm_radius`` of a moving atom (end-to-end displacement
-> 1 Å) in any image, so the moving atom and the atoms it passes are QM all along; fixed
+> 1.5 Å) in any image, so the moving atom and the atoms it passes are QM all along; fixed
 along the path.  The buffer is the union over images of the atoms within ``buffer_width``
 of a QM atom.  QM/ML forces use ASE ``ForceQMMM`` (zero mean force, as in the
 relaxations) through the shared QM cache, so a rerun makes no new QM call.
@@ -76,10 +76,13 @@ from qmml import QmmlError
 from qmml.regions import HOST, _periodic_delta, assign_regions, buffer_mask, fix_mask_of
 
 MATCH_TOLERANCE = 1e-3   # Å: unrelaxed positions of the same atom in both end states
-ML_FMAX = 1e-3           # eV/Å: ML-only end-state relaxations (cheap, so tight)
+# eV/Å: ML-only end-state relaxations.  The energy error of a state relaxed to fmax is
+# ~ Σ F²/2k over the few atoms still near fmax (k ~ 10 eV/Å²): ≪ 1 meV at 5e-3.
+ML_FMAX = 5e-3
 ML_STEPS = 5000
-MOVING_THRESHOLD = 1.0   # Å: end-to-end displacement above which an atom "moves" (hops);
-#                          relaxation displacements near point defects are ~0.1-0.3 Å
+# Å: end-to-end displacement above which an atom "moves" (hops, ≥ ~2.5 Å); relaxation
+# shifts stay below: ~0.1-0.3 Å near point defects, up to ~1 Å for screw-core atoms (b/3)
+MOVING_THRESHOLD = 1.5
 # info keys of the path frames that binding_table() turns into columns
 SUMMARY_KEYS = ("defect_name", "defect", "dislocation_name", "distance_requested",
                 "distance", "distance_index", "reference_index", "E_b_qmml", "E_b_qmml_path_error", "E_b_ml", "E_b_ml_path",
@@ -496,6 +499,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="QM sphere radius (default: from the built structures)")
     parser.add_argument("--buffer", type=float, required=True, help="buffer width, Å")
     parser.add_argument("--vacuum", type=float, default=5.0)
+    parser.add_argument("--ml-fmax", type=float, default=ML_FMAX,
+                        help=f"fmax of the ML-only end-state relaxations (default {ML_FMAX})")
     parser.add_argument("--cache", required=True, help="QM cache directory")
     parser.add_argument("--output", required=True, help="path frames (extxyz)")
     parser.add_argument("--quiet", action="store_true")
@@ -516,7 +521,8 @@ def read_structure(path: str | Path) -> Atoms:
 
 def compute(far: str, near: str, far_structure: str, near_structure: str, potential: str,
             engine_cfg: dict, cache: str, images: int, buffer_width: float,
-            vacuum: float = 5.0, qm_radius: float | None = None, log=None) -> BindingPath:
+            vacuum: float = 5.0, qm_radius: float | None = None, ml_fmax: float = ML_FMAX,
+            log=None) -> BindingPath:
     """File-level entry point shared by the CLI and the Snakemake script."""
     from qmml.engines import engine_label, engine_settings_hash, make_qm_calculator
     from qmml.potential import SNAPPotential
@@ -530,7 +536,7 @@ def compute(far: str, near: str, far_structure: str, near_structure: str, potent
                         read_structure(far_structure), read_structure(near_structure), qm,
                         pot.calculator(), images, buffer_width, qm_radius=qm_radius,
                         vacuum=vacuum, engine=engine_label(engine_cfg),
-                        ml_cutoff=pot.cutoff, log=log)
+                        ml_cutoff=pot.cutoff, ml_fmax=ml_fmax, log=log)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -540,7 +546,7 @@ def run(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda line: print(line, flush=True))
     result = compute(args.far, args.near, args.far_structure, args.near_structure,
                      args.potential, load_engine_config(args), args.cache, args.images,
-                     args.buffer, args.vacuum, args.qm_radius, log=log)
+                     args.buffer, args.vacuum, args.qm_radius, ml_fmax=args.ml_fmax, log=log)
     write_frames(args.output, result.frames)
     print(json.dumps({k: v for k, v in result.summary.items()}, default=str))
     return 0
