@@ -82,9 +82,9 @@ def run(tmp_path_factory):
         measured = measure_cubic_elastic(pot.calculator(), 3.18)
         (it / "elastic.json").write_text(json.dumps({k: float(v) for k, v in measured.items()}))
     (R / "binding.csv").write_text(
-        "defect,dislocation,distance,E_b_qmml,E_b_ml,E_far_qmml\n"
-        "vac,screw,6.0,0.05,0.02,-1\nvac,screw,0.0,0.71,0.52,-1\n"
-        "he,screw,0.0,0.43,0.61,-2\nhe,screw,6.0,0.0,0.0,-2\n")
+        "defect,dislocation,distance,E_b_qmml,E_b_qmml_path_error,E_b_ml,path_file\n"
+        "vac,screw,6.0,0.05,0.004,0.02,paths/vac_1.xyz\nvac,screw,0.0,0.71,-0.01,0.52,paths/vac_0.xyz\n"
+        "he,screw,0.0,0.43,0.02,0.61,paths/he_0.xyz\nhe,screw,6.0,0.0,0.0,0.0,paths/he_1.xyz\n")
     inputs = {"elastic": [it0 / "elastic.json", it1 / "elastic.json"],
               "potentials": [it0 / "potential.snapcoeff", it1 / "potential.snapcoeff"],
               "targets": [it0 / "targets.xyz"], "targets_summary": [it0 / "targets.json"],
@@ -214,7 +214,7 @@ def test_dd_reference_bulk_and_burgers_circuit(run):
 def test_binding_energy_groups_sorted_and_errors(run, tmp_path):
     n = run["numbers"]["binding_energy"]
     assert n[("vac", "screw")] == {"distance": [0.0, 6.0], "E_b_qmml": [0.71, 0.05],
-                                   "E_b_ml": [0.52, 0.02]}
+                                   "E_b_ml": [0.52, 0.02], "E_b_qmml_path_error": [-0.01, 0.004]}
     assert n[("he", "screw")]["E_b_ml"] == [0.61, 0.0]
     bad = tmp_path / "binding.csv"
     bad.write_text("defect,dislocation,distance,E_b_qmml\nvac,screw,0,1\n")
@@ -265,7 +265,8 @@ def test_report_embeds_figures_and_tables(run):
     assert force_row[:2] == ["0", format_value(summary["qm_force_rmse"])]
     assert force_row[4] == str(summary["n_qm_atoms"])
     binding = _table(doc, "binding")
-    assert binding[1][:5] == ["vac", "screw", "0", "0.71", "0.52"]
+    assert binding[1] == ["vac", "screw", "0", "0.71", "-0.01", "0.52"]  # sorted as in file
+    assert "paths/vac_0.xyz" not in doc  # path files stay in the CSV
     runs = _table(doc, "runs")
     assert [r[1] for r in runs] == ["reference (classical stand-in, not QM)"] * 2
     assert runs[0][-1] == "—" and runs[1][-1] == format_value(profile_barrier(inputs["neb"][0]))

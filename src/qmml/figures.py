@@ -150,7 +150,7 @@ def force_parity(targets: Sequence[PathLike], potentials: Sequence[PathLike],
         ax.set_aspect("equal")
         ax.set_xlabel("QM/ML force component (eV/Å)")
         ax.set_ylabel("ML force component (eV/Å)")
-        ax.set_title(f"iteration {i}: {e['n_qm_atoms']} QM atoms")
+        ax.set_title(f"iteration {i}: {e['n_qm_atoms']} QM-atom forces (all frames)")
         ax.legend(fontsize=7, loc="upper left")
     _save(fig, output)
     return {i: {k: e[k] for k in ("rmse_before", "rmse_after", "n_qm_atoms")}
@@ -179,7 +179,8 @@ def force_rmse(retrain: Sequence[PathLike], targets_summary: Sequence[PathLike],
         return {"own": own, "before": before, "after": after}
     fig, ax = plt.subplots(figsize=(5.5, 4))
     if own:
-        ax.plot(list(own), list(own.values()), "o-", color="tab:blue",
+        # large circles: they coincide with "before" when retraining used only these data
+        ax.plot(list(own), list(own.values()), "o-", color="tab:blue", ms=11,
                 label="potential i on its own QM/ML data (targets.json)")
     if before:
         # retrain j: potential j-1 (before) and potential j (after) on the data of j-1
@@ -505,7 +506,8 @@ def read_binding(path: PathLike):
 def binding_energy(binding: PathLike | None, output: PathLike) -> dict:
     """E_b (QM/ML and ML-only) vs distance from the core, one curve pair per defect.
 
-    Returns {(defect, dislocation): {"distance", "E_b_qmml", "E_b_ml"}} sorted by distance.
+    Returns {(defect, dislocation): {"distance", "E_b_qmml", "E_b_ml"[, "E_b_qmml_path_error"]}}
+    sorted by distance; the path error (``qmml.binding``) is drawn as error bars.
     """
     if binding is None:
         _message_figure(output, "Binding energies", "no point defects configured")
@@ -514,8 +516,10 @@ def binding_energy(binding: PathLike | None, output: PathLike) -> dict:
     groups = {}
     for (defect, disl), g in table.groupby(["defect", "dislocation"], sort=True):
         g = g.sort_values("distance")
-        groups[(str(defect), str(disl))] = {c: g[c].astype(float).tolist()
-                                            for c in ("distance", "E_b_qmml", "E_b_ml")}
+        columns = ["distance", "E_b_qmml", "E_b_ml"]
+        if "E_b_qmml_path_error" in g.columns:
+            columns.append("E_b_qmml_path_error")
+        groups[(str(defect), str(disl))] = {c: g[c].astype(float).tolist() for c in columns}
     if not groups:
         _message_figure(output, "Binding energies", f"{binding}: no rows")
         return {}
@@ -523,7 +527,12 @@ def binding_energy(binding: PathLike | None, output: PathLike) -> dict:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, ((defect, disl), g) in enumerate(groups.items()):
         c = colors[k % len(colors)]
-        ax.plot(g["distance"], g["E_b_qmml"], "o-", color=c, label=f"{defect} ({disl}) QM/ML")
+        if "E_b_qmml_path_error" in g:  # qmml.binding's quadrature-error estimate
+            ax.errorbar(g["distance"], g["E_b_qmml"], yerr=np.abs(g["E_b_qmml_path_error"]),
+                        fmt="o-", color=c, capsize=3, label=f"{defect} ({disl}) QM/ML")
+        else:
+            ax.plot(g["distance"], g["E_b_qmml"], "o-", color=c,
+                    label=f"{defect} ({disl}) QM/ML")
         ax.plot(g["distance"], g["E_b_ml"], "s--", color=c, mfc="none",
                 label=f"{defect} ({disl}) ML only")
     ax.axhline(0, color="0.6", lw=0.8)

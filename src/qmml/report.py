@@ -27,6 +27,8 @@ RETRAIN_COLUMNS = ("qm_force_rmse_before", "qm_force_rmse_after", "target_force_
                    "seconds")
 TARGET_COLUMNS = ("qm_force_rmse", "qm_force_max_error", "qm_force_rms", "n_qm_atoms",
                   "n_frames")
+BINDING_SHOWN = ("defect", "defect_type", "dislocation", "distance", "E_b_qmml",
+                 "E_b_qmml_path_error", "E_b_ml", "qm_calls", "engine")
 RUN_KEYS = ("qm_engine", "optimizer", "converged", "fmax", "fmax_target", "steps",
             "n_qm_calls", "n_qm_real_calls", "neb_barrier_virtual_work")
 
@@ -220,6 +222,8 @@ def write_report(output: PathLike, figures: dict[str, PathLike], *,
     parts.append("<h2>Binding energies</h2>")
     if binding is not None:
         table = read_binding(binding)
+        shown = [c for c in BINDING_SHOWN if c in table.columns]
+        table = table[shown]  # path files and segment details stay in the CSV
         rows = [[v.item() if hasattr(v, "item") else v for v in row]
                 for row in table.itertuples(index=False)]
         parts.append(html_table("binding", list(table.columns), rows))
