@@ -23,7 +23,7 @@ from qmml.qmmm import output_frame, relax, write_frames
 MILADY = str(potential_path("W_milady_lml"))
 ENGINE = {"engine": "reference"}
 THREE_D = {"n_line": 2, "radius": 18.0, "fixed_width": 5.0, "qm_radius": 3.0,
-           "buffer": 4.7, "path_images": 9}
+           "buffer": 4.7, "path_images": 13}
 # direction/distance of the first-neighbour site of the core vacancy site (found once
 # from the lattice; the build picks the nearest site to core + distance·direction)
 DEFECTS = {"vac": {"defect": "vacancy", "dislocation": "screw", "distances": [0.0, 3.982],
@@ -181,13 +181,13 @@ def test_qmml_binding_path_counts_cache_and_rerun(qmml_paths):
     assert counts["QM"] > max((near.arrays["region"] == "QM").sum(),
                               (far.arrays["region"] == "QM").sum())
     assert not (frames[0].arrays["fix_mask"] & (region != "MM")).any()
-    # the integrals stored on the frames reproduce the summary (Simpson on 9 images)
+    # the integrals stored on the frames reproduce the summary (Simpson on 13 images)
     g = np.array([f.info["virtual_work_integrand"] for f in frames])
     w, rule = binding.quadrature_weights(n_images)
     assert rule == "simpson" and w @ g == pytest.approx(first["E_b_qmml"], rel=1e-9)
     # one hop: small quadrature error, largest atom step ≈ one first-neighbour distance
     # (2.81 Å unrelaxed; the relaxed ends add ~0.5 Å), far below a two-hop jump (≥ 4.7 Å)
-    assert abs(first["E_b_qmml_path_error"]) < 0.05, first["E_b_qmml_path_error"]
+    assert abs(first["E_b_qmml_path_error"]) < 0.02, first["E_b_qmml_path_error"]
     assert 2.3 < first["path_max_step"] < 3.6  # relaxed ends: 3.35 Å measured
 
 
@@ -218,7 +218,7 @@ def test_binding_table_rows_signs_and_checks(qmml_paths):
     # sign: E_b = E(far) − E(near) > 0: the vacancy is attracted to the screw core
     first = qmml_paths["first"].summary
     assert near_row["E_b_qmml"] == pytest.approx(first["E_b_qmml"])
-    assert near_row["E_b_ml"] > 0.1 and near_row["E_b_qmml"] > 0.1
+    assert near_row["E_b_ml"] > 0.05 and near_row["E_b_qmml"] > 0.05  # 0.18, 0.12 measured
     assert near_row["qm_calls"] == THREE_D["path_images"]
     # csv round trip keeps the numbers
     table.to_csv(qmml_paths["files"][0].parent / "binding.csv", index=False)
