@@ -12,6 +12,8 @@ rule build_defect:
         dislocation=lambda w: config["dislocations"][DEFECTS[w.name]["dislocation"]],
         three_d=config["three_d"],
         prefix=lambda w: potential(w.i),
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{i}}/build_defect_{{name}}_{{k}}.log",
     benchmark:
@@ -32,12 +34,14 @@ rule qmml_3d_defect:
         q=config["qmml"],
         buffer=config["three_d"]["buffer"],
         cache=QM_CACHE,
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{i}}/qmml_3d_defect_{{name}}_{{k}}.log",
     benchmark:
         f"{R}/benchmarks/iter_{{i}}/qmml_3d_defect_{{name}}_{{k}}.tsv"
     shell:
-        "qmml relax --input {input.structure} --potential {params.prefix} "
+        "{QMML} relax --input {input.structure} --potential {params.prefix} "
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.buffer} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
@@ -68,6 +72,8 @@ rule qmml_binding_path:
         three_d=config["three_d"],
         vacuum=config["qmml"]["vacuum"],
         cache=QM_CACHE,
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{i}}/qmml_binding_path_{{name}}_{{k}}.log",
     benchmark:
@@ -86,6 +92,8 @@ rule binding_energies:
     params:
         prefix=lambda w: potential(w.i),
         defects=DEFECTS,
+    conda:
+        ENV
     log:
         f"{R}/logs/iter_{{i}}/binding_energies.log",
     benchmark:

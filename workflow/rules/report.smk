@@ -38,6 +38,8 @@ rule figures:
         results=R,
         iterations=N,
         cases=CASES,
+    conda:
+        ENV
     log:
         f"{R}/logs/figures.log",
     benchmark:
@@ -56,6 +58,8 @@ rule report:
         results=R,
         iterations=N,
         config=config,
+    conda:
+        ENV
     log:
         f"{R}/logs/report.log",
     benchmark:
