@@ -171,6 +171,44 @@ def test_cli_killed_run_resumes_without_repeating_qm_calls(start, milady, tmp_pa
     assert third.returncode == 0 and read(out, format="extxyz").info["n_qm_real_calls"] == 0
 
 
+@pytest.mark.slow
+def test_accelerated_neb_converges_on_true_forces(milady, tmp_path):
+    from ase.mep import NEB
+
+    from qmml.qmmm import neb
+    from qmml.structures import glide_endpoints
+
+    ini, fin = glide_endpoints("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
+                               MILADY["C44"], radius=16.0, fixed_width=6.0)
+    path = ini.info["glide_path"]
+    for state in (ini, fin):
+        cylinder_region(state, None, 4.0, milady.cutoff, milady.cutoff,
+                        path=[path[:2], path[2:]])
+    fin.arrays["region"] = ini.arrays["region"].copy()
+    qm = cached(tmp_path / "cache")
+    for state in (ini, fin):  # end points: accelerated relaxations too
+        assert relax(state, qm, milady.calculator(), milady.cutoff,
+                     optimizer="accelerated", fmax=0.01, log=None).converged
+    calls_before = qm.n_real_calls
+    images, stats, profile = neb(ini, fin, 4, qm, milady.calculator, milady.cutoff,
+                                 optimizer="accelerated", fmax=0.05, steps=50, log=None)
+    assert stats.converged and stats.fmax <= 0.05
+    assert stats.surrogate_hard_residual_max <= 1e-9
+    # measured with 5 images: 11 QM calls (2 end points + 3 rounds of 3 images), where
+    # FIRE took 50; here 2 interior images: end points + at most 4 rounds
+    assert qm.n_real_calls - calls_before <= 2 + 4 * 2
+    # true NEB forces of the accelerated path, recomputed from scratch (fresh cache)
+    fresh = cached(tmp_path / "check")
+    check = [im.copy() for im in images]
+    for im in check:
+        im.calc = make_force_qmmm(im, fresh, milady.calculator(), milady.cutoff)
+    f = NEB(check, k=0.1, method="spline").get_forces()
+    assert np.linalg.norm(f, axis=1).max() <= 0.05
+    # equivalent end states: ~zero virtual work end to end; a Peierls barrier of tens of meV
+    assert abs(profile["energy"][-1] - profile["energy"][0]) < 0.02
+    assert 0.005 < profile["barrier"] < 0.2
+
+
 def test_bad_settings_are_one_line_errors(start, milady, tmp_path):
     from qmml import QmmlError
 
