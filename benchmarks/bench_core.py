@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -186,19 +187,46 @@ def build_retrain_data(folder: Path, n_images: int = 13, rattle: float = 0.02,
     return files
 
 
+def _worker_pids() -> list[int]:
+    from qmml import descriptors
+
+    pool = descriptors._POOL
+    return list(pool._processes) if pool is not None else []
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """user+system CPU seconds of a live process (/proc/<pid>/stat, fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _timed(func, *args, **kwargs):
+    """Wall time, this process's CPU time and the pool workers' CPU time of one call."""
+    before = {pid: _proc_cpu_s(pid) for pid in _worker_pids()}
     t, c = time.perf_counter(), time.process_time()
     out = func(*args, **kwargs)
-    return out, {"wall_s": time.perf_counter() - t, "cpu_s_main": time.process_time() - c}
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    workers = sum(_proc_cpu_s(pid) - before.get(pid, 0.0) for pid in _worker_pids())
+    return out, {"wall_s": wall, "cpu_s_main": cpu, "cpu_s_workers": workers}
 
 
-def run_retrain_pipeline(files: dict[str, Path], workers: int) -> dict:
+def run_retrain_pipeline(files: dict[str, Path], workers: int, one_pass: bool = False) -> dict:
     """The steps of ``qmml.retrain.retrain`` (same inputs, same solver), each timed, with
     descriptors spread over ``workers`` processes (``force_normal_equations``/``energy_rows``).
     """
     from ase.io import read
 
-    from qmml.descriptors import energy_rows, force_normal_equations
+    from qmml.descriptors import ForceSet, descriptor_sums, energy_rows, force_normal_equations
     from qmml.fitting import solve_constrained
     from qmml.retrain import free_mask, target_forces
 
@@ -207,13 +235,19 @@ def run_retrain_pipeline(files: dict[str, Path], workers: int) -> dict:
     hard = read(files["hard"], index=":")
     soft = read(files["soft"], index=":")
     steps: dict = {}
-    tsum, steps["targets"] = _timed(
-        force_normal_equations, targets, pot0,
-        force_masks=[free_mask(a) for a in targets],
-        targets=[target_forces(a, f"target {i}") for i, a in enumerate(targets)],
-        keep_masks=[a.arrays["region"] == "QM" for a in targets], workers=workers)
-    hard_rows, steps["hard"] = _timed(energy_rows, hard, pot0, workers=workers)
-    ssum, steps["soft"] = _timed(force_normal_equations, soft, pot0, workers=workers)
+    target_set = ForceSet(targets, [free_mask(a) for a in targets],
+                          [target_forces(a, f"target {i}") for i, a in enumerate(targets)],
+                          [a.arrays["region"] == "QM" for a in targets], source="targets")
+    if one_pass:
+        # every configuration of the three sets is one job for the pool, largest first
+        ((tsum, ssum), (hard_rows,)), steps["descriptors_one_pass"] = _timed(
+            descriptor_sums, pot0, [target_set, ForceSet(soft, source="soft")], [hard],
+            workers=workers)
+    else:
+        (tsum,), steps["targets"] = _timed(
+            lambda: descriptor_sums(pot0, [target_set], workers=workers)[0])
+        hard_rows, steps["hard"] = _timed(energy_rows, hard, pot0, workers=workers)
+        ssum, steps["soft"] = _timed(force_normal_equations, soft, pot0, workers=workers)
     theta0 = pot0.theta
 
     def solve():
@@ -223,8 +257,9 @@ def run_retrain_pipeline(files: dict[str, Path], workers: int) -> dict:
     result, steps["solve"] = _timed(solve)
     rows, forces = np.vstack(tsum.kept_rows), np.concatenate(tsum.kept_targets)
     rmse = lambda th: float(np.sqrt(np.mean((rows @ th - forces) ** 2)))  # noqa: E731
-    return {"workers": workers, "steps": steps,
+    return {"workers": workers, "one_pass": one_pass, "steps": steps,
             "total_wall_s": sum(v["wall_s"] for v in steps.values()),
+            "total_cpu_s": sum(v["cpu_s_main"] + v["cpu_s_workers"] for v in steps.values()),
             "n_target_rows": tsum.normal.n_rows, "n_soft_rows": ssum.normal.n_rows,
             "n_hard_rows": int(hard_rows.shape[0]), "hard_rank": result.hard_rank,
             "hard_residual_max": result.hard_residual_max,
@@ -257,10 +292,13 @@ def run_retrain(args: argparse.Namespace) -> dict:
         out["retrain_api_serial"] = run_retrain_api(files)
     for w in args.workers:
         out[f"pipeline_workers_{w}"] = run_retrain_pipeline(files, w)
+        if w > 1:
+            out[f"pipeline_workers_{w}_one_pass"] = run_retrain_pipeline(files, w, one_pass=True)
     from qmml.descriptors import close_workers
 
-    close_workers()  # joined children count in RUSAGE_CHILDREN (peak memory)
-    thetas = {k: v.pop("theta") for k, v in out.items()}
+    out["peak_rss_mb_workers"] = [_proc_peak_rss_mb(pid) for pid in _worker_pids()]
+    close_workers()
+    thetas = {k: v.pop("theta") for k, v in out.items() if isinstance(v, dict)}
     ref = next(iter(thetas.values()))
     for k, th in thetas.items():
         out[k]["max_theta_diff_vs_first"] = float(np.abs(th - ref).max())
@@ -285,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run_calculator(args) if args.what == "calculator" else run_retrain(args)
     result["peak_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["peak_rss_mb_largest_child"] = (
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    result["load_average_1min_at_end"] = os.getloadavg()[0]
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

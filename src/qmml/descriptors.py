@@ -9,6 +9,7 @@ be folded straight into normal equations (GᵀG, GᵀF) without ever stacking al
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -60,20 +61,26 @@ def compute_descriptors(atoms: Atoms, potential: SNAPPotential,
     The descriptor space is the potential's (linear or quadratic, by its quadraticflag).
     ``energy=False`` skips the descriptor sums (``energy`` is then None).
 
-    Without stress rows the per-atom computes ``sna/atom`` (energy) and ``snad/atom`` (force
-    rows, only central atoms within the cutoff of a selected atom) are used: equal to
-    ``compute snap`` to round-off but 2–5× faster, because ``compute snap`` spends most of
-    its time filling and transposing its global (1+3N+6)×K array (quadratic K = 1596).
+    Energy-only, and quadratic force rows without stress, use the per-atom computes
+    ``sna/atom`` (energy) and ``snad/atom`` (force rows; central atoms restricted to the
+    cutoff of a selected atom): equal to ``compute snap`` to round-off, and faster (energy
+    only ~5×, quadratic rows ~1.5×) since ``compute snap`` also fills and transposes its
+    global (1+3N+6)×K array (K = 1596) and computes derivatives it then does not need.
     """
     _check_species(atoms, potential, source)
-    if stress or not (forces or energy):
+    # linear space with force rows: compute snap does energy and forces in one pass and is
+    # as fast as the two per-atom computes together
+    if stress or not (forces or energy) or (forces and not potential.quadratic):
         return _compute_snap_descriptors(atoms, potential, force_mask, forces, stress)
     n = len(atoms)
     sel = np.arange(n) if force_mask is None else np.flatnonzero(force_mask)
     lmp, prism = lammps_system(atoms, type_elements(atoms, potential))
     try:
         nb = potential.n_coefficients - 1
-        cmds = [f"pair_style zero {potential.cutoff + 0.1:.6f}", "pair_coeff * *"]
+        # atoms do not move in ``run 0``: no neighbour skin, so the ghost shell (whose
+        # per-atom 3K-column arrays dominate memory) is just the SNAP cutoff
+        cmds = [f"pair_style zero {potential.cutoff + 1e-3:.6f}", "pair_coeff * *",
+                "neighbor 0.0 bin"]
         if energy:
             cmds.append(compute_snap_command(potential, "qmml_sna", "all", "sna/atom"))
         if forces and sel.size:
@@ -219,13 +226,8 @@ def energy_rows(structures: Iterable[Atoms], potential: SNAPPotential,
     structures = list(structures)
     if not structures:
         raise QmmlError(f"{source}: no configurations")
-    jobs = [(a, f"{source} frame {i}") for i, a in enumerate(structures)]
-    return np.array(_map(_energy_row_job, potential, jobs, workers))
-
-
-def _energy_row_job(potential: SNAPPotential, job) -> np.ndarray:
-    atoms, source = job
-    return compute_descriptors(atoms, potential, forces=False, source=source).energy_per_atom
+    return descriptor_sums(potential, energy_sets=[structures], energy_sources=[source],
+                           workers=workers)[1][0]
 
 
 @dataclass
@@ -247,7 +249,8 @@ class NormalEquations:
         if rows.shape[0] == 0:
             return
         # symmetric rank-k update, upper triangle only (half the flops of rows.T @ rows)
-        self.gtg = dsyrk(1.0, rows, beta=1.0, c=self.gtg, trans=1, lower=0,
+        # rows.T of C-ordered rows is Fortran-ordered: BLAS reads it in place (no copy)
+        self.gtg = dsyrk(1.0, rows.T, beta=1.0, c=self.gtg, trans=0, lower=0,
                          overwrite_c=1)
         if targets is not None:
             t = np.asarray(targets, dtype=float).ravel()
@@ -273,10 +276,36 @@ class NormalEquations:
         return float(theta @ g @ theta - 2 * theta @ self.gtf + self.ftf)
 
 
-# ---- force normal equations over many configurations, optionally in parallel ------------
+# ---- descriptor sums over many configurations, optionally in parallel -------------------
+@dataclass
+class ForceSet:
+    """Configurations whose force rows go into one set of normal equations.
+
+    ``force_masks[f]``: atoms of frame f whose rows enter (None: all).  ``targets[f]``:
+    (n_atoms, 3) target forces (None: no GᵀF).  ``keep_masks[f]``: atoms whose rows (and
+    targets) are also returned explicitly.
+    """
+
+    frames: Sequence[Atoms]
+    force_masks: Sequence[np.ndarray | None] | None = None
+    targets: Sequence[np.ndarray | None] | None = None
+    keep_masks: Sequence[np.ndarray | None] | None = None
+    source: str = "configurations"
+
+    def jobs(self) -> list[tuple]:
+        n = len(self.frames)
+        per_frame = [list(x) if x is not None else [None] * n
+                     for x in (self.force_masks, self.targets, self.keep_masks)]
+        if any(len(x) != n for x in per_frame):
+            raise QmmlError(f"{self.source}: per-frame masks/targets differ in length "
+                            f"from the {n} frames")
+        return [(f, a, *(x[f] for x in per_frame), f"{self.source} frame {f}")
+                for f, a in enumerate(self.frames)]
+
+
 @dataclass
 class ForceSums:
-    """GᵀG, GᵀF sums of many configurations plus the force rows asked to be kept."""
+    """GᵀG, GᵀF sums of a ForceSet plus the rows asked to be kept (frame order)."""
 
     normal: NormalEquations
     kept_rows: list[np.ndarray]
@@ -284,62 +313,91 @@ class ForceSums:
 
 
 def force_normal_equations(frames: Sequence[Atoms], potential: SNAPPotential,
-                           force_masks: Sequence[np.ndarray | None] | None = None,
-                           targets: Sequence[np.ndarray] | None = None,
-                           keep_masks: Sequence[np.ndarray | None] | None = None,
-                           sources: Sequence[str] | None = None,
-                           workers: int = 1) -> ForceSums:
-    """Normal equations of the force rows of ``frames`` (one configuration in memory at a time).
+                           force_masks=None, targets=None, keep_masks=None,
+                           source: str = "configurations", workers: int = 1) -> ForceSums:
+    """Normal equations of the force rows of ``frames`` (see ForceSet for the arguments)."""
+    return descriptor_sums(potential, [ForceSet(frames, force_masks, targets, keep_masks,
+                                                source)], workers=workers)[0][0]
 
-    ``force_masks[f]``: atoms of frame f whose rows enter (None: all).  ``targets[f]``:
-    (n_atoms, 3) target forces (rows of masked-out atoms are ignored).  ``keep_masks[f]``:
-    atoms whose rows (and targets) are also returned explicitly, in frame order.
-    ``workers`` > 1: frames are spread over that many processes (each with its own LAMMPS);
-    the sums are the same up to the order of floating-point additions.
+
+def descriptor_sums(potential: SNAPPotential, force_sets: Sequence[ForceSet] = (),
+                    energy_sets: Sequence[Sequence[Atoms]] = (),
+                    energy_sources: Sequence[str] | None = None,
+                    workers: int = 1) -> tuple[list[ForceSums], list[np.ndarray]]:
+    """Force normal equations of each ForceSet and per-atom energy rows of each energy set.
+
+    Only one configuration's rows are in memory per process at a time.  With ``workers``
+    > 1 every configuration of every set is a job for a pool of that many processes (each
+    with its own LAMMPS), largest first so the small ones fill the gaps at the end; the
+    sums equal the serial ones up to the order of floating-point additions.
     """
-    n = len(frames)
-    masks = list(force_masks) if force_masks is not None else [None] * n
-    tgts = list(targets) if targets is not None else [None] * n
-    keeps = list(keep_masks) if keep_masks is not None else [None] * n
-    names = list(sources) if sources is not None else [f"frame {i}" for i in range(n)]
-    if not (len(masks) == len(tgts) == len(keeps) == len(names) == n):
-        raise QmmlError("force_normal_equations: per-frame lists differ in length")
-    jobs = list(zip(frames, masks, tgts, keeps, names))
-    chunks = _chunks(jobs, [len(a) for a in frames], workers)
-    total = ForceSums(NormalEquations(potential.n_coefficients), [], [])
-    for part in _map(_force_chunk_job, potential, chunks, workers):
-        total.normal.merge(part.normal)
-        total.kept_rows += part.kept_rows
-        total.kept_targets += part.kept_targets
-    return total
+    sources = list(energy_sources) if energy_sources is not None else \
+        [f"energy set {k}" for k in range(len(energy_sets))]
+    jobs = []  # (cost, kind, set index, payload)
+    for k, fs in enumerate(force_sets):
+        jobs += [(3.0 * len(job[1]), "force", k, job) for job in fs.jobs()]
+    for k, frames in enumerate(energy_sets):
+        jobs += [(0.3 * len(a), "energy", k, (f, a, f"{sources[k]} frame {f}"))
+                 for f, a in enumerate(frames)]
+    jobs.sort(key=lambda j: -j[0])
+    sums = [ForceSums(NormalEquations(potential.n_coefficients), [], []) for _ in force_sets]
+    kept: list[dict] = [{} for _ in force_sets]
+    energies: list[dict] = [{} for _ in energy_sets]
+    for part in _map(_chunk_job, potential, _chunks(jobs, workers), workers):
+        for k, normal in part["normal"].items():
+            sums[k].normal.merge(normal)
+        for (k, f), rows in part["kept"].items():
+            kept[k][f] = rows
+        for (k, f), row in part["energy"].items():
+            energies[k][f] = row
+    for k, s in enumerate(sums):
+        for f in sorted(kept[k]):
+            s.kept_rows.append(kept[k][f][0])
+            s.kept_targets.append(kept[k][f][1])
+    rows = [np.array([e[f] for f in range(len(e))]) for e in energies]
+    return sums, rows
 
 
-def _force_chunk_job(potential: SNAPPotential, chunk) -> ForceSums:
-    sums = ForceSums(NormalEquations(potential.n_coefficients), [], [])
-    for atoms, mask, target, keep, source in chunk:
+def _chunks(jobs: list, workers: int) -> list[list]:
+    """Group consecutive small jobs so each chunk costs at least ~1/8 of the largest job:
+    every chunk returns its own GᵀG (20 MB in the quadratic space)."""
+    if not jobs:
+        return []
+    floor = jobs[0][0] / 8 if workers > 1 else float("inf")
+    chunks, current, cost = [], [], 0.0
+    for job in jobs:
+        current.append(job)
+        cost += job[0]
+        if cost >= floor:
+            chunks.append(current)
+            current, cost = [], 0.0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _chunk_job(potential: SNAPPotential, chunk: list) -> dict:
+    out: dict = {"normal": {}, "kept": {}, "energy": {}}
+    for _, kind, k, payload in chunk:
+        if kind == "energy":
+            f, atoms, source = payload
+            out["energy"][(k, f)] = compute_descriptors(
+                atoms, potential, forces=False, source=source).energy_per_atom
+            continue
+        f, atoms, mask, target, keep, source = payload
         sel = np.ones(len(atoms), bool) if mask is None else np.asarray(mask, bool)
         if not sel.any():
             continue
         rows = compute_descriptors(atoms, potential, force_mask=sel, source=source,
                                    energy=False).forces
-        f = None if target is None else np.asarray(target, float)[sel].ravel()
-        sums.normal.add(rows, f)
+        t = None if target is None else np.asarray(target, float)[sel].ravel()
+        normal = out["normal"].setdefault(k, NormalEquations(potential.n_coefficients))
+        normal.add(rows, t)
         if keep is not None:
-            kept = np.repeat(np.asarray(keep, bool)[sel], 3)
-            sums.kept_rows.append(rows[kept])
-            sums.kept_targets.append(f[kept] if f is not None else np.zeros(int(kept.sum())))
-    return sums
-
-
-def _chunks(jobs: list, sizes: list[int], workers: int) -> list[list]:
-    """Consecutive chunks of about equal atom count, a few per worker (load balance vs
-    the cost of sending one GᵀG back per chunk)."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [jobs]
-    n_chunks = min(len(jobs), 4 * workers)
-    bounds = np.searchsorted(np.cumsum(sizes), np.linspace(0, sum(sizes), n_chunks + 1)[1:-1])
-    edges = [0, *sorted(set(int(b) + 1 for b in bounds)), len(jobs)]
-    return [jobs[a:b] for a, b in zip(edges, edges[1:]) if b > a]
+            rows_kept = np.repeat(np.asarray(keep, bool)[sel], 3)
+            out["kept"][(k, f)] = (rows[rows_kept], t[rows_kept] if t is not None
+                                   else np.zeros(int(rows_kept.sum())))
+    return out
 
 
 # A pool of spawned processes, kept for the life of the program: starting a worker costs
@@ -348,37 +406,50 @@ _POOL = None
 _POOL_SIZE = 0
 
 
-def _map(func, potential: SNAPPotential, items: list, workers: int) -> list:
+def _map(func, potential: SNAPPotential, items: list, workers: int):
+    """func(potential, item) for every item; results in completion order when parallel."""
     if workers <= 1 or len(items) <= 1:
-        return [func(potential, item) for item in items]
-    from functools import partial
+        for item in items:
+            yield func(potential, item)
+        return
+    import queue
+    from concurrent.futures.process import BrokenProcessPool
 
-    return _pool(workers).map(partial(func, potential), items, chunksize=1)
-
-
-def _pool(workers: int):
-    global _POOL, _POOL_SIZE
-    if _POOL is not None and _POOL_SIZE == workers:
-        return _POOL
-    import atexit
-    import multiprocessing as mp
-    import os
-
-    if _POOL is not None:
-        _POOL.terminate()
-    # one BLAS thread per worker: the workers already fill the cores
+    pool = _pool(workers)
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    # workers start on demand during submit: one BLAS thread each, they fill the cores
     saved = {k: os.environ.get(k) for k in _THREAD_VARS}
     os.environ.update({k: "1" for k in _THREAD_VARS})
     try:
-        _POOL = mp.get_context("spawn").Pool(workers)
+        for item in items:  # largest first
+            pool.submit(func, potential, item).add_done_callback(done.put)
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    _POOL_SIZE = workers
-    atexit.register(_POOL.terminate)
+    # results are handed over as they complete and not kept here: the caller merges each
+    # GᵀG (20 MB in the quadratic space) and drops it
+    for _ in range(len(items)):
+        try:
+            yield done.get().result()
+        except BrokenProcessPool:
+            close_workers()
+            raise QmmlError(f"descriptor worker processes died (workers={workers}); a "
+                            "program read from stdin cannot start them, use workers=1 "
+                            "there") from None
+
+
+def _pool(workers: int):
+    global _POOL, _POOL_SIZE
+    if _POOL is None or _POOL_SIZE != workers:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        close_workers()
+        _POOL = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        _POOL_SIZE = workers
     return _POOL
 
 
@@ -386,8 +457,7 @@ def close_workers() -> None:
     """Stop the worker processes (they are otherwise kept until the program exits)."""
     global _POOL, _POOL_SIZE
     if _POOL is not None:
-        _POOL.close()
-        _POOL.join()
+        _POOL.shutdown(wait=True)
     _POOL, _POOL_SIZE = None, 0
 
 
