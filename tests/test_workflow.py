@@ -110,17 +110,22 @@ def test_end_to_end_two_iterations_and_partial_rerun(tmp_path):
         assert (res / "figures" / f"{name}.png").stat().st_size > 5000
     assert html.count("data:image/png;base64,") >= 6
 
-    # rerun after deleting one iteration-1 QM/ML output: only its downstream reruns, and
-    # every QM call it needs comes from the cache
+    # rerun after deleting one iteration-1 QM/ML output (named as a target, as the README
+    # says): it and everything downstream of it rerun, nothing upstream, and every QM call
+    # comes from the cache
     n_cache = _qm_cache_entries(res)
     relaxed = res / "iter_1" / "qmml" / "screw_initial.xyz"
     relaxed.unlink()
-    jobs = planned_jobs(snakemake(tmp_path, config, "-n"))
-    assert jobs["qmml_relax"] == 1 and "qmml_3d_defect" not in jobs
-    assert "fit_elastic" not in jobs and "qm_bulk_reference" not in jobs
-    assert jobs["retrain"] == 1  # iteration 2 only
-    snakemake(tmp_path, config)
+    target = str(relaxed.relative_to(tmp_path))
+    jobs = planned_jobs(snakemake(tmp_path, config, "-n", target, "all"))
+    assert jobs["qmml_relax"] == 1 and jobs["extract_forces"] == 1 and jobs["retrain"] == 1
+    for upstream in ("fit_elastic", "qm_bulk_reference", "constraint_sets", "build_dislocation"):
+        assert upstream not in jobs, jobs
+    assert jobs["report"] == 1
+    snakemake(tmp_path, config, target, "all")
     assert relaxed.is_file()
     assert _qm_cache_entries(res) == n_cache
-    log = (res / "logs" / "iter_1" / "qmml_relax_screw_initial.log").read_text()
-    assert "(new 0," in log
+    logs = [res / "logs" / "iter_1" / "qmml_relax_screw_initial.log",
+            *(res / "logs" / "iter_2").glob("qmml_3d_defect_*.log")]
+    for log in logs:
+        assert "(new 0," in log.read_text(), log

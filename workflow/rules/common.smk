@@ -76,6 +76,17 @@ def defect_outputs(i):
             for k in range(len(d["distances"]))]
 
 
+def accelerated_hard_sets(w):
+    """The iteration's hard constraint sets, for the accelerated optimiser's surrogates."""
+    if config["qmml"]["optimizer"] != "accelerated":
+        return []
+    return [f"{R}/iter_{w.i}/constraints/strain.xyz", f"{R}/iter_{w.i}/constraints/neb.xyz"]
+
+
+def hard_flag(wildcards, input):
+    return f"--hard {' '.join(input.hard)}" if input.hard else ""
+
+
 def final_targets():
     targets = potential_files(N) + [f"{R}/report.html"]
     if DEFECTS:

@@ -27,10 +27,12 @@ rule qmml_3d_defect:
         structure=f"{R}/iter_{{i}}/3d/structures/{{name}}_{{k}}.xyz",
         engine=rules.engine_config.output[0],
         potential=potential_files("{i}"),
+        hard=accelerated_hard_sets,
     output:
         f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz",
     params:
         prefix=lambda w: potential(w.i),
+        hard=hard_flag,
         q=config["qmml"],
         buffer=config["three_d"]["buffer"],
         cache=QM_CACHE,
@@ -45,7 +47,7 @@ rule qmml_3d_defect:
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.buffer} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "--output {output} > {log} 2>&1"
+        "{params.hard} --output {output} > {log} 2>&1"
 
 
 def path_start(name, k):

@@ -8,10 +8,12 @@ rule qmml_relax:
         structure=f"{R}/iter_{{i}}/structures/{{case}}_{{state}}.xyz",
         engine=rules.engine_config.output[0],
         potential=potential_files("{i}"),
+        hard=accelerated_hard_sets,
     output:
         f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz",
     params:
         prefix=lambda w: potential(w.i),
+        hard=hard_flag,
         q=config["qmml"],
         cache=QM_CACHE,
     conda:
@@ -25,7 +27,7 @@ rule qmml_relax:
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "--output {output} > {log} 2>&1"
+        "{params.hard} --output {output} > {log} 2>&1"
 
 
 rule qmml_neb:
@@ -34,10 +36,12 @@ rule qmml_neb:
         final=f"{R}/iter_{{i}}/qmml/{{case}}_final.xyz",
         engine=rules.engine_config.output[0],
         potential=potential_files("{i}"),
+        hard=accelerated_hard_sets,
     output:
         f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz",
     params:
         prefix=lambda w: potential(w.i),
+        hard=hard_flag,
         q=config["qmml"],
         images=lambda w: config["dislocations"][w.case]["glide_images"],
         cache=QM_CACHE,
@@ -53,7 +57,7 @@ rule qmml_neb:
         "--optimizer {params.q[optimizer]} --fmax {params.q[neb_fmax]} "
         "--buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "--output {output} > {log} 2>&1"
+        "{params.hard} --output {output} > {log} 2>&1"
 
 
 rule extract_forces:
