@@ -291,6 +291,7 @@ class ForceSet:
     targets: Sequence[np.ndarray | None] | None = None
     keep_masks: Sequence[np.ndarray | None] | None = None
     source: str = "configurations"
+    sources: Sequence[str] | None = None  # per-frame names for error messages
 
     def jobs(self) -> list[tuple]:
         n = len(self.frames)
@@ -299,8 +300,11 @@ class ForceSet:
         if any(len(x) != n for x in per_frame):
             raise QmmlError(f"{self.source}: per-frame masks/targets differ in length "
                             f"from the {n} frames")
-        return [(f, a, *(x[f] for x in per_frame), f"{self.source} frame {f}")
-                for f, a in enumerate(self.frames)]
+        names = list(self.sources) if self.sources is not None else \
+            [f"{self.source} frame {f}" for f in range(n)]
+        if len(names) != n:
+            raise QmmlError(f"{self.source}: {len(names)} frame names for {n} frames")
+        return [(f, a, *(x[f] for x in per_frame), names[f]) for f, a in enumerate(self.frames)]
 
 
 @dataclass
