@@ -271,11 +271,9 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
             images, qm, ml_factory().potential, buffer_width, fmax=fmax, steps=steps, k=k,
             hard=hard, settings=accelerated, checkpoint=checkpoint, vacuum=vacuum, log=log,
             fingerprint_extra=fingerprint_extra)
-        s, energy, _ = neb_obj.integrate_forces()
         stats.n_qm_calls = qm.n_calls
         stats.n_qm_real_calls = qm.n_real_calls
-        return images, stats, {"s": s, "energy": energy,
-                               "barrier": float(energy.max() - energy[0])}
+        return images, stats, virtual_work_profile(neb_obj)
     # masks (QM and buffer) come from the initial image and are shared by every image
     apply_fix_mask(images[0])
     images[0].calc = make_force_qmmm(images[0], qm, ml_factory(), buffer_width, vacuum=vacuum)
@@ -294,19 +292,38 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
     stats = _optimise(neb_obj, neb_obj.get_positions, neb_obj.set_positions, fmax_of, qm,
                       optimizer, fmax, steps, Path(checkpoint) if checkpoint else None,
                       fingerprint, log)
-    s, energy, _ = neb_obj.integrate_forces()
+    profile = virtual_work_profile(neb_obj)
     # integrate_forces also evaluated the two end points (cached after the first time)
     stats.n_qm_calls = qm.n_calls
     stats.n_qm_real_calls = qm.n_real_calls
-    profile = {"s": s, "energy": energy, "barrier": float(energy.max() - energy[0])}
     return images, stats, profile
+
+
+def virtual_work_profile(neb_obj) -> dict:
+    """Virtual-work energy profile of a converged NEB (Swinburne & Kermode 2017).
+
+    ``s``/``energy`` on ASE's spline grid; ``image_energy`` at the images' own positions
+    on that (Euclidean, arc-length) coordinate, ``s_images``.
+    """
+    s, energy, _ = neb_obj.integrate_forces()
+    s_images = np.asarray(neb_obj.spline_fit(norm="euclidean").s, dtype=float)
+    return {"s": s, "energy": energy, "s_images": s_images,
+            "image_energy": np.interp(s_images, s, energy),
+            "barrier": float(energy.max() - energy[0])}
 
 
 # ---- output ------------------------------------------------------------------------------
 def provenance(stats: RunStats, engine: str, settings_hash: str, potential: str,
                buffer_width: float) -> dict:
     """Info keys written with every QM/ML output frame."""
+    import os
+    import socket
+
+    where = {"host": socket.gethostname()}
+    if os.environ.get("SLURM_JOB_ID"):  # which scheduler job computed it
+        where["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     return {"qm_engine": engine, "qm_settings_hash": settings_hash, "ml_potential": potential,
+            **where,
             "optimizer": stats.optimizer, "fmax_target": stats.fmax_target,
             "fmax": stats.fmax, "converged": bool(stats.converged), "steps": stats.steps,
             "n_qm_calls": stats.n_qm_calls, "n_qm_real_calls": stats.n_qm_real_calls,
@@ -323,6 +340,9 @@ def output_frame(atoms: Atoms, info: dict) -> Atoms:
     out.arrays["region"] = np.asarray(atoms.arrays["region"]).astype("<U6")
     fix = atoms.arrays.get("fix_mask", np.zeros(len(atoms), dtype=bool))
     out.arrays["fix_mask"] = np.asarray(fix, dtype=bool)
+    # keep what the input knew about itself (dislocation kind, core, defect, ...)
+    out.info.update({k: v for k, v in atoms.info.items()
+                     if isinstance(v, (str, int, float, bool, list, tuple, np.ndarray))})
     out.info.update(info)
     out.calc = SinglePointCalculator(out, forces=forces)
     return out

@@ -12,8 +12,6 @@ import argparse
 import hashlib
 from pathlib import Path
 
-import numpy as np
-
 from qmml import QmmlError
 
 
@@ -137,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     atoms = _read_structure(args.input)
     cfg, settings_hash, pot, qm, label, log, pot_id = _setup(args)
     checkpoint = args.checkpoint or f"{args.output}.ckpt"
+    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
     stats = relax(atoms, qm, pot.calculator(), args.buffer, optimizer=args.optimizer,
                   fmax=args.fmax, steps=args.steps, checkpoint=checkpoint,
                   vacuum=args.vacuum, log=log, fingerprint_extra=pot_id,
@@ -159,6 +158,7 @@ def run_neb(args: argparse.Namespace) -> int:
     initial, final = _read_structure(args.initial), _read_structure(args.final)
     cfg, settings_hash, pot, qm, label, log, pot_id = _setup(args)
     checkpoint = args.checkpoint or f"{args.output}.ckpt"
+    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
     images, stats, profile = neb(initial, final, args.images, qm, pot.calculator,
                                  args.buffer, optimizer=args.optimizer, fmax=args.fmax,
                                  steps=args.steps, k=args.spring, checkpoint=checkpoint,
@@ -166,8 +166,7 @@ def run_neb(args: argparse.Namespace) -> int:
                                  **_accelerated_options(args))
     info = provenance(stats, label, settings_hash, str(args.potential), args.buffer)
     info["neb_barrier_virtual_work"] = profile["barrier"]
-    s_images = np.linspace(0, 1, len(images))
-    e_images = np.interp(s_images, profile["s"], profile["energy"])
+    e_images = profile["image_energy"]
     frames = []
     for i, im in enumerate(images):
         frames.append(output_frame(im, dict(info, neb_image=i,

@@ -21,7 +21,7 @@ from ase import Atoms
 from ase.io import read
 
 from qmml import QmmlError
-from qmml.descriptors import NormalEquations, compute_descriptors, energy_rows
+from qmml.descriptors import ForceSet, NormalEquations, descriptor_sums
 from qmml.fitting import solve_constrained
 from qmml.potential import SNAPPotential
 
@@ -72,38 +72,38 @@ class TargetData:
         return float(np.sqrt(max(self.normal.residual_sq(theta), 0.0) / self.normal.n_rows))
 
 
-def collect_targets(frames: Sequence[tuple[str, Atoms]], potential: SNAPPotential) -> TargetData:
-    data = TargetData(NormalEquations(potential.n_coefficients))
-    all_qm: list[tuple[np.ndarray, np.ndarray]] = []
+def target_set(frames: Sequence[tuple[str, Atoms]]) -> ForceSet:
+    """Free atoms' force rows with their target forces; QM-region rows kept explicitly."""
     has_region = any("region" in a.arrays for _, a in frames)
-    for source, atoms in frames:
-        forces = target_forces(atoms, source)
-        mask = free_mask(atoms)
-        if not mask.any():
-            continue
-        desc = compute_descriptors(atoms, potential, force_mask=mask, source=source)
-        f = forces[mask].ravel()
-        data.normal.add(desc.forces, f)
-        if has_region:
-            qm = (np.asarray(atoms.arrays.get("region", np.full(len(atoms), "MM"))) == "QM")[mask]
-        else:
-            qm = np.ones(mask.sum(), dtype=bool)
-        rows = np.repeat(qm, 3)
-        all_qm.append((desc.forces[rows], f[rows]))
-        data.n_atoms += int(mask.sum())
-        data.n_frames += 1
-    if data.n_atoms == 0:
+    atoms = [a for _, a in frames]
+    keep = [(np.asarray(a.arrays.get("region", np.full(len(a), "MM"))) == "QM") if has_region
+            else np.ones(len(a), dtype=bool) for a in atoms]
+    return ForceSet(atoms, [free_mask(a) for a in atoms],
+                    [target_forces(a, s) for s, a in frames], keep, source="targets",
+                    sources=[s for s, _ in frames])
+
+
+def collect(targets: Sequence[tuple[str, Atoms]], hard: Sequence[Atoms],
+            soft: Sequence[Atoms], potential: SNAPPotential, workers: int = 1):
+    """(TargetData, hard rows, soft normal equations), every configuration of the three sets
+    one job for ``workers`` processes."""
+    (tsum, ssum), (hard_rows,) = descriptor_sums(
+        potential, [target_set(targets), ForceSet(list(soft), source="soft")], [list(hard)],
+        energy_sources=["hard set"], workers=workers)
+    n_atoms = sum(int(free_mask(a).sum()) for _, a in targets)
+    if n_atoms == 0:
         raise QmmlError("targets: no target atoms (every atom is fixed, or no frames)")
-    data.qm_rows = [r for r, _ in all_qm]
-    data.qm_forces = [f for _, f in all_qm]
+    data = TargetData(tsum.normal, tsum.kept_rows, tsum.kept_targets, n_atoms,
+                      sum(1 for _, a in targets if free_mask(a).any()))
     if sum(len(f) for f in data.qm_forces) == 0:
         raise QmmlError("targets: 'region' arrays present but no free atom has region QM")
-    return data
+    return data, hard_rows, ssum.normal
 
 
 def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
             hard: Sequence[Atoms], soft: Sequence[Atoms], lambda0: float = 500.0,
-            lambda_soft: float = 1.0, quadratic: bool = False) -> tuple[SNAPPotential, dict]:
+            lambda_soft: float = 1.0, quadratic: bool = False,
+            workers: int = 1) -> tuple[SNAPPotential, dict]:
     """Retrain Θ on target forces; returns the new potential and the report dict."""
     start = time.perf_counter()
     pot0 = potential.to_quadratic() if quadratic else potential
@@ -114,11 +114,7 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
         raise QmmlError("hard set is empty: retraining without hard constraints would not "
                         "preserve elastic properties")
     t0 = time.perf_counter()
-    data = collect_targets(targets, pot0)
-    hard_rows = energy_rows(hard, pot0)
-    soft_ne = NormalEquations(theta0.size)
-    for i, atoms in enumerate(soft):
-        soft_ne.add(compute_descriptors(atoms, pot0, source=f"soft frame {i}").forces)
+    data, hard_rows, soft_ne = collect(targets, hard, soft, pot0, workers)
     t_desc = time.perf_counter() - t0
     soft_ata = soft_ne.matrix() if soft_ne.n_rows else None
     result = solve_constrained(theta0, data.normal.matrix(), data.normal.gtf, hard=hard_rows,
@@ -162,6 +158,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lambda-soft", type=float, default=1.0)
     parser.add_argument("--quadratic", action="store_true",
                         help="retrain in the quadratic descriptor space (Θ0 embedded)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes for the descriptors (each runs its own LAMMPS)")
     parser.add_argument("--output", required=True, help="output potential prefix")
     parser.add_argument("--report", required=True, help="JSON report")
 
@@ -173,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     hard = [a for path in args.hard for a in read_configurations(path)]
     soft = [a for path in args.soft for a in read_configurations(path)]
     new, report = retrain(potential, targets, hard, soft, args.lambda0, args.lambda_soft,
-                          args.quadratic)
+                          args.quadratic, workers=args.workers)
     report.update(potential=str(args.potential), targets=list(args.targets),
                   hard=list(args.hard), soft=list(args.soft), output=str(args.output))
     new.write(args.output, comment=f"qmml retrain of {args.potential} on "

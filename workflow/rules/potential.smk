@@ -110,6 +110,7 @@ def retrain_inputs(w):
 rule retrain:
     input:
         unpack(retrain_inputs),
+    threads: 2
     output:
         coeff=f"{R}/iter_{{j}}/potential.snapcoeff",
         param=f"{R}/iter_{{j}}/potential.snapparam",
@@ -129,4 +130,4 @@ rule retrain:
         "{QMML} retrain --potential {params.previous} --targets {input.targets} "
         "--hard {input.strain} {input.neb} --soft {input.md} "
         "--lambda0 {params.r[lambda0]} --lambda-soft {params.r[lambda_soft]} "
-        "{params.quadratic} --output {params.prefix} --report {output.report} > {log} 2>&1"
+        "{params.quadratic} --workers {threads} --output {params.prefix} --report {output.report} > {log} 2>&1"
