@@ -14,11 +14,11 @@ from ase import Atoms
 from ase.io import read
 
 from qmml import QmmlError, binding, potential_path
-from qmml.build import write_atomic
+from qmml.io import write_frames
 from qmml.engines import REFERENCE_LABEL, engine_settings_hash, make_qm_calculator
 from qmml.potential import SNAPPotential
 from qmml.qmcache import CachedQMCalculator, QMCache
-from qmml.qmmm import output_frame, relax, write_frames
+from qmml.qmmm import output_frame, relax
 
 MILADY = str(potential_path("W_milady_lml"))
 ENGINE = {"engine": "reference"}
@@ -105,7 +105,7 @@ def qmml_paths(built, ml_calc, tmp_path_factory):
                             QMCache(cache, engine_settings_hash(ENGINE)))
     files = {}
     for k, state in enumerate((near, far)):
-        write_atomic(tmp / f"structure_{k}.xyz", [state])
+        write_frames(tmp / f"structure_{k}.xyz", [state])
         relaxed = state.copy()
         stats = relax(relaxed, qm, ml_calc, THREE_D["buffer"], "FIRE", fmax=0.05, steps=300,
                       log=None)

@@ -8,8 +8,8 @@ from ase.build import bulk
 
 from qmml import QmmlError, potential_path
 from qmml.cli import main
-from qmml.constraints import (lattice_constant, md_snapshots, read_set, strain_set,
-                              vacancy_neb, write_set)
+from qmml.constraints import lattice_constant, md_snapshots, strain_set, vacancy_neb, write_set
+from qmml.io import read_frames as read_set
 from qmml.potential import SNAPPotential
 
 A0_MILADY = 3.18551  # Å, Goryaeva et al. PRM 5, 103803 (2021)

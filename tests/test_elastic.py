@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pytest
 from ase.build import bulk
 
 from qmml.cli import main

@@ -33,8 +33,10 @@ def run(tmp_path_factory):
     from qmml.engines import engine_label, engine_settings_hash, make_qm_calculator
     from qmml.potential import SNAPPotential
     from qmml.qmcache import CachedQMCalculator, QMCache
-    from qmml.qmmm import neb, output_frame, provenance, relax, write_frames
-    from qmml.retrain import read_configurations, retrain
+    from qmml.io import write_frames
+    from qmml.qmmm import neb, output_frame, provenance, relax
+    from qmml.io import read_frames
+    from qmml.retrain import retrain
 
     R = tmp_path_factory.mktemp("results")
     it0, it1 = R / "iter_0", R / "iter_1"
@@ -74,7 +76,7 @@ def run(tmp_path_factory):
     modes = [*np.eye(6), np.array([1, 1, 1, 0, 0, 0])]  # six Voigt strains + hydrostatic
     hard = [bcc_cell(a0, 2)] + [strained(bcc_cell(a0, 2), m * e) for m in modes
                                 for e in (-0.01, -0.005, 0.005, 0.01)]
-    targets = [(f"t{k}", a) for k, a in enumerate(read_configurations(it0 / "targets.xyz"))]
+    targets = [(f"t{k}", a) for k, a in enumerate(read_frames(it0 / "targets.xyz"))]
     pot1, report = retrain(pot0, targets, hard, [], lambda0=500.0)
     pot1.write(it1 / "potential")
     (it1 / "retrain.json").write_text(json.dumps(report))
@@ -207,8 +209,13 @@ def test_dd_reference_bulk_and_burgers_circuit(run):
     i, j = pairs[near].T
     assert len(set(i) | set(j)) == 3  # one triangle of columns
     assert abs(np.abs(dd[near]).sum() - np.linalg.norm(b)) < 0.05 * np.linalg.norm(b)
+    # QM/ML outputs carry the structure info themselves; without it: one clear error
+    alone, _ = F.reference_bulk(relaxed)
+    assert np.allclose(alone.positions, bulk.positions)
+    bare = relaxed.copy()
+    bare.info.clear()
     with pytest.raises(QmmlError, match="structure info 'kind' missing"):
-        F.reference_bulk(relaxed)
+        F.reference_bulk(bare)
 
 
 def test_binding_energy_groups_sorted_and_errors(run, tmp_path):

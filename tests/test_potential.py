@@ -48,7 +48,6 @@ def _bare_lammps_energy_forces(atoms, prefix):
     ])
     # same rattle: set positions by id (create_atoms box order differs from ASE's)
     x = lmp.numpy.extract_atom("x")
-    ids = lmp.numpy.extract_atom("id")
     lattice_pos = np.array(x[: len(atoms)])
     ase_ref = bulk("W", "bcc", a / n, cubic=True) * (n, n, n)
     # match lattice sites of LAMMPS atoms to ASE atoms

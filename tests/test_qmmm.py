@@ -10,8 +10,8 @@ from scipy.spatial import Delaunay
 from conftest import MILADY
 from qmml.engines import REFERENCE_LABEL, engine_settings_hash, make_qm_calculator
 from qmml.qmcache import CachedQMCalculator, QMCache
-from qmml.qmmm import (make_force_qmmm, neb, output_frame, provenance, relax,
-                       write_frames)
+from qmml.io import write_frames
+from qmml.qmmm import make_force_qmmm, neb, output_frame, provenance, relax
 from qmml.regions import cylinder_region
 from qmml.structures import dislocation_cylinder, glide_endpoints, perfect_sites
 

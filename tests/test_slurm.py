@@ -216,3 +216,30 @@ def test_profile_by_name_after_install(slurm_cluster: SlurmCluster, tmp_path: Pa
     )
     assert "Using profile slurm " in proc.stdout + proc.stderr
     check_mini_run(proc, workdir, slurm_cluster)
+
+
+@pytest.mark.slow
+def test_real_pipeline_qm_rules_run_as_slurm_jobs(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """The qmml pipeline itself (tiny config, classical stand-in QM) under the profile: the
+    QM rules become SLURM jobs, the light rules stay local, and the QM/ML output records
+    the job that computed it."""
+    from ase.io import read
+
+    target = "results/iter_0/qmml/screw_initial.xyz"
+    proc = run_snakemake(
+        "profiles/slurm", REPO / "Snakefile", REPO / "tests" / "data" / "tiny.yaml", [target],
+        tmp_path, extra_args=["--set-resources", *heavy_rule_test_resources()], timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    frame = read(tmp_path / target)
+    job_id = str(frame.info["slurm_job_id"])
+    job = slurm_job(job_id)
+    assert job["JobState"] == "COMPLETED" and job["Comment"].startswith("rule_qmml_relax")
+    assert frame.info["converged"] and frame.info["qm_engine"].startswith("reference")
+    jobs = subprocess.run(["squeue", "-t", "all", "-h", "-n", run_id(log), "-o", "%k"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    rules = sorted(j.split("_wildcards")[0] for j in jobs)  # comment: rule_<name>[_wildcards_…]
+    assert rules == ["rule_fit_elastic", "rule_qm_bulk_reference", "rule_qmml_relax"]
+    for local in ("engine_config", "build_dislocation"):
+        assert f"localrule {local}:" in log

@@ -7,7 +7,6 @@ a directory the dynamic loader does not search.  We preload it once, globally.
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 from pathlib import Path
 

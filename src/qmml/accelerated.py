@@ -42,7 +42,6 @@ continues.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import time
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from qmml import QmmlError
+from qmml.io import write_pickle
 from qmml.descriptors import compute_descriptors, energy_rows
 from qmml.fitting import solve_constrained
 from qmml.potential import SNAPPotential
@@ -295,14 +295,8 @@ _STATE_KEYS = ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
 
 # ---- checkpoint -----------------------------------------------------------------------
 def _save(path: Path | None, state: dict) -> None:
-    if path is None:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    if path is not None:
+        write_pickle(path, state)
 
 
 # ---- the outer loop -------------------------------------------------------------------

@@ -547,7 +547,7 @@ def compute(far: str, near: str, far_structure: str, near_structure: str, potent
 
 
 def run(args: argparse.Namespace) -> int:
-    from qmml.qmmm import write_frames
+    from qmml.io import write_frames
     from qmml.relax import load_engine_config
 
     log = None if args.quiet else (lambda line: print(line, flush=True))

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.io import write
 
 from qmml import QmmlError, potential_path
+from qmml.io import write_frames
 from qmml.regions import cylinder_region, sphere_region
 from qmml.structures import KINDS, add_point_defect, dislocation_cylinder, glide_endpoints
 
@@ -191,27 +189,11 @@ def build_case(settings: dict) -> tuple[list[Atoms], dict]:
     return states, summary
 
 
-def write_atomic(path: Path, states: list[Atoms]) -> None:
-    """Write extended XYZ via a temporary file + rename (no half-written outputs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp, states, format="extxyz")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     states, summary = build_case(settings)
     output = Path(settings["output"])
-    write_atomic(output, states)
+    write_frames(output, states)
     summary["output"] = str(output)
     summary["frames"] = len(states)
     json.dump(summary, sys.stdout)

@@ -9,7 +9,6 @@ a rerun repeats no QM call.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
 from qmml.elastic import measure_cubic_elastic
+from qmml.io import write_text
 from qmml.engines import engine_label, engine_settings_hash, resolved_settings
 from qmml.qmcache import cluster_key
 
@@ -85,9 +85,7 @@ class CachedStressCalculator(Calculator):
                 raise QmmlError(f"QM bulk calculation failed: {' '.join(str(err).split())}") \
                     from None
             self.n_real_calls += 1
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, path)
+            write_text(path, json.dumps(data))
             if self.log:
                 self.log(f"QM bulk call {self.n_real_calls}: {len(atoms)} atoms, "
                          f"{time.perf_counter() - start:.1f} s")

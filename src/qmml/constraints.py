@@ -26,6 +26,7 @@ from ase.optimize.ode import ODE12r
 
 from qmml import QmmlError, potential_path
 from qmml.elastic import bcc_cell, zero_pressure_a0
+from qmml.io import write_frames
 from qmml.potential import SNAPPotential
 
 
@@ -254,32 +255,9 @@ def md_snapshots(potential: SNAPPotential, temperatures=(300.0, 1000.0, 3000.0),
 
 # ---- files ------------------------------------------------------------------------------
 def write_set(path: str | Path, configs: list[Atoms]) -> Path:
-    """Write a constraint set as one extxyz file, atomically (tmp file + rename)."""
-    from ase.io import write
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp, [Atoms(a.get_chemical_symbols(), a.positions, cell=a.cell, pbc=a.pbc,
-                      info=dict(a.info)) for a in configs], format="extxyz")
-    tmp.replace(path)
-    return path
-
-
-def read_set(path: str | Path) -> list[Atoms]:
-    """Read a constraint set written by ``write_set``."""
-    from ase.io import read
-
-    path = Path(path)
-    if not path.is_file():
-        raise QmmlError(f"{path}: constraint set file not found")
-    try:
-        configs = read(path, index=":", format="extxyz")
-    except Exception as err:  # ase raises many types on malformed files
-        raise QmmlError(f"{path}: not a readable extxyz file ({err})") from None
-    if not configs:
-        raise QmmlError(f"{path}: no configurations in file")
-    return configs
+    """A constraint set as one extxyz file (positions, cell, info only), atomically."""
+    return write_frames(path, [Atoms(a.get_chemical_symbols(), a.positions, cell=a.cell,
+                                     pbc=a.pbc, info=dict(a.info)) for a in configs])
 
 
 # ---- CLI ----------------------------------------------------------------------------------

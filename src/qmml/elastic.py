@@ -154,7 +154,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qmml.retrain import read_configurations
+    from qmml.io import read_frames
 
     start = time.perf_counter()
     pot = SNAPPotential.read(args.potential)
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
 
         soft = md_snapshots(pot)
     else:
-        soft = [a for f in args.soft for a in read_configurations(f)]
+        soft = [a for f in args.soft for a in read_frames(f)]
     fitted, result = fit_elastic(pot, args.a0, args.C11, args.C12, args.C44, soft,
                                  args.lambda0, args.lambda_soft)
     fitted.write(args.output, comment=f"qmml fit-elastic from {args.potential}: a0={args.a0} "

@@ -17,14 +17,15 @@ from ase import Atoms
 
 from qmml import QmmlError
 from qmml.potential import SNAPPotential
-from qmml.qmmm import write_frames
-from qmml.retrain import free_mask, read_configurations, target_forces
+from qmml.io import write_frames
+from qmml.io import read_frames
+from qmml.retrain import free_mask, target_forces
 
 
 def gather_frames(paths: Sequence[str | Path]) -> list[Atoms]:
     frames = []
     for path in paths:
-        group = read_configurations(path)
+        group = read_frames(path)
         if len(group) > 2 and "neb_image" in group[0].info:
             group = group[1:-1]  # end states come from their own relaxations
         for i, atoms in enumerate(group):

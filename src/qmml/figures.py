@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -91,9 +90,10 @@ def qm_atom_forces(targets: PathLike, potential: PathLike) -> tuple[np.ndarray, 
     Arrays are (n_atoms, 3) in eV/Å, frames concatenated in file order.
     """
     from qmml.potential import SNAPPotential
-    from qmml.retrain import free_mask, read_configurations, target_forces
+    from qmml.io import read_frames
+    from qmml.retrain import free_mask, target_forces
 
-    frames = read_configurations(targets)
+    frames = read_frames(targets)
     calc = SNAPPotential.read(potential).calculator()
     ref, ml = [], []
     for k, atoms in enumerate(frames):
@@ -234,9 +234,9 @@ def elastic_constants(elastic: Sequence[PathLike], output: PathLike) -> dict:
 # ---- 4. glide barriers --------------------------------------------------------------------
 def read_neb_profile(path: PathLike) -> tuple[list[Atoms], np.ndarray, np.ndarray]:
     """QM/ML NEB images and their virtual-work profile (s in [0, 1], energy in eV)."""
-    from qmml.retrain import read_configurations
+    from qmml.io import read_frames
 
-    images = read_configurations(path)
+    images = read_frames(path)
     if len(images) < 3:
         raise QmmlError(f"{path}: an NEB needs ≥ 3 images, found {len(images)}")
     missing = [k for k, im in enumerate(images) if "neb_energy_virtual_work" not in im.info]

@@ -18,6 +18,7 @@ from ase.calculators.lammps import Prism
 from ase.data import atomic_masses, atomic_numbers
 
 from qmml import QmmlError
+from qmml.io import write_text
 from qmml.lmp import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR, new_lammps
 
 # snapparam keys that change the descriptor space: two potentials can share a design
@@ -151,10 +152,10 @@ class SNAPPotential:
         for el, r, w, row in zip(self.elements, self.radii, self.weights, self.coeffs):
             lines.append(f"{el} {r!r} {w!r}")
             lines += [repr(float(c)) for c in row]
-        _atomic_write(Path(f"{prefix}.snapcoeff"), "\n".join(lines) + "\n")
+        write_text(Path(f"{prefix}.snapcoeff"), "\n".join(lines) + "\n")
         params = dict(self.params)
         plines = [f"{k} {v}" for k, v in params.items()]
-        _atomic_write(Path(f"{prefix}.snapparam"), "\n".join(plines) + "\n")
+        write_text(Path(f"{prefix}.snapparam"), "\n".join(plines) + "\n")
         return prefix
 
     def pair_commands(self, prefix: Path, type_elements: list[str],
@@ -411,9 +412,3 @@ def _read_snapcoeff(path: Path):
     except (IndexError, ValueError):
         raise QmmlError(f"{path}: malformed snapcoeff file") from None
     return "\n".join(h for h in header if h), elements, radii, weights, np.array(rows)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -25,6 +25,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
+from qmml.io import atomic_writer
 
 POSITION_TOL = 1e-8  # Å: rounding grid of the exact cache key
 MATCH_TOL = 1e-7     # Å: fallback match (extxyz round trips are off by <= 5e-9 Å)
@@ -103,15 +104,10 @@ class QMCache:
 
     def store(self, atoms: Atoms, forces: np.ndarray, energy: float) -> Path:
         path = self.path(atoms)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_writer(path, "wb") as fh:
             np.savez(fh, forces=forces, energy=energy, numbers=atoms.numbers,
                      positions=atoms.positions, cell=np.asarray(atoms.cell), pbc=atoms.pbc,
                      settings_hash=self.settings_hash)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         return path
 
     def __len__(self) -> int:

@@ -30,6 +30,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
 from qmml import QmmlError
+from qmml.io import write_pickle
 from qmml.qmcache import CachedQMCalculator
 
 OPTIMIZERS = ("FIRE", "LBFGS", "ODE12r", "PreconLBFGS")
@@ -104,15 +105,6 @@ def make_optimizer(name: str, target, logfile=None):
 
 
 # ---- checkpoints -------------------------------------------------------------------------
-def _atomic_pickle(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def run_fingerprint(images: list[Atoms], *parts) -> str:
     """Identifies a run: starting positions, species and the settings that matter."""
     h = hashlib.sha256()
@@ -179,7 +171,7 @@ def _optimise(target, positions_of: Callable[[], np.ndarray],
                 f"fmax {f:.5f} eV/A  {per_call:.2f} s/QM call")
         if checkpoint is not None:
             state = {k: v for k, v in vars(opt).items() if k not in _NOT_STATE}
-            _atomic_pickle(checkpoint, {
+            write_pickle(checkpoint, {
                 "fingerprint": fingerprint, "positions": positions_of().copy(),
                 "state": state if optimizer in EXACT_RESUME else {"nsteps": opt.nsteps},
                 "fmax_history": list(stats.fmax_history)})
@@ -316,7 +308,6 @@ def virtual_work_profile(neb_obj) -> dict:
 def provenance(stats: RunStats, engine: str, settings_hash: str, potential: str,
                buffer_width: float) -> dict:
     """Info keys written with every QM/ML output frame."""
-    import os
     import socket
 
     where = {"host": socket.gethostname()}
@@ -347,17 +338,6 @@ def output_frame(atoms: Atoms, info: dict) -> Atoms:
     out.calc = SinglePointCalculator(out, forces=forces)
     return out
 
-
-def write_frames(path: str | Path, frames: list[Atoms]) -> Path:
-    """Atomic extxyz write (tmp + rename)."""
-    from ase.io import write
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp, frames, format="extxyz")
-    os.replace(tmp, path)
-    return path
 
 
 # ---- CLI hook: ``qmml neb`` is implemented in qmml.relax; COMMANDS maps names to modules

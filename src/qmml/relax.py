@@ -123,14 +123,15 @@ def _accelerated_options(args: argparse.Namespace) -> dict:
             raise QmmlError("--hard is only used with --optimizer accelerated")
         return {}
     from qmml.accelerated import AcceleratedSettings
-    from qmml.retrain import read_configurations
+    from qmml.io import read_frames
 
-    hard = [a for path in args.hard for a in read_configurations(path)] if args.hard else None
+    hard = [a for path in args.hard for a in read_frames(path)] if args.hard else None
     return {"hard": hard, "accelerated": AcceleratedSettings(space=args.surrogate_space)}
 
 
 def run(args: argparse.Namespace) -> int:
-    from qmml.qmmm import output_frame, provenance, relax, write_frames
+    from qmml.io import write_frames
+    from qmml.qmmm import output_frame, provenance, relax
 
     atoms = _read_structure(args.input)
     cfg, settings_hash, pot, qm, label, log, pot_id = _setup(args)
@@ -153,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_neb(args: argparse.Namespace) -> int:
-    from qmml.qmmm import neb, output_frame, provenance, write_frames
+    from qmml.io import write_frames
+    from qmml.qmmm import neb, output_frame, provenance
 
     initial, final = _read_structure(args.initial), _read_structure(args.final)
     cfg, settings_hash, pot, qm, label, log, pot_id = _setup(args)

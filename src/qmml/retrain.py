@@ -18,26 +18,12 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms
-from ase.io import read
 
 from qmml import QmmlError
 from qmml.descriptors import ForceSet, NormalEquations, descriptor_sums
 from qmml.fitting import solve_constrained
+from qmml.io import read_frames
 from qmml.potential import SNAPPotential
-
-
-def read_configurations(path: str | Path) -> list[Atoms]:
-    """All frames of an extxyz file, with a one-line error for a missing/unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise QmmlError(f"{path}: file not found")
-    try:
-        frames = read(path, index=":", format="extxyz")
-    except Exception as err:  # ASE raises many types for malformed files
-        raise QmmlError(f"{path}: not a readable extxyz file ({err})") from None
-    if not frames:
-        raise QmmlError(f"{path}: contains no configurations")
-    return frames
 
 
 def target_forces(atoms: Atoms, source: str) -> np.ndarray:
@@ -167,9 +153,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     potential = SNAPPotential.read(args.potential)
     targets = [(f"{path} frame {i}", a) for path in args.targets
-               for i, a in enumerate(read_configurations(path))]
-    hard = [a for path in args.hard for a in read_configurations(path)]
-    soft = [a for path in args.soft for a in read_configurations(path)]
+               for i, a in enumerate(read_frames(path))]
+    hard = [a for path in args.hard for a in read_frames(path)]
+    soft = [a for path in args.soft for a in read_frames(path)]
     new, report = retrain(potential, targets, hard, soft, args.lambda0, args.lambda_soft,
                           args.quadratic, workers=args.workers)
     report.update(potential=str(args.potential), targets=list(args.targets),

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 import yaml
 from qmml.binding import compute
-from qmml.qmmm import write_frames
+from qmml.io import write_frames
 
 inp, p = snakemake.input, snakemake.params
 engine_cfg = yaml.safe_load(Path(inp.engine).read_text())

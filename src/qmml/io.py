@@ -1,0 +1,73 @@
+"""File I/O shared by every stage: atomic writes and extxyz frames with one-line errors.
+
+Everything qmml writes goes through ``atomic_writer``: a temporary file in the same
+folder, flushed and fsynced, then renamed over the target, so a process killed at any
+moment leaves either the complete old file or the complete new one (never half a QM
+result or half a potential).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ase import Atoms
+
+from qmml import QmmlError
+
+
+@contextmanager
+def atomic_writer(path: str | Path, mode: str = "w") -> Iterator:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_writer(path) as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def write_pickle(path: str | Path, obj) -> Path:
+    with atomic_writer(path, "wb") as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return Path(path)
+
+
+def write_frames(path: str | Path, frames: Sequence[Atoms]) -> Path:
+    """extxyz, atomically (arrays, info and single-point forces are kept)."""
+    from ase.io import write
+
+    with atomic_writer(path) as fh:
+        write(fh, list(frames), format="extxyz")
+    return Path(path)
+
+
+def read_frames(path: str | Path) -> list[Atoms]:
+    """All frames of an extxyz file; one-line QmmlError for a missing/unreadable/empty file."""
+    from ase.io import read
+
+    path = Path(path)
+    if not path.is_file():
+        raise QmmlError(f"{path}: file not found")
+    try:
+        frames = read(path, index=":", format="extxyz")
+    except Exception as err:  # ASE raises many types for malformed files
+        raise QmmlError(f"{path}: not a readable extxyz file "
+                        f"({' '.join(str(err).split())})") from None
+    if not frames:
+        raise QmmlError(f"{path}: contains no configurations")
+    return frames
