@@ -109,6 +109,13 @@ def test_end_to_end_two_iterations_and_partial_rerun(tmp_path):
         assert (res / "figures" / f"{name}.png").stat().st_size > 5000
     assert html.count("data:image/png;base64,") >= 6
 
+    # adding an iteration runs only the new one: nothing of iterations 0 and 1 is planned
+    more = tmp_path / "three.yaml"
+    more.write_text(config.read_text().replace("iterations: 2", "iterations: 3"))
+    jobs = planned_jobs(snakemake(tmp_path, more, "-n"))
+    assert jobs["retrain"] == 1 and jobs["qmml_relax"] == 1 and jobs["extract_forces"] == 1
+    assert "fit_elastic" not in jobs and "qm_bulk_reference" not in jobs
+
     # rerun after deleting one iteration-1 QM/ML output (named as a target, as the README
     # says): it and everything downstream of it rerun, nothing upstream, and every QM call
     # comes from the cache
