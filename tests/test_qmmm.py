@@ -160,3 +160,25 @@ def test_reference_neb_glide_barrier_by_virtual_work(milady, tmp_path):
     assert abs(e[-1] - e[0]) < 0.02
     assert 0.005 < profile["barrier"] < 0.2
     assert [str(r) for r in images[2].arrays["region"]] == list(ini.arrays["region"])
+
+
+def test_cli_unconverged_exit_code_and_flag(tmp_path):
+    """Out of steps: exit 1 by default; --allow-unconverged writes the output, exit 0,
+    and the frame says converged=False (the pipeline's laptop setting)."""
+    from ase.io import read
+
+    from qmml import potential_path
+    from qmml.cli import main
+
+    structure = tmp_path / "screw.xyz"
+    assert main(["build", "--kind", "screw111", "--radius", "14", "--fixed-width", "4",
+                 "--a0", "3.18551", "--C11", "513.1", "--C12", "201.0", "--C44", "144.9",
+                 "--qm-radius", "3", "--buffer", "5", "--output", str(structure)]) == 0
+    common = ["relax", "--input", str(structure), "--potential",
+              str(potential_path("W_milady_lml")), "--engine", "reference", "--steps", "1",
+              "--buffer", "5", "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert main(common + ["--output", str(tmp_path / "a.xyz")]) == 1
+    assert main(common + ["--output", str(tmp_path / "b.xyz"), "--allow-unconverged"]) == 0
+    frame = read(tmp_path / "b.xyz")
+    assert frame.info["converged"] is False or frame.info["converged"] == "False"
+    assert frame.info["fmax"] > frame.info["fmax_target"]

@@ -87,6 +87,10 @@ def hard_flag(wildcards, input):
     return f"--hard {' '.join(input.hard)}" if input.hard else ""
 
 
+# `qmml relax/neb` exit 1 when max_steps run out before fmax, unless told to go on
+ALLOW_UNCONVERGED = "" if config["qmml"]["require_convergence"] else "--allow-unconverged"
+
+
 def final_targets():
     targets = potential_files(N) + [f"{R}/report.html"]
     if DEFECTS:

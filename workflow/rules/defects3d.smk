@@ -47,7 +47,7 @@ rule qmml_3d_defect:
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.buffer} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} --output {output} > {log} 2>&1"
+        "{params.hard} {ALLOW_UNCONVERGED} --output {output} > {log} 2>&1"
 
 
 def path_start(name, k):

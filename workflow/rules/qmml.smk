@@ -27,7 +27,7 @@ rule qmml_relax:
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} --output {output} > {log} 2>&1"
+        "{params.hard} {ALLOW_UNCONVERGED} --output {output} > {log} 2>&1"
 
 
 rule qmml_neb:
@@ -57,7 +57,7 @@ rule qmml_neb:
         "--optimizer {params.q[optimizer]} --fmax {params.q[neb_fmax]} "
         "--buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} --output {output} > {log} 2>&1"
+        "{params.hard} {ALLOW_UNCONVERGED} --output {output} > {log} 2>&1"
 
 
 rule extract_forces:
