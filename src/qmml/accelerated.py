@@ -42,7 +42,6 @@ continues.
 """
 from __future__ import annotations
 
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from qmml import QmmlError
-from qmml.io import write_pickle
+from qmml.io import read_checkpoint, write_pickle
 from qmml.descriptors import compute_descriptors, energy_rows
 from qmml.fitting import solve_constrained
 from qmml.potential import SNAPPotential
@@ -332,13 +331,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
     last_error = np.inf
 
     pending = None  # surrogate step computed but its QM call not yet recorded
-    saved = None
-    if checkpoint is not None and checkpoint.is_file():
-        with open(checkpoint, "rb") as fh:
-            saved = pickle.load(fh)
-        if saved.get("fingerprint") != fingerprint:
-            raise QmmlError(f"{checkpoint}: checkpoint belongs to a different run (other "
-                            "input, optimizer or settings); delete it or choose another path")
+    saved = read_checkpoint(checkpoint, fingerprint)
     if saved:
         for x in saved["points"]:  # replay through the QM cache: no real QM call
             ev = system.evaluate_true(x)

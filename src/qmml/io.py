@@ -47,6 +47,18 @@ def write_pickle(path: str | Path, obj) -> Path:
     return Path(path)
 
 
+def read_checkpoint(path: Path | None, fingerprint: str) -> dict | None:
+    """A run's pickled checkpoint, or None; refuses one written by a different run."""
+    if path is None or not Path(path).is_file():
+        return None
+    with open(path, "rb") as fh:
+        saved = pickle.load(fh)
+    if saved.get("fingerprint") != fingerprint:
+        raise QmmlError(f"{path}: checkpoint belongs to a different run (other input, "
+                        "optimizer or settings); delete it or choose another path")
+    return saved
+
+
 def write_frames(path: str | Path, frames: Sequence[Atoms]) -> Path:
     """extxyz, atomically (arrays, info and single-point forces are kept)."""
     from ase.io import write

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
 from qmml import QmmlError
-from qmml.io import write_pickle
+from qmml.io import read_checkpoint, write_pickle
 from qmml.qmcache import CachedQMCalculator
 
 OPTIMIZERS = ("FIRE", "LBFGS", "ODE12r", "PreconLBFGS")
@@ -143,12 +142,8 @@ def _optimise(target, positions_of: Callable[[], np.ndarray],
     real0, hits0, qm_s0 = qm.n_real_calls, qm.n_cache_hits, qm.qm_seconds
     start = time.perf_counter()
 
-    if checkpoint is not None and checkpoint.is_file():
-        with open(checkpoint, "rb") as fh:
-            saved = pickle.load(fh)
-        if saved.get("fingerprint") != fingerprint:
-            raise QmmlError(f"{checkpoint}: checkpoint belongs to a different run (other "
-                            "input, optimizer or settings); delete it or choose another path")
+    saved = read_checkpoint(checkpoint, fingerprint)
+    if saved:
         stats.fmax_history = list(saved["fmax_history"])
         if optimizer in EXACT_RESUME:
             set_positions(saved["positions"])
