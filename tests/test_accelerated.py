@@ -136,9 +136,12 @@ def test_resume_from_checkpoint_repeats_no_qm_call(start, milady, accelerated_ru
     assert again.n_qm_real_calls == 0 and qm.n_real_calls == 0
     assert again.converged and again.resumed_from_step == stats.outer_steps
     np.testing.assert_array_equal(atoms.positions, done.positions)
-    with pytest.raises(Exception, match="different run"):
-        relax_accelerated(start.copy(), cached(work / "cache"), milady, BUFFER, fmax=0.02,
-                          checkpoint=work / "run.ckpt", log=None)
+    # a checkpoint of a different run (here: another fmax) is never resumed: fresh start
+    messages = []
+    fresh = relax_accelerated(start.copy(), cached(work / "cache"), milady, BUFFER, fmax=0.02,
+                              checkpoint=work / "run.ckpt", log=messages.append)
+    assert fresh.resumed_from_step is None and fresh.converged
+    assert any("checkpoint of a different run, starting afresh" in m for m in messages)
 
 
 @pytest.mark.slow

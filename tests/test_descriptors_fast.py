@@ -93,11 +93,15 @@ def test_parallel_sums_equal_serial_compute_snap(quadratic):
     ref_energy = np.array([_compute_snap_descriptors(a, quadratic, forces=False).energy / len(a)
                            for a in frames])
     try:
-        (sums, soft), (hard,) = descriptor_sums(
+        runs = [descriptor_sums(
             quadratic, [ForceSet(frames, masks, targets, keeps), ForceSet(frames[:2])],
-            [frames], workers=2)
+            [frames], workers=2) for _ in range(2)]
     finally:
         close_workers()
+    (sums, soft), (hard,) = runs[0]
+    # same inputs, same bits: sums are added in job order, not completion order
+    np.testing.assert_array_equal(runs[1][0][0].normal.gtg, sums.normal.gtg)
+    np.testing.assert_array_equal(runs[1][0][0].normal.gtf, sums.normal.gtf)
     _close(sums.normal.matrix(), ref.matrix())
     _close(sums.normal.gtf, ref.gtf)
     assert sums.normal.n_rows == ref.n_rows == 3 * sum(int(m.sum()) for m in masks)

@@ -331,7 +331,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
     last_error = np.inf
 
     pending = None  # surrogate step computed but its QM call not yet recorded
-    saved = read_checkpoint(checkpoint, fingerprint)
+    saved = read_checkpoint(checkpoint, fingerprint, log)
     if saved:
         for x in saved["points"]:  # replay through the QM cache: no real QM call
             ev = system.evaluate_true(x)

@@ -411,33 +411,30 @@ _POOL_SIZE = 0
 
 
 def _map(func, potential: SNAPPotential, items: list, workers: int):
-    """func(potential, item) for every item; results in completion order when parallel."""
+    """func(potential, item) for every item, in item order (in parallel when workers > 1)."""
     if workers <= 1 or len(items) <= 1:
         for item in items:
             yield func(potential, item)
         return
-    import queue
     from concurrent.futures.process import BrokenProcessPool
 
     pool = _pool(workers)
-    done: queue.SimpleQueue = queue.SimpleQueue()
     # workers start on demand during submit: one BLAS thread each, they fill the cores
     saved = {k: os.environ.get(k) for k in _THREAD_VARS}
     os.environ.update({k: "1" for k in _THREAD_VARS})
     try:
-        for item in items:  # largest first
-            pool.submit(func, potential, item).add_done_callback(done.put)
+        futures = [pool.submit(func, potential, item) for item in items]  # largest first
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    # results are handed over as they complete and not kept here: the caller merges each
-    # GᵀG (20 MB in the quadratic space) and drops it
-    for _ in range(len(items)):
+    # results in submission order, so the caller's sums are added in the same order on
+    # every run: the same inputs give a bit-identical potential
+    for future in futures:
         try:
-            yield done.get().result()
+            yield future.result()
         except BrokenProcessPool:
             close_workers()
             raise QmmlError(f"descriptor worker processes died (workers={workers}); a "

@@ -47,15 +47,24 @@ def write_pickle(path: str | Path, obj) -> Path:
     return Path(path)
 
 
-def read_checkpoint(path: Path | None, fingerprint: str) -> dict | None:
-    """A run's pickled checkpoint, or None; refuses one written by a different run."""
+def read_checkpoint(path: Path | None, fingerprint: str, log=None) -> dict | None:
+    """A run's pickled checkpoint, or None.
+
+    A checkpoint of a different run (other input, potential, optimizer or settings) is
+    never resumed: the run starts afresh and overwrites it.  Nothing expensive is lost —
+    the QM results themselves live in the QM cache.
+    """
     if path is None or not Path(path).is_file():
         return None
-    with open(path, "rb") as fh:
-        saved = pickle.load(fh)
+    try:
+        with open(path, "rb") as fh:
+            saved = pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError):
+        saved = {}
     if saved.get("fingerprint") != fingerprint:
-        raise QmmlError(f"{path}: checkpoint belongs to a different run (other input, "
-                        "optimizer or settings); delete it or choose another path")
+        if log:
+            log(f"{path}: checkpoint of a different run, starting afresh")
+        return None
     return saved
 
 

@@ -142,7 +142,7 @@ def _optimise(target, positions_of: Callable[[], np.ndarray],
     real0, hits0, qm_s0 = qm.n_real_calls, qm.n_cache_hits, qm.qm_seconds
     start = time.perf_counter()
 
-    saved = read_checkpoint(checkpoint, fingerprint)
+    saved = read_checkpoint(checkpoint, fingerprint, log)
     if saved:
         stats.fmax_history = list(saved["fmax_history"])
         if optimizer in EXACT_RESUME:
