@@ -1,12 +1,17 @@
 # Config validation (qmml.config: JSON schema + defaults, one-line errors) and path helpers.
 import json
 import os
+import sys
 from pathlib import Path
 
 # jobs (local, SLURM, or in the conda env of --sdm conda) import qmml from this checkout
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(Path(workflow.basedir) / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
-QMML = "python -m qmml.cli"  # the CLI, independent of where the console script lives
+# the CLI through the Python that runs Snakemake (the venv's, also inside SLURM jobs),
+# or the job env's own python under --sdm conda
+_CONDA = "conda" in str(getattr(getattr(workflow, "deployment_settings", None),
+                                "deployment_method", "")).lower()
+QMML = "python -m qmml.cli" if _CONDA else f"{sys.executable} -m qmml.cli"
 ENV = "../../envs/qmml.yaml"  # relative to workflow/rules/
 
 from qmml import QmmlError
