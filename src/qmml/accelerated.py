@@ -305,8 +305,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
     settings.check()
     qm = system.qm
     stats = AcceleratedStats("accelerated", fmax)
-    real0, hits0, qm_s0 = qm.n_real_calls, qm.n_cache_hits, qm.qm_seconds
-    start = time.perf_counter()
+    stats.start_counting(qm)
 
     t0 = time.perf_counter()
     hard_configs = list(hard) if hard else default_hard_set(system.potential)
@@ -444,10 +443,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
     stats.steps = stats.outer_steps
     stats.fmax = best.fmax
     stats.converged = best.fmax <= fmax
-    stats.n_qm_calls = qm.n_real_calls - real0 + qm.n_cache_hits - hits0
-    stats.n_qm_real_calls = qm.n_real_calls - real0
-    stats.qm_seconds = qm.qm_seconds - qm_s0
-    stats.wall_seconds = time.perf_counter() - start
+    stats.count(qm)
     return stats
 
 

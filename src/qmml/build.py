@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from qmml import QmmlError, potential_path
-from qmml.io import write_frames
+from qmml import QmmlError
+from qmml.io import read_mapping, write_frames
+from qmml.potential import resolve_prefix
 from qmml.regions import cylinder_region, sphere_region
 from qmml.structures import KINDS, add_point_defect, dislocation_cylinder, glide_endpoints
 
@@ -78,20 +79,7 @@ def load_settings(args: argparse.Namespace) -> dict:
 
 
 def _read_config(path: Path) -> dict:
-    if not path.is_file():
-        raise QmmlError(f"{path}: config file not found")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as err:  # parser errors carry line numbers: keep them on one line
-        raise QmmlError(f"{path}: cannot parse: {' '.join(str(err).split())}") from None
-    if not isinstance(data, dict):
-        raise QmmlError(f"{path}: expected a mapping of settings")
+    data = read_mapping(path)
     out = {}
     for key, value in data.items():
         if key not in SETTINGS:
@@ -118,13 +106,6 @@ def _read_config(path: Path) -> dict:
     return out
 
 
-def _potential_prefix(name: str | None) -> Path:
-    if name is None:
-        return potential_path(DEFAULT_POTENTIAL)
-    shipped = potential_path(name)
-    return shipped if Path(f"{shipped}.snapcoeff").is_file() else Path(name)
-
-
 def elastic_constants(settings: dict, prefix: Path) -> dict:
     """a0, C11, C12, C44 from the settings, or measured with the potential."""
     keys = ("a0", "C11", "C12", "C44")
@@ -147,7 +128,7 @@ def build_case(settings: dict) -> tuple[list[Atoms], dict]:
     """Build the configured structures (1 or 2 states) and their regions."""
     from qmml.potential import SNAPPotential
 
-    prefix = _potential_prefix(settings["potential"])
+    prefix = resolve_prefix(settings["potential"] or DEFAULT_POTENTIAL)
     elastic = elastic_constants(settings, prefix)
     geometry = dict(kind=settings["kind"], **elastic, radius=settings["radius"],
                     fixed_width=settings["fixed_width"], n_line=settings["n_line"],

@@ -17,7 +17,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
 from qmml.elastic import measure_cubic_elastic
-from qmml.io import write_text
+from qmml.io import read_mapping, write_text
 from qmml.engines import engine_label, engine_settings_hash, resolved_settings
 from qmml.qmcache import cluster_key
 
@@ -113,9 +113,5 @@ def qm_bulk_reference(elastic_cfg: dict, qm_cfg: dict, cache_dir: str | Path,
 
 
 def read_targets(path: str | Path) -> dict:
-    data = json.loads(Path(path).read_text())
-    missing = [k for k in TARGET_KEYS if k not in data]
-    if missing:
-        raise QmmlError(f"{path}: missing elastic target(s) {', '.join(missing)}")
-    return data
+    return read_mapping(path, TARGET_KEYS)
 

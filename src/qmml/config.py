@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from qmml import QmmlError
+from qmml.io import read_mapping
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
@@ -76,14 +77,7 @@ def _check_cross_references(config: dict, source: str) -> None:
 
 
 def load_config(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise QmmlError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise QmmlError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
-    return validate_config(data, source=str(path))
+    return validate_config(read_mapping(path), source=str(path))
 
 
 # ---- CLI ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_masses, atomic_numbers
 from ase.optimize.ode import ODE12r
 
-from qmml import QmmlError, potential_path
+from qmml import QmmlError
 from qmml.elastic import bcc_cell, zero_pressure_a0
 from qmml.io import write_frames
 from qmml.potential import SNAPPotential
@@ -278,15 +278,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="small cells and short runs (smoke test, not for production)")
 
 
-def _load(name: str) -> SNAPPotential:
-    path = Path(name)
-    shipped = potential_path(name)
-    if not Path(f"{path}.snapcoeff").exists() and "/" not in name \
-            and Path(f"{shipped}.snapcoeff").exists():
-        path = shipped
-    return SNAPPotential.read(path)
-
-
 def run(args: argparse.Namespace) -> int:
     if not (args.strain or args.neb or args.md):
         raise QmmlError("nothing to do: give at least one of --strain, --neb, --md")
@@ -295,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
         raise QmmlError(f"--temperatures: must be positive, got {bad[0]:g} K")
     if args.a0 is not None and not args.a0 > 0:
         raise QmmlError(f"--a0: must be positive, got {args.a0:g} Å")
-    potential = _load(args.potential)
+    potential = SNAPPotential.read(args.potential)
     q = QUICK if args.quick else {}
     t0 = time.perf_counter()
     a0 = args.a0 if args.a0 is not None else lattice_constant(potential)

@@ -19,7 +19,7 @@ from ase.calculators.calculator import Calculator
 from scipy.optimize import brentq
 
 from qmml import QmmlError
-from qmml.descriptors import NormalEquations, compute_descriptors
+from qmml.descriptors import compute_descriptors, force_normal_equations
 from qmml.fitting import FitResult, solve_constrained
 from qmml.potential import SNAPPotential
 
@@ -124,9 +124,7 @@ def fit_elastic(potential: SNAPPotential, a0: float, C11: float, C12: float, C44
     theta0 = potential.theta
     hard = elastic_rows(potential, a0)
     rhs = np.array([0.0, C11, C12, C44]) * units.GPa
-    soft = NormalEquations(theta0.size)
-    for i, atoms in enumerate(soft_configs):
-        soft.add(compute_descriptors(atoms, potential, source=f"soft frame {i}").forces)
+    soft = force_normal_equations(list(soft_configs), potential, source="soft").normal
     result = solve_constrained(theta0, hard=hard, hard_rhs=rhs,
                                soft_ata=soft.matrix() if soft.n_rows else None,
                                lambda_soft=lambda_soft, lambda0=lambda0)

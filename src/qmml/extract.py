@@ -17,8 +17,7 @@ from ase import Atoms
 
 from qmml import QmmlError
 from qmml.potential import SNAPPotential
-from qmml.io import write_frames
-from qmml.io import read_frames
+from qmml.io import read_frames, write_frames
 from qmml.retrain import free_mask, target_forces
 
 
@@ -39,21 +38,33 @@ def gather_frames(paths: Sequence[str | Path]) -> list[Atoms]:
     return frames
 
 
+def qm_atom_forces(frames: Sequence[Atoms], potential: SNAPPotential,
+                   source: str = "targets") -> tuple[np.ndarray, np.ndarray]:
+    """(QM/ML forces, ML forces of ``potential``) on the free QM atoms of every frame,
+    concatenated in frame order (eV/Å).  A frame without a ``region`` array counts every
+    free atom as QM, as ``qmml retrain`` does."""
+    calc = potential.calculator()
+    ref, ml = [], []
+    for k, atoms in enumerate(frames):
+        region = np.asarray(atoms.arrays.get("region", np.full(len(atoms), "QM"))).astype(str)
+        qm = (region == "QM") & free_mask(atoms)
+        probe = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        probe.calc = calc
+        ref.append(target_forces(atoms, f"{source} frame {k}")[qm])
+        ml.append(probe.get_forces()[qm])
+    ref_all, ml_all = np.concatenate(ref), np.concatenate(ml)
+    if not len(ref_all):
+        raise QmmlError(f"{source}: no free atom has region QM")
+    return ref_all, ml_all
+
+
 def qm_force_errors(frames: Sequence[Atoms], potential: SNAPPotential) -> dict:
     """RMSE (force components, eV/Å) of the potential vs the QM/ML forces on QM atoms."""
-    calc = potential.calculator()
-    diffs, norms = [], []
-    for atoms in frames:
-        qm = (np.asarray(atoms.arrays.get("region", np.full(len(atoms), "QM"))) == "QM") \
-            & free_mask(atoms)
-        ml = atoms.copy()
-        ml.calc = calc
-        diffs.append((ml.get_forces() - atoms.arrays["forces"])[qm])
-        norms.append(atoms.arrays["forces"][qm])
-    d, f = np.concatenate(diffs), np.concatenate(norms)
+    ref, ml = qm_atom_forces(frames, potential)
+    d = ml - ref
     return {"qm_force_rmse": float(np.sqrt(np.mean(d ** 2))),
             "qm_force_max_error": float(np.abs(d).max()),
-            "qm_force_rms": float(np.sqrt(np.mean(f ** 2))),
+            "qm_force_rms": float(np.sqrt(np.mean(ref ** 2))),
             "n_qm_atoms": int(len(d)), "n_frames": len(frames)}
 
 

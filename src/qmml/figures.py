@@ -10,7 +10,6 @@ Figures: ``force_parity``, ``force_rmse``, ``elastic_constants``, ``glide_barrie
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +22,7 @@ import numpy as np  # noqa: E402
 from ase import Atoms  # noqa: E402
 
 from qmml import QmmlError  # noqa: E402
+from qmml.io import read_mapping  # noqa: E402
 
 PathLike = str | Path
 ELASTIC_KEYS = ("a0", "C11", "C12", "C44")
@@ -36,23 +36,6 @@ def iteration_of(path: PathLike, default: int) -> int:
     """Iteration number from an ``iter_<i>`` path component, else `default`."""
     found = re.findall(r"iter_(\d+)", str(path))
     return int(found[-1]) if found else default
-
-
-def read_json(path: PathLike, required: Sequence[str] = ()) -> dict:
-    """A JSON object with the `required` keys; one-line QmmlError otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise QmmlError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise QmmlError(f"{path}: invalid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise QmmlError(f"{path}: expected a JSON object")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise QmmlError(f"{path}: required key '{missing[0]}' missing")
-    return data
 
 
 def _by_iteration(paths: Sequence[PathLike]) -> dict[int, Path]:
@@ -89,26 +72,15 @@ def qm_atom_forces(targets: PathLike, potential: PathLike) -> tuple[np.ndarray, 
 
     Arrays are (n_atoms, 3) in eV/Å, frames concatenated in file order.
     """
-    from qmml.potential import SNAPPotential
+    from qmml.extract import qm_atom_forces as forces_on_qm_atoms
     from qmml.io import read_frames
-    from qmml.retrain import free_mask, target_forces
+    from qmml.potential import SNAPPotential
 
     frames = read_frames(targets)
-    calc = SNAPPotential.read(potential).calculator()
-    ref, ml = [], []
     for k, atoms in enumerate(frames):
         if "region" not in atoms.arrays:
             raise QmmlError(f"{targets} frame {k}: no 'region' array (QM/buffer/MM)")
-        qm = (np.asarray(atoms.arrays["region"]).astype(str) == "QM") & free_mask(atoms)
-        forces = target_forces(atoms, f"{targets} frame {k}")
-        probe = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        probe.calc = calc
-        ref.append(forces[qm])
-        ml.append(probe.get_forces()[qm])
-    ref_all, ml_all = np.concatenate(ref), np.concatenate(ml)
-    if not len(ref_all):
-        raise QmmlError(f"{targets}: no free atom has region QM")
-    return ref_all, ml_all
+    return forces_on_qm_atoms(frames, SNAPPotential.read(potential), str(targets))
 
 
 def force_parity(targets: Sequence[PathLike], potentials: Sequence[PathLike],
@@ -166,13 +138,13 @@ def force_rmse(retrain: Sequence[PathLike], targets_summary: Sequence[PathLike],
     "before": {j: retrain j's RMSE of potential j-1}, "after": {j: of potential j}}, both
     retrain values on the targets of iteration j-1.
     """
-    own = {i: float(read_json(p, ["qm_force_rmse"])["qm_force_rmse"])
+    own = {i: float(read_mapping(p, ["qm_force_rmse"])["qm_force_rmse"])
            for i, p in _by_iteration(targets_summary).items()}
     before, after = {}, {}
     for j, p in _by_iteration(retrain).items():
         if iteration_of(p, -1) < 0:
             j += 1  # positional fallback: the first retrain report makes potential 1
-        r = read_json(p, ["qm_force_rmse_before", "qm_force_rmse_after"])
+        r = read_mapping(p, ["qm_force_rmse_before", "qm_force_rmse_after"])
         before[j], after[j] = float(r["qm_force_rmse_before"]), float(r["qm_force_rmse_after"])
     if not (own or before):
         _message_figure(output, "QM-atom force RMSE", "no force data yet")
@@ -207,7 +179,7 @@ def elastic_constants(elastic: Sequence[PathLike], output: PathLike) -> dict:
     if not files:
         raise QmmlError("elastic_constants: no elastic.json files given")
     iters = sorted(files)
-    rows = [read_json(files[i], ELASTIC_KEYS) for i in iters]
+    rows = [read_mapping(files[i], ELASTIC_KEYS) for i in iters]
     values = {k: [float(r[k]) for r in rows] for k in ELASTIC_KEYS}
     relative = {k: [(v - values[k][0]) / values[k][0] for v in values[k]] for k in ELASTIC_KEYS}
     fig, axes = plt.subplots(2, 4, figsize=(13, 5.5), sharex=True)

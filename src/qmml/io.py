@@ -68,6 +68,30 @@ def read_checkpoint(path: Path | None, fingerprint: str, log=None) -> dict | Non
     return saved
 
 
+def read_mapping(path: str | Path, required: Sequence[str] = ()) -> dict:
+    """A YAML (or, by suffix, JSON) mapping file; an empty file is {}.  One-line QmmlError
+    for a missing file, a parse error, a non-mapping or a missing ``required`` key."""
+    import json
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise QmmlError(f"{path}: file not found")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as err:  # parser messages span lines: fold them
+        raise QmmlError(f"{path}: cannot parse ({' '.join(str(err).split())})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise QmmlError(f"{path}: expected a mapping of keys to values")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise QmmlError(f"{path}: required key '{missing[0]}' missing")
+    return data
+
+
 def write_frames(path: str | Path, frames: Sequence[Atoms]) -> Path:
     """extxyz, atomically (arrays, info and single-point forces are kept)."""
     from ase.io import write

@@ -132,7 +132,8 @@ class SNAPPotential:
     # ---- I/O --------------------------------------------------------------------------
     @classmethod
     def read(cls, prefix: str | Path) -> "SNAPPotential":
-        prefix = _strip_suffix(prefix)
+        """From ``prefix`` (P.snapcoeff + P.snapparam) or a shipped name (W_milady_lml)."""
+        prefix = resolve_prefix(prefix)
         coeff_file, param_file = Path(f"{prefix}.snapcoeff"), Path(f"{prefix}.snapparam")
         for f in (coeff_file, param_file):
             if not f.is_file():
@@ -185,8 +186,17 @@ class SNAPPotential:
         return SNAPCalculator(self, zbl=zbl)
 
 
-def load_potential(prefix: str | Path) -> SNAPPotential:
-    return SNAPPotential.read(prefix)
+def resolve_prefix(name: str | Path) -> Path:
+    """The files a potential name means: an existing prefix P (P.snapcoeff), else a
+    potential shipped with qmml (data/potentials/NAME), else the name as given."""
+    prefix = Path(_strip_suffix(name))
+    if not Path(f"{prefix}.snapcoeff").is_file() and prefix.parent == Path("."):
+        from qmml import potential_path
+
+        shipped = potential_path(prefix.name)
+        if Path(f"{shipped}.snapcoeff").is_file():
+            return shipped
+    return prefix
 
 
 def reference_potential() -> tuple[SNAPPotential, tuple[float, float]]:

@@ -130,6 +130,18 @@ class RunStats:
     wall_seconds: float = 0.0
     fmax_history: list = field(default_factory=list)
 
+    def start_counting(self, qm: CachedQMCalculator) -> None:
+        """From now on, QM calls and time belong to this run."""
+        self._since = (qm.n_real_calls, qm.n_cache_hits, qm.qm_seconds, time.perf_counter())
+
+    def count(self, qm: CachedQMCalculator) -> None:
+        """Update the QM-call counts and timings since ``start_counting``."""
+        real0, hits0, qm_s0, start = self._since
+        self.n_qm_real_calls = qm.n_real_calls - real0
+        self.n_qm_calls = self.n_qm_real_calls + qm.n_cache_hits - hits0
+        self.qm_seconds = qm.qm_seconds - qm_s0
+        self.wall_seconds = time.perf_counter() - start
+
 
 def _optimise(target, positions_of: Callable[[], np.ndarray],
               set_positions: Callable[[np.ndarray], None], fmax_of: Callable[[], float],
@@ -139,8 +151,7 @@ def _optimise(target, positions_of: Callable[[], np.ndarray],
     """Shared driver for relax and NEB: checkpoint every step, resume if possible."""
     stats = RunStats(optimizer, fmax)
     opt = make_optimizer(optimizer, target)
-    real0, hits0, qm_s0 = qm.n_real_calls, qm.n_cache_hits, qm.qm_seconds
-    start = time.perf_counter()
+    stats.start_counting(qm)
 
     saved = read_checkpoint(checkpoint, fingerprint, log)
     if saved:
@@ -159,8 +170,9 @@ def _optimise(target, positions_of: Callable[[], np.ndarray],
         f = fmax_of()
         if len(stats.fmax_history) <= opt.nsteps:
             stats.fmax_history.append(f)
-        real = qm.n_real_calls - real0
-        per_call = (qm.qm_seconds - qm_s0) / real if real else 0.0
+        stats.count(qm)
+        real = stats.n_qm_real_calls
+        per_call = stats.qm_seconds / real if real else 0.0
         if log:
             log(f"step {opt.nsteps:4d}  QM call {qm.n_calls:5d} (real {real})  "
                 f"fmax {f:.5f} eV/A  {per_call:.2f} s/QM call")
@@ -181,10 +193,7 @@ def _optimise(target, positions_of: Callable[[], np.ndarray],
     stats.steps = opt.nsteps
     stats.fmax = fmax_of()
     stats.converged = stats.fmax <= fmax
-    stats.n_qm_calls = qm.n_real_calls - real0 + qm.n_cache_hits - hits0
-    stats.n_qm_real_calls = qm.n_real_calls - real0
-    stats.qm_seconds = qm.qm_seconds - qm_s0
-    stats.wall_seconds = time.perf_counter() - start
+    stats.count(qm)
     return stats
 
 

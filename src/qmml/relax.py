@@ -66,17 +66,9 @@ def configure_neb(parser: argparse.ArgumentParser) -> None:
 
 def load_engine_config(args: argparse.Namespace) -> dict:
     if args.engine_config:
-        import yaml
+        from qmml.io import read_mapping
 
-        path = Path(args.engine_config)
-        if not path.is_file():
-            raise QmmlError(f"{path}: engine config not found")
-        try:
-            cfg = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise QmmlError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
-        if not isinstance(cfg, dict):
-            raise QmmlError(f"{path}: expected a mapping with key 'engine'")
+        cfg = read_mapping(args.engine_config, required=["engine"])
     else:
         cfg = {"engine": args.engine}
     if args.kpts_line is not None:

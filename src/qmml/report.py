@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from qmml import QmmlError, __version__
-from qmml.figures import ELASTIC_KEYS, iteration_of, read_binding, read_json
+from qmml.figures import ELASTIC_KEYS, iteration_of, read_binding
+from qmml.io import read_mapping
 
 PathLike = str | Path
 
@@ -95,7 +96,7 @@ def elastic_rows(paths: Sequence[PathLike]) -> list[list]:
     files = sorted((iteration_of(p, k), p) for k, p in enumerate(paths))
     rows, first = [], None
     for i, path in files:
-        values = read_json(path, ELASTIC_KEYS)
+        values = read_mapping(path, ELASTIC_KEYS)
         first = first or values
         deviation = max(abs(float(values[k]) - float(first[k])) / abs(float(first[k]))
                         for k in ELASTIC_KEYS)
@@ -106,7 +107,7 @@ def elastic_rows(paths: Sequence[PathLike]) -> list[list]:
 def retrain_rows(paths: Sequence[PathLike]) -> list[list]:
     rows = []
     for k, path in enumerate(paths):
-        report = read_json(path, ("qm_force_rmse_before", "qm_force_rmse_after"))
+        report = read_mapping(path, ("qm_force_rmse_before", "qm_force_rmse_after"))
         rows.append([iteration_of(path, k + 1), *(report.get(c) for c in RETRAIN_COLUMNS)])
     return sorted(rows, key=lambda r: r[0])
 
@@ -114,7 +115,7 @@ def retrain_rows(paths: Sequence[PathLike]) -> list[list]:
 def target_rows(paths: Sequence[PathLike]) -> list[list]:
     rows = []
     for k, path in enumerate(paths):
-        summary = read_json(path, ("qm_force_rmse",))
+        summary = read_mapping(path, ("qm_force_rmse",))
         rows.append([iteration_of(path, k), *(summary.get(c) for c in TARGET_COLUMNS)])
     return sorted(rows, key=lambda r: r[0])
 

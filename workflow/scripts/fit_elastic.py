@@ -1,14 +1,13 @@
 """Θ0: the starting potential refitted to the bulk targets (hard rows exact)."""
 import json
-from qmml import potential_path
 from qmml.bulk import read_targets
 from qmml.constraints import md_snapshots
 from qmml.elastic import fit_elastic
-from qmml.potential import SNAPPotential
+from qmml.potential import SNAPPotential, resolve_prefix
 from pathlib import Path
 
 start = snakemake.params.start
-prefix = potential_path(start) if Path(f"{potential_path(start)}.snapcoeff").exists() else start
+prefix = resolve_prefix(start)
 pot = SNAPPotential.read(prefix)
 t = read_targets(snakemake.input.reference)
 e, c = snakemake.params.elastic, snakemake.params.c
