@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--optimizers", nargs="+",
                     default=["accelerated", "FIRE", "LBFGS", "ODE12r"])
     ap.add_argument("--space", default="linear", choices=["linear", "quadratic"])
+    ap.add_argument("--log", action="store_true", help="print the accelerated outer steps")
     args = ap.parse_args()
 
     pot = SNAPPotential.read(potential_path("W_milady_lml"))
@@ -66,7 +67,8 @@ def main() -> None:
             try:
                 if name == "accelerated":
                     st = relax_accelerated(atoms, qm, pot, args.buffer, fmax=args.fmax,
-                                           steps=args.steps, log=None,
+                                           steps=args.steps,
+                                           log=print if args.log else None,
                                            settings=AcceleratedSettings(space=args.space))
                 else:
                     st = relax(atoms, qm, pot.calculator(), args.buffer, optimizer=name,

@@ -14,9 +14,9 @@ import pytest
 from ase.io import read, write
 
 from conftest import MILADY
-from qmml.accelerated import (AcceleratedSettings, SurrogateMixing, default_hard_set,
-                              relax_accelerated)
-from qmml.descriptors import energy_rows
+from qmml.accelerated import (AcceleratedSettings, SurrogateMixing, _ForceDifferences,
+                              default_hard_set, relax_accelerated)
+from qmml.descriptors import compute_descriptors, energy_rows
 from qmml.engines import engine_settings_hash, make_qm_calculator
 from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
 from qmml.qmmm import make_force_qmmm, relax
@@ -105,6 +105,38 @@ def test_every_surrogate_keeps_hard_rows_exact(milady, accelerated_run):
             assert abs(a.get_potential_energy() / len(a) - e_row) < 1e-9
     # ...while the surrogates really differ from Θ_i where it matters (the QM forces)
     assert max(np.abs(t - milady.theta).max() for t in stats.surrogate_thetas) > 1e-6
+
+
+def test_secant_fit_sees_force_changes_only(milady):
+    """Forces = G·Θ* + a constant per-row offset: Θ* solves the secant normal equations
+    exactly whatever the offset, and the anchor itself adds no row."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(7)
+    base = bulk("W", "bcc", a=MILADY["a0"], cubic=True).repeat(3)
+    mask = np.zeros(len(base), bool)
+    mask[:5] = True
+    theta_star = milady.theta * (1 + 0.05 * rng.standard_normal(milady.theta.size))
+    frames = []
+    for _ in range(4):
+        a = base.copy()
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        frames.append((a.positions[None], compute_descriptors(a, milady, force_mask=mask).forces))
+    fits = []
+    for offset_scale in (0.0, 3.0):
+        data = _ForceDifferences(1, milady.theta.size)
+        offset = offset_scale * rng.standard_normal(3 * mask.sum())
+        for positions, rows in frames:
+            data.add([rows], [(rows @ theta_star + offset).reshape(-1, 3)], positions)
+        gtg, gtf = data.normal_equations(anchor=2)
+        np.testing.assert_allclose(gtg @ theta_star, gtf, rtol=1e-9,
+                                   atol=1e-9 * np.abs(gtf).max())
+        fits.append((gtg, gtf))
+    np.testing.assert_allclose(fits[0][1], fits[1][1], rtol=1e-9, atol=1e-9)
+    positions, rows = frames[0]
+    one = _ForceDifferences(1, milady.theta.size)
+    one.add([rows], [(rows @ theta_star).reshape(-1, 3)], positions)
+    assert not one.normal_equations(anchor=0)[0].any()
 
 
 def test_delta_corrected_surrogate_equals_true_forces_at_anchor(start, milady, tmp_path):

@@ -6,10 +6,11 @@ loop (one QM call per image per outer step):
 
 1. evaluate the TRUE QM/ML forces at the current geometry x_k (through the QM cache);
    converged when they are below ``fmax`` (the only convergence test ever used);
-2. retrain a surrogate Θ_k: target rows = the raw QM forces of the QM atoms at EVERY
-   QM-called geometry of this relaxation, hard rows = energy rows of the hard set (exact,
-   residual recorded per surrogate), Tikhonov towards the iteration's potential Θ_i
-   (``qmml.fitting.solve_constrained``);
+2. retrain a surrogate Θ_k on the raw QM forces of the QM atoms at EVERY QM-called
+   geometry of this relaxation, as secants: the force change from the anchor x_k to each
+   geometry, divided by its distance from x_k (:class:`_ForceDifferences`); hard rows =
+   energy rows of the hard set (exact, residual recorded per surrogate), Tikhonov towards
+   the iteration's potential Θ_i (``qmml.fitting.solve_constrained``);
 3. surrogate force field = force mixing with the surrogate in place of QM: QM atoms get
    Θ_k forces + a constant per-atom offset δ = F_QM(x_k) − F_Θk(x_k) (the Δ-correction:
    the surrogate reproduces the true QM/ML forces exactly at x_k, so a QM/ML stationary
@@ -67,7 +68,7 @@ class AcceleratedSettings:
     """Knobs of the accelerated optimiser (defaults measured on the stand-in screw)."""
 
     space: str = "linear"            # surrogate descriptor space: linear | quadratic
-    lambda0: float = 1e-6            # Tikhonov weight towards Θ_i (per unit GᵀG scale)
+    lambda0: float = 1e-4            # Tikhonov weight towards Θ_i (per unit GᵀG scale)
     trust_radius: float = 0.3        # Å: initial max atomic displacement per outer step
     trust_min: float = 0.01
     trust_max: float = 1.0
@@ -292,6 +293,50 @@ _STATE_KEYS = ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
                "outer_steps", "surrogate_steps")
 
 
+class _ForceDifferences:
+    """Training data of the surrogate: QM-atom force rows at every QM-called geometry.
+
+    The fit sees force CHANGES relative to the anchor (the geometry the next step starts
+    from), each divided by how far that geometry is from the anchor: secant conditions,
+    as in a quasi-Newton method, but satisfied by a physical (constrained SNAP) model.
+    The absolute force level at the anchor is the Δ-correction's job, so fitting absolute
+    forces would spend the few coefficients on an offset that is then replaced; and a
+    geometry far from the anchor says little about the local curvature that decides the
+    next step, so its secant weighs less.  With one geometry there is nothing to fit and
+    the surrogate is Θ_i plus the Δ-correction.
+    """
+
+    def __init__(self, n_images: int, n_coefficients: int) -> None:
+        self.rows: list[list[np.ndarray]] = [[] for _ in range(n_images)]
+        self.forces: list[list[np.ndarray]] = [[] for _ in range(n_images)]
+        self.positions: list[np.ndarray] = []
+        self.k = n_coefficients
+
+    @property
+    def n_geometries(self) -> int:
+        return len(self.positions)
+
+    def add(self, rows_per_image: list[np.ndarray], qm_forces: np.ndarray,
+            positions: np.ndarray) -> None:
+        for j, (rows, f) in enumerate(zip(rows_per_image, qm_forces)):
+            self.rows[j].append(rows)
+            self.forces[j].append(np.asarray(f, float).ravel())
+        self.positions.append(np.asarray(positions, float))
+
+    def normal_equations(self, anchor: int) -> tuple[np.ndarray, np.ndarray]:
+        gtg, gtf = np.zeros((self.k, self.k)), np.zeros(self.k)
+        for g, x in enumerate(self.positions):
+            for j in range(len(self.rows)):
+                step = float(np.linalg.norm(x[j] - self.positions[anchor][j]))
+                if step < 1e-8:  # the anchor itself (or a repeat of it)
+                    continue
+                d = (self.rows[j][g] - self.rows[j][anchor]) / step
+                f = (self.forces[j][g] - self.forces[j][anchor]) / step
+                gtg += d.T @ d
+                gtf += d.T @ f
+        return gtg, gtf
+
+
 # ---- checkpoint -----------------------------------------------------------------------
 def _save(path: Path | None, state: dict) -> None:
     if path is not None:
@@ -311,15 +356,12 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
     hard_configs = list(hard) if hard else default_hard_set(system.potential)
     hard_rows = energy_rows(hard_configs, system.space)
     k = system.theta_i.size
-    gtg, gtf = np.zeros((k, k)), np.zeros(k)
+    data = _ForceDifferences(len(system.moving), k)
     stats.seconds_fit += time.perf_counter() - t0
 
     def add_data(ev: _Evaluation) -> None:
-        nonlocal gtg, gtf
         t = time.perf_counter()
-        for rows, f in zip(system.descriptor_rows(ev.positions), ev.qm_forces):
-            gtg += rows.T @ rows
-            gtf += rows.T @ f.ravel()
+        data.add(system.descriptor_rows(ev.positions), ev.qm_forces, ev.positions)
         stats.seconds_fit += time.perf_counter() - t
 
     points: list[np.ndarray] = []   # every QM-called geometry, in order
@@ -386,14 +428,18 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
         if pending is None:
             # ---- retrain the surrogate on every QM geometry so far ----------------------
             t = time.perf_counter()
-            # λ0 relative to the data's own scale, so one setting suits any descriptor space
-            scale = max(float(np.trace(gtg)) / k, 1e-300)
-            fit = solve_constrained(system.theta_i, gtg, gtf, hard=hard_rows,
-                                    lambda0=settings.lambda0 * scale)
+            gtg, gtf = data.normal_equations(current)
+            theta, residual = system.theta_i, 0.0
+            if data.n_geometries > 1:
+                # λ0 relative to the data's own scale: one setting suits any descriptor space
+                scale = max(float(np.trace(gtg)) / k, 1e-300)
+                fit = solve_constrained(system.theta_i, gtg, gtf, hard=hard_rows,
+                                        lambda0=settings.lambda0 * scale)
+                theta, residual = fit.theta, fit.hard_residual_max
             stats.seconds_fit += time.perf_counter() - t
-            stats.surrogate_hard_residuals.append(fit.hard_residual_max)
-            stats.surrogate_thetas.append(fit.theta)
-            system.set_surrogate(fit.theta, anchor, settings.delta_correction)
+            stats.surrogate_hard_residuals.append(residual)
+            stats.surrogate_thetas.append(theta)
+            system.set_surrogate(theta, anchor, settings.delta_correction)
             # ---- relax the surrogate inside the trust radius -----------------------------
             x_new, n_inner, hit = system.relax_surrogate(
                 anchor.positions, trust, settings.inner_fmax_ratio * fmax,
