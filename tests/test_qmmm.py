@@ -96,6 +96,29 @@ def test_reference_relaxation_keeps_compact_core_in_place(milady, tmp_path):
 
 
 @pytest.mark.slow
+def test_rebuilt_calculator_cuts_the_same_cluster_and_hits_the_cache(milady, tmp_path):
+    """A ForceQMMM built anew on moved atoms (as for an NEB end point or a binding path
+    end after relaxation) cuts the same cluster cell, so a QM result computed during the
+    relaxation is reused, not recomputed."""
+    start = screw()
+    cylinder_region(start, None, qm_radius=4.5, buffer_width=5.0, ml_cutoff=milady.cutoff)
+    qm = cached({"engine": "reference"}, tmp_path / "cache")
+    relaxing = start.copy()
+    relaxing.calc = make_force_qmmm(relaxing, qm, milady.calculator(), 5.0)
+    # "relaxation": QM atoms move apart by 0.05 Å, changing their largest distance
+    core = relaxing.arrays["region"] == "QM"
+    centre = relaxing.positions[core].mean(axis=0)
+    relaxing.positions[core, :2] += 0.05 * np.sign(relaxing.positions[core, :2] - centre[:2])
+    f_relaxing = relaxing.get_forces()
+    assert qm.n_real_calls == 1
+    rebuilt = relaxing.copy()
+    rebuilt.calc = make_force_qmmm(rebuilt, qm, milady.calculator(), 5.0)
+    np.testing.assert_array_equal(rebuilt.calc.get_qm_cluster(rebuilt).cell,
+                                  relaxing.calc.get_qm_cluster(relaxing).cell)
+    np.testing.assert_allclose(rebuilt.get_forces(), f_relaxing, atol=1e-12)
+    assert qm.n_real_calls == 1  # the rebuilt calculator made no QM call
+
+
 def test_tblite_qm_forces_equal_direct_call_and_relaxation_lowers_fmax(milady, tmp_path):
     from tblite.ase import TBLite
 

@@ -75,7 +75,17 @@ def make_force_qmmm(atoms: Atoms, qm_calc: Calculator, ml_calc: Calculator,
     else:
         calc.initialize_qm_buffer_mask(atoms)
         atoms.arrays["region"] = calc.get_region_from_masks(atoms)
-    calc.get_qm_cluster(atoms)  # fixes qm_radius (and so the cluster cell) now
+    cluster = calc.get_qm_cluster(atoms)  # fixes qm_radius (and so the cluster cell) now
+    if qm_radius is None:
+        # ASE rounds the cluster cell (to qm_cell_round_off) on this first call only and
+        # rebuilds it unrounded from qm_radius on every later call, so a structure rebuilt
+        # from relaxed positions (an NEB end point, a binding path end) would get a cell
+        # a few 0.01 Å different and miss every cached QM result.  Pinning qm_radius to
+        # the rounded cell makes the cell the same for any nearby geometry.
+        open_dirs = ~cluster.pbc
+        calc.qm_radius = np.array(calc.qm_radius, dtype=float)
+        calc.qm_radius[open_dirs] = (cluster.cell.diagonal()[open_dirs] / 2.0
+                                     - buffer_width - vacuum)
     return calc
 
 
