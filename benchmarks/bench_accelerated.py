@@ -10,10 +10,16 @@ dominates, so QM calls is the number that matters; wall time is reported as meas
 
     python benchmarks/bench_accelerated.py --engine reference --kind screw111 --radius 20
     python benchmarks/bench_accelerated.py --engine tblite --radius 14 --qm-radius 3.5
+    python benchmarks/bench_accelerated.py --neb 5 --radius 16 --qm-radius 4.0 --fmax 0.05
+
+``--neb N``: a glide NEB of N images (end points included) instead of a relaxation; the end
+points are relaxed first (accelerated, shared cache, not counted), then every optimiser
+starts the NEB from the same interpolated path with its own copy of that cache.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 
@@ -46,7 +52,13 @@ def main() -> None:
                     default=["accelerated", "FIRE", "LBFGS", "ODE12r"])
     ap.add_argument("--space", default="linear", choices=["linear", "quadratic"])
     ap.add_argument("--log", action="store_true", help="print the accelerated outer steps")
+    ap.add_argument("--settings", default="{}",
+                    help="JSON of AcceleratedSettings fields, e.g. '{\"lambda0\": 1e-3}'")
+    ap.add_argument("--neb", type=int, default=0, metavar="N",
+                    help="glide NEB with N images (end points included) instead of a relaxation")
     args = ap.parse_args()
+    if args.neb:
+        return run_neb(args)
 
     pot = SNAPPotential.read(potential_path("W_milady_lml"))
     start = dislocation_cylinder(args.kind, radius=args.radius, fixed_width=args.fixed,
@@ -69,7 +81,8 @@ def main() -> None:
                     st = relax_accelerated(atoms, qm, pot, args.buffer, fmax=args.fmax,
                                            steps=args.steps,
                                            log=print if args.log else None,
-                                           settings=AcceleratedSettings(space=args.space))
+                                           settings=AcceleratedSettings(
+                                               space=args.space, **json.loads(args.settings)))
                 else:
                     st = relax(atoms, qm, pot.calculator(), args.buffer, optimizer=name,
                                fmax=args.fmax, steps=args.steps, log=None)
@@ -91,6 +104,46 @@ def main() -> None:
         print(f"\nFIRE / accelerated QM calls: "
               f"{fire[0].n_qm_real_calls / acc[0].n_qm_real_calls:.1f}x; max |Δx| of free "
               f"atoms between their end points {np.abs(fire[1] - acc[1])[free].max():.4f} Å")
+
+
+def run_neb(args: argparse.Namespace) -> None:
+    """QM calls of a glide NEB (end points relaxed once, their QM calls not counted)."""
+    import shutil
+
+    from qmml.qmmm import neb
+    from qmml.structures import glide_endpoints
+
+    pot = SNAPPotential.read(potential_path("W_milady_lml"))
+    ini, fin = glide_endpoints(args.kind, radius=args.radius, fixed_width=args.fixed,
+                               **MILADY)
+    path = ini.info["glide_path"]
+    for state in (ini, fin):
+        counts = cylinder_region(state, None, args.qm_radius, args.buffer, pot.cutoff,
+                                 path=[path[:2], path[2:]])
+    fin.arrays["region"] = ini.arrays["region"].copy()
+    cfg = {"engine": args.engine, "kpts_line": args.kpts_line}
+    with tempfile.TemporaryDirectory() as work:
+        ends = f"{work}/ends"
+        qm = CachedQMCalculator(make_qm_calculator(cfg), QMCache(ends, engine_settings_hash(cfg)))
+        for state in (ini, fin):
+            relax_accelerated(state, qm, pot, args.buffer, fmax=0.01, steps=args.steps,
+                              log=None)
+        print(f"{args.kind} glide NEB, {args.neb} images, R={args.radius} Å, regions {counts}, "
+              f"QM engine: {engine_label(cfg)}, fmax {args.fmax} eV/Å\n")
+        print("| optimizer | converged (fmax) | QM calls | steps | wall s | barrier eV |")
+        print("|---|---|---|---|---|---|")
+        for name in args.optimizers:
+            cache_dir = f"{work}/{name}"
+            shutil.copytree(ends, cache_dir)
+            qm = CachedQMCalculator(make_qm_calculator(cfg),
+                                    QMCache(cache_dir, engine_settings_hash(cfg)))
+            t0 = time.perf_counter()
+            _, st, profile = neb(ini.copy(), fin.copy(), args.neb, qm, pot.calculator,
+                                 args.buffer, optimizer=name, fmax=args.fmax,
+                                 steps=args.steps, log=print if args.log else None)
+            print(f"| {name} | {st.converged} ({st.fmax:.4f}) | {qm.n_real_calls} | "
+                  f"{st.steps} | {time.perf_counter() - t0:.1f} | "
+                  f"{profile['barrier']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":
