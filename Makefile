@@ -25,4 +25,7 @@ demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
 
 bench: install
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/bench_core.py calculator --repeats 4
+	$(BIN)/python benchmarks/bench_core.py retrain --workers 1 2
+	$(BIN)/python benchmarks/bench_accelerated.py --kind screw111 --optimizers accelerated FIRE LBFGS PreconLBFGS
+	$(BIN)/python benchmarks/bench_accelerated.py --kind edge100_110 --optimizers accelerated FIRE LBFGS PreconLBFGS
