@@ -148,7 +148,8 @@ def test_delta_corrected_surrogate_equals_true_forces_at_anchor(start, milady, t
     qm_mask = atoms.arrays["region"] == "QM"
     raw_qm = qm.results["forces"][true.qm_selection_mask[true.qm_buffer_mask]]
     theta = milady.theta * (1 + 0.01 * np.sin(np.arange(milady.theta.size)))
-    sur = SurrogateMixing(qm_mask, milady.calculator(), milady.with_theta(theta).calculator())
+    reach = 2 * milady.cutoff + 2 * 0.3
+    sur = SurrogateMixing(qm_mask, milady.calculator(), milady.with_theta(theta), reach)
     probe = atoms.copy()
     probe.calc = sur
     without = probe.get_forces(apply_constraint=False)
@@ -157,6 +158,18 @@ def test_delta_corrected_surrogate_equals_true_forces_at_anchor(start, milady, t
     sur.reset()
     # ...and exact at the anchor once Δ-corrected (zero-mean shift included)
     np.testing.assert_allclose(probe.get_forces(apply_constraint=False), f_true, atol=1e-10)
+    # the surrogate's QM-atom forces come from a cluster cut at the anchor: a fraction of
+    # the atoms, yet equal to the whole system's forces after every atom moved <= 0.3 Å
+    index, cluster, _ = sur._cluster_of(probe)
+    assert qm_mask.sum() < len(cluster) < 0.8 * len(probe)
+    rng = np.random.default_rng(3)
+    step = rng.normal(0.0, 1.0, probe.positions.shape)
+    step *= 0.3 / np.linalg.norm(step, axis=1).max()
+    probe.positions += step
+    whole = probe.copy()
+    whole.calc = milady.with_theta(theta).calculator()
+    np.testing.assert_allclose(sur.raw_surrogate_qm_forces(probe),
+                               whole.get_forces()[qm_mask], rtol=0, atol=1e-10)
 
 
 def test_resume_from_checkpoint_repeats_no_qm_call(start, milady, accelerated_run):

@@ -135,20 +135,51 @@ class _QMTap(Calculator):
 
 
 class SurrogateMixing(Calculator):
-    """Force mixing with a surrogate SNAP in place of QM (module docstring, step 3)."""
+    """Force mixing with a surrogate SNAP in place of QM (module docstring, step 3).
+
+    The surrogate's QM-atom forces are computed on a cluster: every atom within
+    ``reach`` of a QM atom, cut at the geometry of :meth:`set_potential` (the anchor).
+    A force on atom k depends only on atoms within twice the SNAP cutoff of k, so the
+    cluster forces are exact while no atom moves further than (reach − 2·cutoff)/2 from
+    the anchor; the caller keeps the trust radius below that.  In a large (3D) system
+    this makes the surrogate's half of every inner step cost a QM-sized cluster, not
+    the whole system.
+    """
 
     implemented_properties = ["energy", "forces"]
 
-    def __init__(self, qm_mask: np.ndarray, ml_calc: Calculator, surrogate_calc: Calculator,
-                 zero_mean: bool = True) -> None:
+    def __init__(self, qm_mask: np.ndarray, ml_calc: Calculator, potential: SNAPPotential,
+                 reach: float, zero_mean: bool = True) -> None:
         super().__init__()
         self.qm_mask = np.asarray(qm_mask, dtype=bool)
-        self.ml_calc, self.surrogate_calc = ml_calc, surrogate_calc
+        self.ml_calc, self.potential, self.reach = ml_calc, potential, reach
         self.zero_mean = zero_mean
         self.offset = np.zeros((int(self.qm_mask.sum()), 3))
+        self._cluster = None  # (atom indices, cluster Atoms with calculator, QM rows)
+
+    def set_potential(self, potential: SNAPPotential) -> None:
+        """New surrogate coefficients; the cluster is cut afresh at the next evaluation."""
+        self.potential = potential
+        self._cluster = None
+        self.reset()
+
+    def _cluster_of(self, atoms: Atoms):
+        if self._cluster is None:
+            from ase.geometry import get_distances
+
+            _, dist = get_distances(atoms.positions[self.qm_mask], atoms.positions,
+                                    cell=atoms.cell, pbc=atoms.pbc)
+            index = np.flatnonzero(dist.min(axis=0) <= self.reach)
+            cluster = Atoms(atoms.numbers[index], atoms.positions[index], cell=atoms.cell,
+                            pbc=atoms.pbc)
+            cluster.calc = self.potential.calculator()
+            self._cluster = (index, cluster, self.qm_mask[index])
+        return self._cluster
 
     def raw_surrogate_qm_forces(self, atoms: Atoms) -> np.ndarray:
-        return np.array(self.surrogate_calc.get_forces(atoms))[self.qm_mask]
+        index, cluster, qm_rows = self._cluster_of(atoms)
+        cluster.positions = atoms.positions[index]
+        return np.array(cluster.get_forces())[qm_rows]
 
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -197,7 +228,9 @@ class _System:
             apply_fix_mask(s)
             if j in self.moving:
                 s.calc = SurrogateMixing(self.qm_mask, ml_factory(),
-                                         self.space.with_theta(self.theta_i).calculator())
+                                         self.space.with_theta(self.theta_i),
+                                         reach=2 * potential.cutoff + 2 * settings.trust_max
+                                         + 0.5)
             else:  # NEB end points: fixed, energy only used for spline bookkeeping
                 s.calc = SinglePointCalculator(s, energy=0.0, forces=np.zeros((len(s), 3)))
             self.sur_images.append(s)
@@ -254,7 +287,7 @@ class _System:
         self.set_positions(anchor.positions, "sur")
         for n, j in enumerate(self.moving):
             calc = self.sur_images[j].calc
-            calc.surrogate_calc.set_potential(pot)
+            calc.set_potential(pot)
             calc.offset = np.zeros_like(calc.offset)
             if delta:
                 calc.offset = anchor.qm_forces[n] - calc.raw_surrogate_qm_forces(
