@@ -345,10 +345,6 @@ class _ForceDifferences:
         self.positions: list[np.ndarray] = []
         self.k = n_coefficients
 
-    @property
-    def n_geometries(self) -> int:
-        return len(self.positions)
-
     def add(self, rows_per_image: list[np.ndarray], qm_forces: np.ndarray,
             positions: np.ndarray) -> None:
         for j, (rows, f) in enumerate(zip(rows_per_image, qm_forces)):
@@ -463,7 +459,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
             t = time.perf_counter()
             gtg, gtf = data.normal_equations(current)
             theta, residual = system.theta_i, 0.0
-            if data.n_geometries > 1:
+            if gtg.any():  # at least one secant (a single geometry has none)
                 # λ0 relative to the data's own scale: one setting suits any descriptor space
                 scale = max(float(np.trace(gtg)) / k, 1e-300)
                 fit = solve_constrained(system.theta_i, gtg, gtf, hard=hard_rows,
