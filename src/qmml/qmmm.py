@@ -40,6 +40,9 @@ _NOT_STATE = {"atoms", "logfile", "observers", "comm", "_orig_trajectory", "_mas
 
 
 # ---- building the QM/ML calculator -------------------------------------------------------
+QM_CELL_ROUND_OFF = 3.0  # Å: the QM cluster cell in open directions is a multiple of this
+
+
 def qm_mask_from_region(atoms: Atoms) -> np.ndarray:
     """Boolean QM mask from ``atoms.arrays['region']`` (strings QM/buffer/MM)."""
     if "region" not in atoms.arrays:
@@ -56,9 +59,8 @@ def qm_mask_from_region(atoms: Atoms) -> np.ndarray:
 
 
 def make_force_qmmm(atoms: Atoms, qm_calc: Calculator, ml_calc: Calculator,
-                    buffer_width: float, vacuum: float = 5.0, zero_mean: bool = True,
-                    qm_cell_round_off: float = 3.0, qm_radius=None) -> ForceQMMM:
-    """ASE ForceQMMM for ``atoms`` with masks from its ``region`` array.
+                    buffer_width: float, vacuum: float = 5.0) -> ForceQMMM:
+    """ASE ForceQMMM (zero-mean forces) for ``atoms`` with masks from its ``region`` array.
 
     If the region array has buffer atoms they are used as given (ASE's
     ``set_masks_from_region``); otherwise the buffer is every atom within ``buffer_width``
@@ -67,8 +69,7 @@ def make_force_qmmm(atoms: Atoms, qm_calc: Calculator, ml_calc: Calculator,
     """
     qm_mask = qm_mask_from_region(atoms)
     calc = ForceQMMM(atoms, qm_mask, qm_calc, ml_calc, buffer_width=buffer_width,
-                     vacuum=vacuum, zero_mean=zero_mean, qm_cell_round_off=qm_cell_round_off,
-                     qm_radius=qm_radius)
+                     vacuum=vacuum, zero_mean=True, qm_cell_round_off=QM_CELL_ROUND_OFF)
     region = np.asarray(atoms.arrays["region"]).astype(str)
     if (region == "buffer").any():
         calc.set_masks_from_region(region)
@@ -76,16 +77,15 @@ def make_force_qmmm(atoms: Atoms, qm_calc: Calculator, ml_calc: Calculator,
         calc.initialize_qm_buffer_mask(atoms)
         atoms.arrays["region"] = calc.get_region_from_masks(atoms)
     cluster = calc.get_qm_cluster(atoms)  # fixes qm_radius (and so the cluster cell) now
-    if qm_radius is None:
-        # ASE rounds the cluster cell (to qm_cell_round_off) on this first call only and
-        # rebuilds it unrounded from qm_radius on every later call, so a structure rebuilt
-        # from relaxed positions (an NEB end point, a binding path end) would get a cell
-        # a few 0.01 Å different and miss every cached QM result.  Pinning qm_radius to
-        # the rounded cell makes the cell the same for any nearby geometry.
-        open_dirs = ~cluster.pbc
-        calc.qm_radius = np.array(calc.qm_radius, dtype=float)
-        calc.qm_radius[open_dirs] = (cluster.cell.diagonal()[open_dirs] / 2.0
-                                     - buffer_width - vacuum)
+    # ASE rounds the cluster cell (to qm_cell_round_off) on this first call only and
+    # rebuilds it unrounded from qm_radius on every later call, so a structure rebuilt
+    # from relaxed positions (an NEB end point, a relaxation's output read back) would get
+    # a cell a few 0.01 Å different and miss every cached QM result.  Pinning qm_radius
+    # to the rounded cell makes the cell the same for any nearby geometry.
+    open_dirs = ~cluster.pbc
+    calc.qm_radius = np.array(calc.qm_radius, dtype=float)
+    calc.qm_radius[open_dirs] = (cluster.cell.diagonal()[open_dirs] / 2.0
+                                 - buffer_width - vacuum)
     return calc
 
 
