@@ -18,9 +18,7 @@ from ase import Atoms
 from scipy.linalg.blas import dsyrk
 
 from qmml import QmmlError
-from qmml.lmp import LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY
-
-LMP_STYLE_ATOM = 1
+from qmml.lmp import LMP_STYLE_ATOM, LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY
 from qmml.potential import SNAPPotential, lammps_system, type_elements
 
 _VOIGT = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
@@ -274,6 +272,10 @@ class NormalEquations:
         """||GΘ − F||² from the accumulated sums."""
         g = self.matrix()
         return float(theta @ g @ theta - 2 * theta @ self.gtf + self.ftf)
+
+    def rmse(self, theta: np.ndarray) -> float:
+        """Root mean square of the force-component errors GΘ − F (no targets: of GΘ)."""
+        return float(np.sqrt(max(self.residual_sq(theta), 0.0) / self.n_rows))
 
 
 # ---- descriptor sums over many configurations, optionally in parallel -------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -129,9 +128,7 @@ def fit_elastic(potential: SNAPPotential, a0: float, C11: float, C12: float, C44
                                soft_ata=soft.matrix() if soft.n_rows else None,
                                lambda_soft=lambda_soft, lambda0=lambda0)
     if soft.n_rows:
-        d = result.theta - theta0
-        result.diagnostics["soft_force_change_rmse"] = float(
-            np.sqrt(max(d @ soft.matrix() @ d, 0.0) / soft.n_rows))
+        result.diagnostics["soft_force_change_rmse"] = soft.rmse(result.theta - theta0)
     result.diagnostics["theta_change_norm"] = float(np.linalg.norm(result.theta - theta0))
     return potential.with_theta(result.theta), result
 
@@ -152,7 +149,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qmml.io import read_frames
+    from qmml.io import read_frames, write_text
 
     start = time.perf_counter()
     pot = SNAPPotential.read(args.potential)
@@ -171,6 +168,6 @@ def run(args: argparse.Namespace) -> int:
               "n_soft_configurations": len(soft), **result.diagnostics,
               "seconds": time.perf_counter() - start}
     if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+        write_text(args.report, json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))
     return 0

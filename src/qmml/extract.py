@@ -17,7 +17,7 @@ from ase import Atoms
 
 from qmml import QmmlError
 from qmml.potential import SNAPPotential
-from qmml.io import read_frames, write_frames
+from qmml.io import read_frames, write_frames, write_text
 from qmml.retrain import free_mask, target_forces
 
 
@@ -81,6 +81,6 @@ def run(args: argparse.Namespace) -> int:
     summary["files"] = [str(p) for p in args.frames]
     write_frames(args.output, frames)
     if args.summary:
-        Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(args.summary, json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return 0

