@@ -191,11 +191,10 @@ def path_region(images: list[Atoms], centres: list, qm_radius: float, buffer_wid
                                  axis=1) <= qm_radius
     buffered = qm.copy()
     for image in images:
-        assign_regions(image.copy(), qm, buffer_width, ml_cutoff)  # raises on any violation
-        buffered |= buffer_mask(image, qm, buffer_width)
-    if (fix_mask_of(a) & buffered).any():
-        raise QmmlError("fix_mask: fixed atoms in the QM/buffer region of the path: enlarge "
-                        "three_d.radius or reduce the distance")
+        checked = image.copy()
+        # raises on any violation, fixed atoms in the QM/buffer region included
+        assign_regions(checked, qm, buffer_width, ml_cutoff)
+        buffered |= checked.arrays["region"] != "MM"
     region = np.full(len(qm), "MM", dtype="<U6")
     region[buffered & ~qm] = "buffer"
     region[qm] = "QM"

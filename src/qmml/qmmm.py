@@ -267,37 +267,33 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
     images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
     neb_obj = NEB(images, k=k, method="spline")
     neb_obj.interpolate(method="linear")
-    if optimizer == "accelerated":  # surrogate NEB between QM calls (qmml.accelerated)
-        from qmml.accelerated import neb_accelerated
-
-        region = np.asarray(images[0].arrays["region"]).astype(str)
-        for im in images[1:]:
-            im.arrays["region"] = region.copy()
-        stats, neb_obj = neb_accelerated(
-            images, qm, ml_factory().potential, buffer_width, fmax=fmax, steps=steps, k=k,
-            hard=hard, settings=accelerated, checkpoint=checkpoint, vacuum=vacuum, log=log,
-            fingerprint_extra=fingerprint_extra)
-        stats.n_qm_calls = qm.n_calls
-        stats.n_qm_real_calls = qm.n_real_calls
-        return images, stats, virtual_work_profile(neb_obj)
     # masks (QM and buffer) come from the initial image and are shared by every image
     apply_fix_mask(images[0])
     images[0].calc = make_force_qmmm(images[0], qm, ml_factory(), buffer_width, vacuum=vacuum)
     region = np.asarray(images[0].arrays["region"]).astype(str)
     for im in images[1:]:
         im.arrays["region"] = region.copy()
-        apply_fix_mask(im)
-        im.calc = make_force_qmmm(im, qm, ml_factory(), buffer_width, vacuum=vacuum)
-    fingerprint = run_fingerprint(images, "neb", optimizer, fmax, k, buffer_width, vacuum,
-                                  qm.cache.settings_hash, *fingerprint_extra)
+    if optimizer == "accelerated":  # surrogate NEB between QM calls (qmml.accelerated)
+        from qmml.accelerated import neb_accelerated
 
-    def fmax_of() -> float:
-        f = neb_obj.get_forces()
-        return float(np.sqrt((f ** 2).sum(axis=1)).max())
+        stats, neb_obj = neb_accelerated(
+            images, qm, ml_factory().potential, buffer_width, fmax=fmax,
+            steps=steps, k=k, hard=hard, settings=accelerated, checkpoint=checkpoint,
+            vacuum=vacuum, log=log, fingerprint_extra=fingerprint_extra)
+    else:
+        for im in images[1:]:
+            apply_fix_mask(im)
+            im.calc = make_force_qmmm(im, qm, ml_factory(), buffer_width, vacuum=vacuum)
+        fingerprint = run_fingerprint(images, "neb", optimizer, fmax, k, buffer_width, vacuum,
+                                      qm.cache.settings_hash, *fingerprint_extra)
 
-    stats = _optimise(neb_obj, neb_obj.get_positions, neb_obj.set_positions, fmax_of, qm,
-                      optimizer, fmax, steps, Path(checkpoint) if checkpoint else None,
-                      fingerprint, log)
+        def fmax_of() -> float:
+            f = neb_obj.get_forces()
+            return float(np.sqrt((f ** 2).sum(axis=1)).max())
+
+        stats = _optimise(neb_obj, neb_obj.get_positions, neb_obj.set_positions, fmax_of,
+                          qm, optimizer, fmax, steps,
+                          Path(checkpoint) if checkpoint else None, fingerprint, log)
     profile = virtual_work_profile(neb_obj)
     # integrate_forces also evaluated the two end points (cached after the first time)
     stats.n_qm_calls = qm.n_calls
