@@ -80,7 +80,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from qmml import QmmlError
-from qmml.regions import HOST, _periodic_delta, assign_regions, buffer_mask, fix_mask_of
+from qmml.regions import HOST, _periodic_delta, assign_regions, fix_mask_of
 
 MATCH_TOLERANCE = 1e-3   # Å: unrelaxed positions of the same atom in both end states
 # eV/Å: ML-only end-state relaxations.  The energy error of a state relaxed to fmax is
