@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from ase import Atoms  # noqa: E402
 
 from qmml import QmmlError  # noqa: E402
-from qmml.io import read_mapping  # noqa: E402
+from qmml.io import atomic_writer, read_mapping  # noqa: E402
 
 PathLike = str | Path
 ELASTIC_KEYS = ("a0", "C11", "C12", "C44")
@@ -44,11 +44,11 @@ def _by_iteration(paths: Sequence[PathLike]) -> dict[int, Path]:
 
 def _save(fig, output: PathLike) -> Path:
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(output)  # no half-written figure if the process dies
+    try:
+        with atomic_writer(output, "wb") as fh:  # no half-written figure if the process dies
+            fig.savefig(fh, format="png", dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return output
 
 

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 from qmml import QmmlError, __version__
 from qmml.figures import ELASTIC_KEYS, iteration_of, read_binding
-from qmml.io import read_mapping
+from qmml.io import atomic_writer, read_mapping
 
 PathLike = str | Path
 
@@ -241,9 +241,6 @@ def write_report(output: PathLike, figures: dict[str, PathLike], *,
     document = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
                 f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
                 f"<body>{''.join(parts)}</body></html>\n")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(document, encoding="utf-8")
-    tmp.replace(output)
-    return output
+    with atomic_writer(output, "wb") as fh:
+        fh.write(document.encode("utf-8"))
+    return Path(output)
