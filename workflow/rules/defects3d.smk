@@ -88,11 +88,9 @@ rule binding_energies:
     input:
         paths=lambda w: [f"{R}/iter_{w.i}/3d/paths/{name}_{k}.xyz"
                          for name, d in DEFECTS.items() for k in range(len(d["distances"]))],
-        potential=potential_files("{i}"),
     output:
         f"{R}/iter_{{i}}/binding.csv",
     params:
-        prefix=lambda w: potential(w.i),
         defects=DEFECTS,
     conda:
         ENV

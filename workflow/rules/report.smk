@@ -34,10 +34,6 @@ rule figures:
                          category="qmml")
             for name in FIGURES
         },
-    params:
-        results=R,
-        iterations=N,
-        cases=CASES,
     conda:
         ENV
     log:
@@ -55,8 +51,6 @@ rule report:
     output:
         f"{R}/report.html",
     params:
-        results=R,
-        iterations=N,
         config=config,
     conda:
         ENV
