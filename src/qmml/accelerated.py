@@ -59,8 +59,8 @@ from qmml.descriptors import compute_descriptors, energy_rows
 from qmml.fitting import solve_constrained
 from qmml.potential import SNAPPotential
 from qmml.qmcache import CachedQMCalculator
-from qmml.qmmm import (RunStats, apply_fix_mask, make_force_qmmm, qm_mask_from_region,
-                       run_fingerprint)
+from qmml.qmmm import (RunStats, apply_fix_mask, make_force_qmmm, max_force,
+                       qm_mask_from_region, run_fingerprint)
 
 
 @dataclass
@@ -254,10 +254,6 @@ class _System:
         for j, p in zip(self.moving, x):
             imgs[j].set_positions(p, apply_constraint=False)
 
-    def _fmax(self, target) -> float:
-        f = target.get_forces()  # constraints applied / NEB-projected
-        return float(np.sqrt((np.asarray(f).reshape(-1, 3) ** 2).sum(axis=1)).max())
-
     def evaluate_true(self, x: np.ndarray | None = None) -> _Evaluation:
         if x is not None:
             self.set_positions(x)
@@ -270,7 +266,7 @@ class _System:
             sel = fq.qm_selection_mask[fq.qm_buffer_mask]
             qm_forces.append(np.array(self.taps[j].results["forces"])[sel])
         return _Evaluation(self.positions(), np.array(forces), np.array(qm_forces),
-                           self._fmax(self.true_target))
+                           max_force(self.true_target))
 
     def descriptor_rows(self, x: np.ndarray) -> list[np.ndarray]:
         rows = []

@@ -207,8 +207,10 @@ def _optimise(target, positions_of: Callable[[], np.ndarray],
     return stats
 
 
-def _fmax_atoms(atoms: Atoms) -> float:
-    f = atoms.get_forces()  # constraints applied: fixed atoms do not count
+def max_force(target) -> float:
+    """Largest atomic force of Atoms (constraints applied: fixed atoms do not count) or of
+    an NEB (projected forces of its moving images)."""
+    f = np.asarray(target.get_forces()).reshape(-1, 3)
     return float(np.sqrt((f ** 2).sum(axis=1)).max())
 
 
@@ -239,7 +241,7 @@ def relax(atoms: Atoms, qm: CachedQMCalculator, ml_calc: Calculator, buffer_widt
     fingerprint = run_fingerprint([atoms], optimizer, fmax, buffer_width, vacuum,
                                   qm.cache.settings_hash, *fingerprint_extra)
     return _optimise(atoms, atoms.get_positions, atoms.set_positions,
-                     lambda: _fmax_atoms(atoms), qm, optimizer, fmax, steps,
+                     lambda: max_force(atoms), qm, optimizer, fmax, steps,
                      Path(checkpoint) if checkpoint else None, fingerprint, log)
 
 
@@ -286,13 +288,8 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
             im.calc = make_force_qmmm(im, qm, ml_factory(), buffer_width, vacuum=vacuum)
         fingerprint = run_fingerprint(images, "neb", optimizer, fmax, k, buffer_width, vacuum,
                                       qm.cache.settings_hash, *fingerprint_extra)
-
-        def fmax_of() -> float:
-            f = neb_obj.get_forces()
-            return float(np.sqrt((f ** 2).sum(axis=1)).max())
-
-        stats = _optimise(neb_obj, neb_obj.get_positions, neb_obj.set_positions, fmax_of,
-                          qm, optimizer, fmax, steps,
+        stats = _optimise(neb_obj, neb_obj.get_positions, neb_obj.set_positions,
+                          lambda: max_force(neb_obj), qm, optimizer, fmax, steps,
                           Path(checkpoint) if checkpoint else None, fingerprint, log)
     profile = virtual_work_profile(neb_obj)
     # integrate_forces also evaluated the two end points (cached after the first time)
@@ -347,19 +344,3 @@ def output_frame(atoms: Atoms, info: dict) -> Atoms:
     out.info.update(info)
     out.calc = SinglePointCalculator(out, forces=forces)
     return out
-
-
-
-# ---- CLI hook: ``qmml neb`` is implemented in qmml.relax; COMMANDS maps names to modules
-def configure(parser) -> None:
-    """``qmml neb`` arguments (see :mod:`qmml.relax`)."""
-    from qmml.relax import configure_neb
-
-    configure_neb(parser)
-
-
-def run(args) -> int:
-    """``qmml neb`` (see :mod:`qmml.relax`)."""
-    from qmml.relax import run_neb
-
-    return run_neb(args)
