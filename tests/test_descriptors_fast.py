@@ -113,3 +113,50 @@ def test_parallel_sums_equal_serial_compute_snap(quadratic):
     _close(hard, ref_energy)
     # serial energy_rows: same numbers
     _close(energy_rows(frames, quadratic), ref_energy)
+
+
+def test_descriptor_cache_reuses_only_identical_sets(quadratic, tmp_path, monkeypatch):
+    """A set already in the cache is read, bit for bit, not computed; a set that differs in
+    one coordinate by 1e-9 Å, or a damaged entry, is computed again."""
+    import qmml.descriptors as desc
+
+    frames = []
+    for seed in range(3):
+        a = bulk("W", "bcc", MILADY["a0"], cubic=True) * (2, 2, 2)
+        a.rattle(0.05, seed=seed)
+        frames.append(a)
+    rng = np.random.default_rng(5)
+    targets = [rng.normal(size=(len(a), 3)) for a in frames]
+    keeps = [np.arange(len(a)) < 2 for a in frames]
+    force_set = ForceSet(frames, None, targets, keeps)
+    cache = desc.DescriptorCache(tmp_path / "cache")
+    (first,), (rows,) = descriptor_sums(quadratic, [force_set], [frames], cache=cache)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+    computed = []
+    real_job = desc._chunk_job
+    monkeypatch.setattr(desc, "_chunk_job", lambda pot, chunk: computed.append(
+        [job[1] for job in chunk]) or real_job(pot, chunk))
+    (again,), (rows_again,) = descriptor_sums(quadratic, [force_set], [frames], cache=cache)
+    assert computed == []
+    np.testing.assert_array_equal(rows_again, rows)
+    np.testing.assert_array_equal(again.normal.matrix(), first.normal.matrix())
+    np.testing.assert_array_equal(again.normal.gtf, first.normal.gtf)
+    assert (again.normal.ftf, again.normal.n_rows) == (first.normal.ftf, first.normal.n_rows)
+    assert len(again.kept_rows) == 3
+    for got, want in zip(again.kept_rows + again.kept_targets,
+                         first.kept_rows + first.kept_targets):
+        np.testing.assert_array_equal(got, want)
+
+    moved = [a.copy() for a in frames]
+    moved[2].positions[0, 0] += 1e-9
+    (_,), (rows_moved,) = descriptor_sums(quadratic, [force_set], [moved], cache=cache)
+    assert computed == [["energy"] * 3]  # the energy set only; the force set was found
+    _close(rows_moved, rows)
+
+    computed.clear()
+    for entry in (tmp_path / "cache").glob("force-*.npz"):
+        entry.write_bytes(b"damaged")
+    (recomputed,), _ = descriptor_sums(quadratic, [force_set], [frames], cache=cache)
+    assert computed == [["force"] * 3]
+    np.testing.assert_array_equal(recomputed.normal.matrix(), first.normal.matrix())

@@ -134,6 +134,43 @@ def test_retrain_screw_core(milady, qmml_frames, constraint_files, tmp_path, qua
     assert rmse < report["qm_force_rmse_before"] / 2.5
 
 
+def test_retrain_descriptor_cache(milady, qmml_frames, constraint_files, tmp_path,
+                                  monkeypatch):
+    """--descriptor-cache: the same potential as without it; a rerun with new weights reads
+    the targets, hard and soft sums from the cache and computes no descriptor."""
+    import qmml.descriptors as desc
+
+    targets, _ = qmml_frames
+    hard, soft = constraint_files
+    milady.write(tmp_path / "theta0")
+
+    def run(name, lambda0, cache=True):
+        args = ["retrain", "--potential", str(tmp_path / "theta0"), "--targets", str(targets),
+                "--hard", str(hard), "--soft", str(soft), "--lambda0", lambda0,
+                "--output", str(tmp_path / name), "--report", str(tmp_path / f"{name}.json")]
+        assert main(args + (["--descriptor-cache", str(tmp_path / "cache")] if cache
+                            else [])) == 0
+        return (tmp_path / f"{name}.snapcoeff").read_text().split("\n", 1)[1]
+
+    plain = run("plain", "1e-6", cache=False)
+    assert run("cold", "1e-6") == plain
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3  # targets, soft, hard
+
+    def no_descriptors(*_):
+        raise AssertionError("descriptors computed although every set is in the cache")
+
+    monkeypatch.setattr(desc, "_chunk_job", no_descriptors)
+    assert run("warm", "1e-6") == plain
+    cold, warm = (json.loads((tmp_path / f"{n}.json").read_text())["descriptor_cache"]
+                  for n in ("cold", "warm"))
+    assert cold == {"read": [], "computed": ["soft", "targets", "hard set"]}
+    assert warm == {"read": ["soft", "targets", "hard set"], "computed": []}
+    assert run("warm_other_weight", "1e-3") != plain
+    monkeypatch.undo()
+    assert run("plain_other_weight", "1e-3", cache=False) == \
+        (tmp_path / "warm_other_weight.snapcoeff").read_text().split("\n", 1)[1]
+
+
 def test_retrain_bad_inputs(milady, constraint_files, tmp_path, capsys):
     hard, soft = constraint_files
     milady.write(tmp_path / "p")

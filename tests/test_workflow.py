@@ -55,6 +55,7 @@ def test_dry_run_builds_full_dag(configfile, tmp_path):
     n_points = sum(len(d["distances"]) for d in cfg.get("defects", {}).values())
     assert jobs["fit_elastic"] == 1 and jobs["qm_bulk_reference"] == 1
     assert jobs["retrain"] == n_iter
+    assert jobs["constraint_descriptors"] == jobs["constraint_sets"]
     assert jobs["qmml_relax"] == n_iter * (n_cases + glide)
     assert jobs.get("qmml_neb", 0) == n_iter * glide
     iters_3d = n_iter + 1 if cfg.get("retrain", {}).get("use_3d") else 1
@@ -95,6 +96,10 @@ def test_end_to_end_two_iterations_and_partial_rerun(tmp_path):
     e1 = json.loads((res / "iter_1" / "elastic.json").read_text())
     for key in ("a0", "C11", "C12", "C44"):
         assert abs(e1[key] / e0[key] - 1) < 1e-6, (key, e0[key], e1[key])
+    # the retraining read the constraint sets' descriptors that constraint_descriptors cached
+    for j in (1, 2):
+        cached = json.loads((res / f"iter_{j}" / "retrain.json").read_text())["descriptor_cache"]
+        assert cached == {"read": ["soft", "hard set"], "computed": ["targets"]}, cached
     # the QM-atom force error of the iteration's potential drops from iteration 0 to 1
     err = [json.loads((res / f"iter_{i}" / "targets.json").read_text())["qm_force_rmse"]
            for i in (0, 1)]
@@ -131,6 +136,10 @@ def test_end_to_end_two_iterations_and_partial_rerun(tmp_path):
     snakemake(tmp_path, config, target, "all")
     assert relaxed.is_file()
     assert _qm_cache_entries(res) == n_cache
+    # the rerun relaxation reproduced its frame from the QM cache bit for bit, so the
+    # retraining found even its targets' descriptors in the descriptor cache
+    rerun = json.loads((res / "iter_2" / "retrain.json").read_text())["descriptor_cache"]
+    assert rerun == {"read": ["soft", "targets", "hard set"], "computed": []}, rerun
     logs = [res / "logs" / "iter_1" / "qmml_relax_screw_initial.log",
             *(res / "logs" / "iter_2").glob("qmml_3d_defect_*.log")]
     for log in logs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -328,40 +329,153 @@ def force_normal_equations(frames: Sequence[Atoms], potential: SNAPPotential,
 
 def descriptor_sums(potential: SNAPPotential, force_sets: Sequence[ForceSet] = (),
                     energy_sets: Sequence[Sequence[Atoms]] = (),
-                    energy_sources: Sequence[str] | None = None,
-                    workers: int = 1) -> tuple[list[ForceSums], list[np.ndarray]]:
+                    energy_sources: Sequence[str] | None = None, workers: int = 1,
+                    cache: "DescriptorCache | None" = None
+                    ) -> tuple[list[ForceSums], list[np.ndarray]]:
     """Force normal equations of each ForceSet and per-atom energy rows of each energy set.
 
     Only one configuration's rows are in memory per process at a time.  With ``workers``
     > 1 every configuration of every set is a job for a pool of that many processes (each
     with its own LAMMPS), largest first so the small ones fill the gaps at the end; the
-    sums equal the serial ones up to the order of floating-point additions.
+    sums equal the serial ones up to the order of floating-point additions.  With a
+    ``cache``, a set whose sums are stored there is read instead of computed, and every
+    computed set is stored.
     """
     sources = list(energy_sources) if energy_sources is not None else \
         [f"energy set {k}" for k in range(len(energy_sets))]
+    force_keys = [cache.key(potential, "force", fs.jobs()) if cache else None
+                  for fs in force_sets]
+    energy_keys = [cache.key(potential, "energy", [(a,) for a in frames]) if cache else None
+                   for frames in energy_sets]
+    sums: list[ForceSums | None] = [cache.load_force_sums(key, fs.source) if cache else None
+                                    for key, fs in zip(force_keys, force_sets)]
+    rows: list[np.ndarray | None] = [cache.load_rows(key, source) if cache else None
+                                     for key, source in zip(energy_keys, sources)]
     jobs = []  # (cost, kind, set index, payload)
     for k, fs in enumerate(force_sets):
-        jobs += [(3.0 * len(job[1]), "force", k, job) for job in fs.jobs()]
+        if sums[k] is None:
+            jobs += [(3.0 * len(job[1]), "force", k, job) for job in fs.jobs()]
     for k, frames in enumerate(energy_sets):
-        jobs += [(0.3 * len(a), "energy", k, (f, a, f"{sources[k]} frame {f}"))
-                 for f, a in enumerate(frames)]
+        if rows[k] is None:
+            jobs += [(0.3 * len(a), "energy", k, (f, a, f"{sources[k]} frame {f}"))
+                     for f, a in enumerate(frames)]
     jobs.sort(key=lambda j: -j[0])
-    sums = [ForceSums(NormalEquations(potential.n_coefficients), [], []) for _ in force_sets]
-    kept: list[dict] = [{} for _ in force_sets]
-    energies: list[dict] = [{} for _ in energy_sets]
+    new_sums = {k: ForceSums(NormalEquations(potential.n_coefficients), [], [])
+                for k, s in enumerate(sums) if s is None}
+    kept: dict[int, dict] = {k: {} for k in new_sums}
+    energies: dict[int, dict] = {k: {} for k, r in enumerate(rows) if r is None}
     for part in _map(_chunk_job, potential, _chunks(jobs, workers), workers):
         for k, normal in part["normal"].items():
-            sums[k].normal.merge(normal)
-        for (k, f), rows in part["kept"].items():
-            kept[k][f] = rows
+            new_sums[k].normal.merge(normal)
+        for (k, f), kept_rows in part["kept"].items():
+            kept[k][f] = kept_rows
         for (k, f), row in part["energy"].items():
             energies[k][f] = row
-    for k, s in enumerate(sums):
+    for k, s in new_sums.items():
         for f in sorted(kept[k]):
             s.kept_rows.append(kept[k][f][0])
             s.kept_targets.append(kept[k][f][1])
-    rows = [np.array([e[f] for f in range(len(e))]) for e in energies]
+        sums[k] = s
+        if cache:
+            cache.store_force_sums(force_keys[k], s, force_sets[k].source)
+    for k, e in energies.items():
+        rows[k] = np.array([e[f] for f in range(len(e))])
+        if cache:
+            cache.store_rows(energy_keys[k], rows[k], sources[k])
     return sums, rows
+
+
+class DescriptorCache:
+    """Descriptor sums of whole sets in a folder, found again by their content.
+
+    An entry's name is a hash of everything the sums depend on: the descriptor parameters
+    (the ``compute`` line, which includes the quadratic flag), the species, and every
+    frame's numbers, positions, cell, pbc, masks and targets bit for bit, plus the cache
+    format and qmml version.  A changed input therefore misses instead of returning stale
+    sums.  Retraining with new weights (λ0, λS) or new targets against the same hard and
+    soft sets then computes only what changed.  An unreadable entry is a miss.
+    ``read`` and ``computed`` name the sets found and the sets computed, in order.
+    """
+
+    FORMAT = "1"
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.read: list[str] = []
+        self.computed: list[str] = []
+
+    def key(self, potential: SNAPPotential, kind: str, jobs: Sequence[tuple]) -> str:
+        import hashlib
+
+        from qmml import __version__
+
+        h = hashlib.sha256()
+        for text in (self.FORMAT, __version__, kind, compute_snap_command(potential),
+                     " ".join(potential.elements)):
+            h.update(text.encode() + b"\0")
+        for job in jobs:
+            atoms = next(x for x in job if isinstance(x, Atoms))
+            parts = [atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc]
+            parts += [x for x in job if x is None or isinstance(x, np.ndarray)]
+            for x in parts:  # None is hashed as a marker, distinct from any array
+                h.update(b"N" if x is None else np.ascontiguousarray(x).tobytes() + b"|")
+        return f"{kind}-{h.hexdigest()[:32]}"
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.npz"
+
+    def _load(self, key: str) -> dict | None:
+        try:
+            with np.load(self._path(key)) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
+
+    def _store(self, key: str, arrays: dict) -> None:
+        from qmml.io import atomic_writer
+
+        with atomic_writer(self._path(key), "wb") as fh:
+            np.savez(fh, **arrays)
+
+    def load_rows(self, key: str, name: str) -> np.ndarray | None:
+        data = self._load(key)
+        if data is None or "rows" not in data:
+            return None
+        self.read.append(name)
+        return data["rows"]
+
+    def store_rows(self, key: str, rows: np.ndarray, name: str) -> None:
+        self._store(key, {"rows": rows})
+        self.computed.append(name)
+
+    def load_force_sums(self, key: str, name: str) -> ForceSums | None:
+        data = self._load(key)
+        if data is None or "gtg_upper" not in data:
+            return None
+        self.read.append(name)
+        k = data["gtf"].size
+        normal = NormalEquations(k)
+        normal.gtg[np.triu_indices(k)] = data["gtg_upper"]
+        normal.gtf[:] = data["gtf"]
+        normal.ftf, normal.n_rows = float(data["ftf"]), int(data["n_rows"])
+        counts = data["kept_counts"]
+        if counts.size == 0:
+            return ForceSums(normal, [], [])
+        bounds = np.cumsum(counts)[:-1]
+        return ForceSums(normal, np.split(data["kept_rows"], bounds),
+                         np.split(data["kept_targets"], bounds))
+
+    def store_force_sums(self, key: str, sums: ForceSums, name: str) -> None:
+        self.computed.append(name)
+        n = sums.normal
+        k = n.n_coefficients
+        self._store(key, {
+            "gtg_upper": n.gtg[np.triu_indices(k)], "gtf": n.gtf, "ftf": np.float64(n.ftf),
+            "n_rows": np.int64(n.n_rows),
+            "kept_counts": np.array([r.shape[0] for r in sums.kept_rows], dtype=np.int64),
+            "kept_rows": np.vstack(sums.kept_rows) if sums.kept_rows else np.zeros((0, k)),
+            "kept_targets": np.concatenate(sums.kept_targets) if sums.kept_targets
+            else np.zeros(0)})
 
 
 def _chunks(jobs: list, workers: int) -> list[list]:

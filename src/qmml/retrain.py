@@ -19,7 +19,8 @@ import numpy as np
 from ase import Atoms
 
 from qmml import QmmlError
-from qmml.descriptors import ForceSet, NormalEquations, descriptor_sums
+from qmml.descriptors import (DescriptorCache, ForceSet, ForceSums, NormalEquations,
+                              descriptor_sums)
 from qmml.fitting import solve_constrained
 from qmml.io import read_frames, write_text
 from qmml.potential import SNAPPotential
@@ -65,30 +66,48 @@ def target_set(frames: Sequence[tuple[str, Atoms]]) -> ForceSet:
                     sources=[s for s, _ in frames])
 
 
+def constraint_sums(hard: Sequence[Atoms], soft: Sequence[Atoms], potential: SNAPPotential,
+                    workers: int = 1, cache: DescriptorCache | None = None,
+                    targets: ForceSet | None = None
+                    ) -> tuple[np.ndarray, NormalEquations, ForceSums | None]:
+    """(hard rows, soft normal equations, target sums or None), in one pass over the sets.
+
+    The pipeline calls it without targets as soon as the constraint sets exist, so the
+    retraining, which asks for the same sets, finds them in ``cache``.
+    """
+    force_sets = [ForceSet(list(soft), source="soft")] + ([targets] if targets else [])
+    sums, (hard_rows,) = descriptor_sums(potential, force_sets, [list(hard)],
+                                         energy_sources=["hard set"], workers=workers,
+                                         cache=cache)
+    return hard_rows, sums[0].normal, (sums[1] if targets else None)
+
+
 def collect(targets: Sequence[tuple[str, Atoms]], hard: Sequence[Atoms],
-            soft: Sequence[Atoms], potential: SNAPPotential, workers: int = 1):
+            soft: Sequence[Atoms], potential: SNAPPotential, workers: int = 1,
+            cache: DescriptorCache | None = None):
     """(TargetData, hard rows, soft normal equations), every configuration of the three sets
-    one job for ``workers`` processes.  The target masks are checked before any
-    descriptor is computed."""
+    one job for ``workers`` processes (sets found in ``cache`` are read instead).  The
+    target masks are checked before any descriptor is computed."""
     fs = target_set(targets)
     n_atoms = sum(int(m.sum()) for m in fs.force_masks)
     if n_atoms == 0:
         raise QmmlError("targets: no target atoms (every atom is fixed, or no frames)")
     if not any((k & m).any() for k, m in zip(fs.keep_masks, fs.force_masks)):
         raise QmmlError("targets: 'region' arrays present but no free atom has region QM")
-    (tsum, ssum), (hard_rows,) = descriptor_sums(
-        potential, [fs, ForceSet(list(soft), source="soft")], [list(hard)],
-        energy_sources=["hard set"], workers=workers)
+    hard_rows, soft_normal, tsum = constraint_sums(hard, soft, potential, workers, cache, fs)
     data = TargetData(tsum.normal, tsum.kept_rows, tsum.kept_targets, n_atoms,
                       sum(1 for m in fs.force_masks if m.any()))
-    return data, hard_rows, ssum.normal
+    return data, hard_rows, soft_normal
 
 
 def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
             hard: Sequence[Atoms], soft: Sequence[Atoms], lambda0: float = 500.0,
-            lambda_soft: float = 1.0, quadratic: bool = False,
-            workers: int = 1) -> tuple[SNAPPotential, dict]:
-    """Retrain Θ on target forces; returns the new potential and the report dict."""
+            lambda_soft: float = 1.0, quadratic: bool = False, workers: int = 1,
+            cache: DescriptorCache | None = None) -> tuple[SNAPPotential, dict]:
+    """Retrain Θ on target forces; returns the new potential and the report dict.
+
+    ``cache``: descriptor sums of sets computed before are read from it (new ones stored).
+    """
     start = time.perf_counter()
     pot0 = potential.to_quadratic() if quadratic else potential
     theta0 = pot0.theta
@@ -98,7 +117,7 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
         raise QmmlError("hard set is empty: retraining without hard constraints would not "
                         "preserve elastic properties")
     t0 = time.perf_counter()
-    data, hard_rows, soft_ne = collect(targets, hard, soft, pot0, workers)
+    data, hard_rows, soft_ne = collect(targets, hard, soft, pot0, workers, cache)
     t_desc = time.perf_counter() - t0
     soft_ata = soft_ne.matrix() if soft_ne.n_rows else None
     result = solve_constrained(theta0, data.normal.matrix(), data.normal.gtf, hard=hard_rows,
@@ -123,6 +142,8 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
         "lambda_soft": lambda_soft,
         "quadratic": bool(pot0.quadratic),
         "seconds_descriptors": t_desc,
+        "descriptor_cache": {"read": cache.read, "computed": cache.computed} if cache
+        else None,
         "seconds_solve": result.seconds,
         "seconds": time.perf_counter() - start,
         "rmse_definition": "root mean square of force-component errors (eV/Å)",
@@ -142,6 +163,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="retrain in the quadratic descriptor space (Θ0 embedded)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes for the descriptors (each runs its own LAMMPS)")
+    parser.add_argument("--descriptor-cache", metavar="DIR",
+                        help="folder of descriptor sums by content: sets seen before "
+                             "(same frames, same descriptor parameters) are not recomputed")
     parser.add_argument("--output", required=True, help="output potential prefix")
     parser.add_argument("--report", required=True, help="JSON report")
 
@@ -153,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
     hard = [a for path in args.hard for a in read_frames(path)]
     soft = [a for path in args.soft for a in read_frames(path)]
     new, report = retrain(potential, targets, hard, soft, args.lambda0, args.lambda_soft,
-                          args.quadratic, workers=args.workers)
+                          args.quadratic, workers=args.workers,
+                          cache=DescriptorCache(args.descriptor_cache)
+                          if args.descriptor_cache else None)
     report.update(potential=str(args.potential), targets=list(args.targets),
                   hard=list(args.hard), soft=list(args.soft), output=str(args.output))
     new.write(args.output, comment=f"qmml retrain of {args.potential} on "

@@ -29,6 +29,7 @@ N = config["iterations"]
 CASES = list(config["dislocations"])
 DEFECTS = config["defects"]
 QM_CACHE = f"{R}/qm_cache"  # every QM result ever computed, shared by all rules/iterations
+DESCRIPTOR_CACHE = f"{R}/descriptor_cache"  # descriptor sums of sets, by content
 
 
 wildcard_constraints:

@@ -76,6 +76,31 @@ rule constraint_sets:
         "../scripts/constraint_sets.py"
 
 
+# The retraining's hard rows and soft normal equations depend only on these sets, so they
+# are computed here, alongside the QM/ML relaxations, into the descriptor cache; the
+# retrain job then finds them there and computes only its targets' descriptors.
+rule constraint_descriptors:
+    input:
+        strain=rules.constraint_sets.output.strain,
+        neb=rules.constraint_sets.output.neb,
+        md=rules.constraint_sets.output.md,
+    threads: 2
+    output:
+        f"{R}/iter_{{i}}/constraints/descriptors.json",
+    params:
+        prefix=lambda w: potential(w.i),
+        quadratic=config["retrain"]["quadratic"],
+        cache=DESCRIPTOR_CACHE,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/iter_{{i}}/constraint_descriptors.log",
+    benchmark:
+        f"{R}/benchmarks/iter_{{i}}/constraint_descriptors.tsv"
+    script:
+        "../scripts/constraint_descriptors.py"
+
+
 rule elastic_check:
     input:
         potential_files("{i}"),
@@ -104,6 +129,7 @@ def retrain_inputs(w):
         "strain": f"{R}/iter_{i}/constraints/strain.xyz",
         "neb": f"{R}/iter_{i}/constraints/neb.xyz",
         "md": f"{R}/iter_{i}/constraints/md.xyz",
+        "constraint_descriptors": f"{R}/iter_{i}/constraints/descriptors.json",
     }
 
 
@@ -130,4 +156,5 @@ rule retrain:
         "{QMML} retrain --potential {params.previous} --targets {input.targets} "
         "--hard {input.strain} {input.neb} --soft {input.md} "
         "--lambda0 {params.r[lambda0]} --lambda-soft {params.r[lambda_soft]} "
-        "{params.quadratic} --workers {threads} --output {params.prefix} --report {output.report} > {log} 2>&1"
+        "{params.quadratic} --workers {threads} --descriptor-cache {DESCRIPTOR_CACHE} "
+        "--output {params.prefix} --report {output.report} > {log} 2>&1"
