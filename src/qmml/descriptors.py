@@ -10,6 +10,7 @@ be folded straight into normal equations (GᵀG, GᵀF) without ever stacking al
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -108,9 +109,13 @@ def compute_descriptors(atoms: Atoms, potential: SNAPPotential,
             if sel.size:
                 snad = lmp.numpy.extract_compute("qmml_snad", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)
                 _check_shape(snad, (n, 3 * nb), "snad/atom")
-                # per-atom layout [d/dx (nb), d/dy (nb), d/dz (nb)] -> rows x, y, z per atom
+                # per-atom layout [d/dx (nb), d/dy (nb), d/dz (nb)] -> rows x, y, z per
+                # atom; copied in blocks: no second full-size temporary next to LAMMPS' array
                 local = order[sel]
-                force_rows[:, 1:] = snad[local].reshape(sel.size * 3, nb)
+                for b in range(0, sel.size, 256):
+                    block = local[b:b + 256]
+                    force_rows[3 * b:3 * (b + block.size), 1:] = \
+                        snad[block].reshape(3 * block.size, nb)
                 force_rows = _rows_to_ase(force_rows, prism)
         return Descriptors(energy_sum, force_rows, None, n)
     finally:
@@ -479,11 +484,12 @@ class DescriptorCache:
 
 
 def _chunks(jobs: list, workers: int) -> list[list]:
-    """Group consecutive small jobs so each chunk costs at least ~1/8 of the largest job:
-    every chunk returns its own GᵀG (20 MB in the quadratic space)."""
+    """Group consecutive small jobs so each chunk costs at least ~1/2 of the largest job:
+    every chunk returns its own GᵀG (20 MB in the quadratic space) to be sent to and added
+    by the main process; half-size chunks still balance the load of the last jobs."""
     if not jobs:
         return []
-    floor = jobs[0][0] / 8 if workers > 1 else float("inf")
+    floor = jobs[0][0] / 2 if workers > 1 else float("inf")
     chunks, current, cost = [], [], 0.0
     for job in jobs:
         current.append(job)
@@ -535,20 +541,14 @@ def _map(func, potential: SNAPPotential, items: list, workers: int):
     from concurrent.futures.process import BrokenProcessPool
 
     pool = _pool(workers)
-    # workers start on demand during submit: one BLAS thread each, they fill the cores
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update({k: "1" for k in _THREAD_VARS})
-    try:
+    with _one_blas_thread():
         futures = [pool.submit(func, potential, item) for item in items]  # largest first
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     # results in submission order, so the caller's sums are added in the same order on
-    # every run: the same inputs give a bit-identical potential
-    for future in futures:
+    # every run: the same inputs give a bit-identical potential.  Each future is dropped
+    # once read: a finished one holds a 20 MB GᵀG (quadratic space) until released
+    futures.reverse()
+    while futures:
+        future = futures.pop()
         try:
             yield future.result()
         except BrokenProcessPool:
@@ -556,6 +556,37 @@ def _map(func, potential: SNAPPotential, items: list, workers: int):
             raise QmmlError(f"descriptor worker processes died (workers={workers}); a "
                             "program read from stdin cannot start them, use workers=1 "
                             "there") from None
+
+
+@contextmanager
+def _one_blas_thread():
+    """Workers start on demand during submit and inherit the environment: one BLAS thread
+    each, so that they fill the cores without oversubscribing them."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: "1" for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_workers(workers: int) -> None:
+    """Start the worker processes now, so their ~1 s of start-up and imports overlaps the
+    caller's own work (reading the input files) instead of preceding the first job."""
+    if workers > 1:
+        pool = _pool(workers)
+        with _one_blas_thread():
+            for _ in range(workers):  # each submit finds no idle worker and spawns one
+                pool.submit(_imported)
+
+
+def _imported() -> int:
+    """A no-op whose unpickling in a worker imports this module (numpy, ASE, LAMMPS)."""
+    return os.getpid()
 
 
 def _pool(workers: int):

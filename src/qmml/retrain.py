@@ -20,7 +20,7 @@ from ase import Atoms
 
 from qmml import QmmlError
 from qmml.descriptors import (DescriptorCache, ForceSet, ForceSums, NormalEquations,
-                              descriptor_sums)
+                              descriptor_sums, start_workers)
 from qmml.fitting import solve_constrained
 from qmml.io import read_frames, write_text
 from qmml.potential import SNAPPotential
@@ -171,6 +171,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    start_workers(args.workers)  # their start-up overlaps reading the inputs
     potential = SNAPPotential.read(args.potential)
     targets = [(f"{path} frame {i}", a) for path in args.targets
                for i, a in enumerate(read_frames(path))]
