@@ -8,10 +8,12 @@
 ``run 0``), (b) ``SNAPCalculator.get_forces`` after a position change, (c) ASE's
 ``LAMMPSlib``.  Every call evaluates new positions (a fresh small displacement).
 
-``retrain``: ``qmml.retrain.retrain`` on 13 rattled images of a ½<111> screw cylinder
+``retrain``: the ``qmml retrain`` command on 13 rattled images of a ½<111> screw cylinder
 (R = 60 Å, ~2000 atoms, forces of the classical stand-in W_2940_2017_2+ZBL as targets),
 hard = strain set (102 × 250 atoms) + vacancy NEB (13), soft = MD snapshots, quadratic
-2J=8 space (1596 coefficients).  Prints the time split and the peak RSS.
+2J=8 space (1596 coefficients), with an empty, a constraint-sets-only and a full
+descriptor cache.  Prints wall and CPU time, the report's time split and the peak RSS of
+every process and of their sum.
 """
 from __future__ import annotations
 
@@ -187,122 +189,88 @@ def build_retrain_data(folder: Path, n_images: int = 13, rattle: float = 0.02,
     return files
 
 
-def _worker_pids() -> list[int]:
-    from qmml import descriptors
-
-    pool = descriptors._POOL
-    return list(pool._processes) if pool is not None else []
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """user+system CPU seconds of a live process (/proc/<pid>/stat, fields 14 and 15)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _proc_peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def _tree_rss_mb(pid: int) -> dict[int, float]:
+    """RSS (MB) of ``pid`` and all its descendants, from /proc."""
+    out = {}
+    stack = [pid]
+    while stack:
+        q = stack.pop()
+        try:
+            for line in Path(f"/proc/{q}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[q] = int(line.split()[1]) / 1024
+            stack += [int(c) for c in
+                      Path(f"/proc/{q}/task/{q}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
-def _timed(func, *args, **kwargs):
-    """Wall time, this process's CPU time and the pool workers' CPU time of one call."""
-    before = {pid: _proc_cpu_s(pid) for pid in _worker_pids()}
-    t, c = time.perf_counter(), time.process_time()
-    out = func(*args, **kwargs)
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
-    workers = sum(_proc_cpu_s(pid) - before.get(pid, 0.0) for pid in _worker_pids())
-    return out, {"wall_s": wall, "cpu_s_main": cpu, "cpu_s_workers": workers}
+def _run_sampled(cmd: list[str]) -> dict:
+    """Run ``cmd``; wall time, peak RSS of each process of its tree and of their sum
+    (sampled every 50 ms), and the CPU seconds of the whole tree."""
+    import subprocess
 
-
-def run_retrain_pipeline(files: dict[str, Path], workers: int, one_pass: bool = False) -> dict:
-    """The steps of ``qmml.retrain.retrain`` (same inputs, same solver), each timed, with
-    descriptors spread over ``workers`` processes (``force_normal_equations``/``energy_rows``).
-    """
-    from ase.io import read
-
-    from qmml.descriptors import ForceSet, descriptor_sums, energy_rows, force_normal_equations
-    from qmml.fitting import solve_constrained
-    from qmml.retrain import free_mask, target_forces
-
-    pot0 = SNAPPotential.read(potential_path("W_milady_lml")).to_quadratic()
-    targets = read(files["targets"], index=":")
-    hard = read(files["hard"], index=":")
-    soft = read(files["soft"], index=":")
-    steps: dict = {}
-    target_set = ForceSet(targets, [free_mask(a) for a in targets],
-                          [target_forces(a, f"target {i}") for i, a in enumerate(targets)],
-                          [a.arrays["region"] == "QM" for a in targets], source="targets")
-    if one_pass:
-        # every configuration of the three sets is one job for the pool, largest first
-        ((tsum, ssum), (hard_rows,)), steps["descriptors_one_pass"] = _timed(
-            descriptor_sums, pot0, [target_set, ForceSet(soft, source="soft")], [hard],
-            workers=workers)
-    else:
-        (tsum,), steps["targets"] = _timed(
-            lambda: descriptor_sums(pot0, [target_set], workers=workers)[0])
-        hard_rows, steps["hard"] = _timed(energy_rows, hard, pot0, workers=workers)
-        ssum, steps["soft"] = _timed(force_normal_equations, soft, pot0, workers=workers)
-    theta0 = pot0.theta
-
-    def solve():
-        return solve_constrained(theta0, tsum.normal.matrix(), tsum.normal.gtf, hard=hard_rows,
-                                 soft_ata=ssum.normal.matrix(), lambda_soft=1.0, lambda0=500.0)
-
-    result, steps["solve"] = _timed(solve)
-    rows, forces = np.vstack(tsum.kept_rows), np.concatenate(tsum.kept_targets)
-    rmse = lambda th: float(np.sqrt(np.mean((rows @ th - forces) ** 2)))  # noqa: E731
-    return {"workers": workers, "one_pass": one_pass, "steps": steps,
-            "total_wall_s": sum(v["wall_s"] for v in steps.values()),
-            "total_cpu_s": sum(v["cpu_s_main"] + v["cpu_s_workers"] for v in steps.values()),
-            "n_target_rows": tsum.normal.n_rows, "n_soft_rows": ssum.normal.n_rows,
-            "n_hard_rows": int(hard_rows.shape[0]), "hard_rank": result.hard_rank,
-            "hard_residual_max": result.hard_residual_max,
-            "qm_force_rmse_before": rmse(theta0), "qm_force_rmse_after": rmse(result.theta),
-            "theta": result.theta}
-
-
-def run_retrain_api(files: dict[str, Path]) -> dict:
-    """``qmml.retrain.retrain`` itself, on the same data (serial, as it stands)."""
-    from ase.io import read
-
-    from qmml.retrain import retrain
-
-    pot = SNAPPotential.read(potential_path("W_milady_lml"))
-    targets = [(f"target {i}", a) for i, a in enumerate(read(files["targets"], index=":"))]
-    hard = read(files["hard"], index=":")
-    soft = read(files["soft"], index=":")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    new, report = retrain(pot, targets, hard, soft, lambda0=500.0, lambda_soft=1.0,
-                          quadratic=True)
-    report["wall_s"] = time.perf_counter() - t
-    report["theta"] = new.theta
-    return report
+    proc = subprocess.Popen(cmd)
+    peak_sum, peak_each = 0.0, {}
+    while proc.poll() is None:
+        rss = _tree_rss_mb(proc.pid)
+        peak_sum = max(peak_sum, sum(rss.values()))
+        for pid, mb in rss.items():
+            peak_each[pid] = max(peak_each.get(pid, 0.0), mb)
+        time.sleep(0.05)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode})")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb_sum": peak_sum,
+            "peak_rss_mb_processes": sorted((round(v) for v in peak_each.values()),
+                                            reverse=True)}
 
 
 def run_retrain(args: argparse.Namespace) -> dict:
+    """``qmml retrain`` as the pipeline runs it, in three states of the descriptor cache:
+
+    cold           empty cache: targets, hard and soft descriptors all computed;
+    constraints    the hard and soft sums already cached (in the pipeline the
+                   constraint_descriptors job computes them while the QM/ML relaxations
+                   run), so only the targets' descriptors are computed;
+    warm           everything cached, a new λ0 (a weight sweep): only the solve.
+    """
     files = build_retrain_data(args.data)
     out: dict = {}
-    if not args.skip_api:
-        out["retrain_api_serial"] = run_retrain_api(files)
-    for w in args.workers:
-        out[f"pipeline_workers_{w}"] = run_retrain_pipeline(files, w)
-        if w > 1:
-            out[f"pipeline_workers_{w}_one_pass"] = run_retrain_pipeline(files, w, one_pass=True)
-    from qmml.descriptors import close_workers
-
-    out["peak_rss_mb_workers"] = [_proc_peak_rss_mb(pid) for pid in _worker_pids()]
-    close_workers()
-    thetas = {k: v.pop("theta") for k, v in out.items() if isinstance(v, dict)}
-    ref = next(iter(thetas.values()))
-    for k, th in thetas.items():
-        out[k]["max_theta_diff_vs_first"] = float(np.abs(th - ref).max())
+    for workers in args.workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = Path(tmp) / "cache"
+            for state, lambda0 in (("cold", 500.0), ("constraints", 500.0), ("warm", 400.0)):
+                if state == "constraints":  # keep only the hard and soft entries
+                    for entry in cache.glob("force-*.npz"):
+                        if _is_target_entry(entry):
+                            entry.unlink()
+                report = Path(tmp) / f"{state}.json"
+                cmd = [sys.executable, "-m", "qmml.cli", "retrain",
+                       "--potential", str(potential_path("W_milady_lml")),
+                       "--targets", str(files["targets"]), "--hard", str(files["hard"]),
+                       "--soft", str(files["soft"]), "--lambda0", str(lambda0),
+                       "--lambda-soft", "1", "--quadratic", "--workers", str(workers),
+                       "--descriptor-cache", str(cache), "--output", str(Path(tmp) / state),
+                       "--report", str(report)]
+                result = _run_sampled(cmd)
+                rep = json.loads(report.read_text())
+                result.update({k: rep[k] for k in (
+                    "seconds", "seconds_descriptors", "seconds_solve", "descriptor_cache",
+                    "qm_force_rmse_before", "qm_force_rmse_after", "hard_residual_max",
+                    "hard_rank", "n_coefficients", "n_target_atoms", "n_soft_rows")})
+                out[f"workers_{workers}_{state}"] = result
     return out
+
+
+def _is_target_entry(entry: Path) -> bool:
+    with np.load(entry) as data:
+        return data["kept_counts"].size > 0  # only the targets keep QM-atom rows
 
 
 # ---- entry point ----------------------------------------------------------------------
@@ -317,12 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("retrain")
     r.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "qmml-bench",
                    help="folder for the generated targets/hard/soft extxyz (reused)")
-    r.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    r.add_argument("--skip-api", action="store_true", help="skip qmml.retrain.retrain itself")
+    r.add_argument("--workers", type=int, nargs="+", default=[2])
     r.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    result = run_calculator(args) if args.what == "calculator" else run_retrain(args)
-    result["peak_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.what == "calculator":
+        result = run_calculator(args)
+        result["peak_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    else:
+        result = run_retrain(args)
     result["load_average_1min_at_end"] = os.getloadavg()[0]
     text = json.dumps(result, indent=2)
     print(text)
