@@ -171,6 +171,25 @@ def test_retrain_descriptor_cache(milady, qmml_frames, constraint_files, tmp_pat
         (tmp_path / "warm_other_weight.snapcoeff").read_text().split("\n", 1)[1]
 
 
+def test_frames_without_region_count_as_qm_in_retrain_and_extract(milady, qmml_frames):
+    """A frame without a 'region' array (a plain QM calculation) mixed with QM/ML frames:
+    all its free atoms are QM atoms, for the retraining report and the extracted errors."""
+    from qmml.extract import qm_atom_forces
+    from qmml.retrain import target_set
+
+    path, n_qm = qmml_frames
+    with_region, plain = read(path, index=0), read(path, index=1)
+    del plain.arrays["region"]
+    free = ~plain.arrays["fix_mask"].astype(bool)
+    fs = target_set([("a", with_region), ("b", plain)])
+    n_qm_free = int((fs.keep_masks[0] & fs.force_masks[0]).sum())
+    assert 0 < n_qm_free <= n_qm
+    assert fs.keep_masks[1].all()
+    ref, _ = qm_atom_forces([with_region, plain], milady)
+    assert len(ref) == n_qm_free + int(free.sum())
+    np.testing.assert_array_equal(ref[n_qm_free:], target_forces(plain, "b")[free])
+
+
 def test_retrain_bad_inputs(milady, constraint_files, tmp_path, capsys):
     hard, soft = constraint_files
     milady.write(tmp_path / "p")

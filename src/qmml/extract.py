@@ -18,7 +18,7 @@ from ase import Atoms
 from qmml import QmmlError
 from qmml.potential import SNAPPotential
 from qmml.io import read_frames, write_frames, write_text
-from qmml.retrain import free_mask, target_forces
+from qmml.retrain import free_mask, qm_region_mask, target_forces
 
 
 def gather_frames(paths: Sequence[str | Path]) -> list[Atoms]:
@@ -46,8 +46,7 @@ def qm_atom_forces(frames: Sequence[Atoms], potential: SNAPPotential,
     calc = potential.calculator()
     ref, ml = [], []
     for k, atoms in enumerate(frames):
-        region = np.asarray(atoms.arrays.get("region", np.full(len(atoms), "QM"))).astype(str)
-        qm = (region == "QM") & free_mask(atoms)
+        qm = qm_region_mask(atoms) & free_mask(atoms)
         probe = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         probe.calc = calc
         ref.append(target_forces(atoms, f"{source} frame {k}")[qm])

@@ -55,14 +55,20 @@ class TargetData:
         return float(np.sqrt(np.mean((rows @ theta - forces) ** 2)))
 
 
+def qm_region_mask(atoms: Atoms) -> np.ndarray:
+    """Atoms whose target forces are QM forces: ``region == "QM"``, or every atom of a
+    frame without a ``region`` array (a plain QM calculation has no ML part)."""
+    if "region" not in atoms.arrays:
+        return np.ones(len(atoms), dtype=bool)
+    return np.asarray(atoms.arrays["region"]).astype(str) == "QM"
+
+
 def target_set(frames: Sequence[tuple[str, Atoms]]) -> ForceSet:
     """Free atoms' force rows with their target forces; QM-region rows kept explicitly."""
-    has_region = any("region" in a.arrays for _, a in frames)
     atoms = [a for _, a in frames]
-    keep = [(np.asarray(a.arrays.get("region", np.full(len(a), "MM"))) == "QM") if has_region
-            else np.ones(len(a), dtype=bool) for a in atoms]
     return ForceSet(atoms, [free_mask(a) for a in atoms],
-                    [target_forces(a, s) for s, a in frames], keep, source="targets",
+                    [target_forces(a, s) for s, a in frames],
+                    [qm_region_mask(a) for a in atoms], source="targets",
                     sources=[s for s, _ in frames])
 
 
