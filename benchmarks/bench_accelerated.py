@@ -27,9 +27,9 @@ import numpy as np
 
 from qmml import potential_path
 from qmml.accelerated import AcceleratedSettings, relax_accelerated
-from qmml.engines import engine_label, engine_settings_hash, make_qm_calculator
+from qmml.engines import engine_label
 from qmml.potential import SNAPPotential
-from qmml.qmcache import CachedQMCalculator, QMCache
+from qmml.qmcache import CachedQMCalculator
 from qmml.qmmm import relax
 from qmml.regions import cylinder_region
 from qmml.structures import dislocation_cylinder
@@ -73,8 +73,7 @@ def main() -> None:
     for name in args.optimizers:
         atoms = start.copy()
         with tempfile.TemporaryDirectory() as cache_dir:
-            qm = CachedQMCalculator(make_qm_calculator(cfg),
-                                    QMCache(cache_dir, engine_settings_hash(cfg)))
+            qm = CachedQMCalculator.from_config(cfg, cache_dir)
             t0 = time.perf_counter()
             try:
                 if name == "accelerated":
@@ -124,7 +123,7 @@ def run_neb(args: argparse.Namespace) -> None:
     cfg = {"engine": args.engine, "kpts_line": args.kpts_line}
     with tempfile.TemporaryDirectory() as work:
         ends = f"{work}/ends"
-        qm = CachedQMCalculator(make_qm_calculator(cfg), QMCache(ends, engine_settings_hash(cfg)))
+        qm = CachedQMCalculator.from_config(cfg, ends)
         for state in (ini, fin):
             relax_accelerated(state, qm, pot, args.buffer, fmax=0.01, steps=args.steps,
                               log=None)
@@ -135,8 +134,7 @@ def run_neb(args: argparse.Namespace) -> None:
         for name in args.optimizers:
             cache_dir = f"{work}/{name}"
             shutil.copytree(ends, cache_dir)
-            qm = CachedQMCalculator(make_qm_calculator(cfg),
-                                    QMCache(cache_dir, engine_settings_hash(cfg)))
+            qm = CachedQMCalculator.from_config(cfg, cache_dir)
             t0 = time.perf_counter()
             _, st, profile = neb(ini.copy(), fin.copy(), args.neb, qm, pot.calculator,
                                  args.buffer, optimizer=name, fmax=args.fmax,

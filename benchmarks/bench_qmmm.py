@@ -14,9 +14,8 @@ import argparse
 import tempfile
 
 from qmml import potential_path
-from qmml.engines import engine_settings_hash, make_qm_calculator
 from qmml.potential import SNAPPotential
-from qmml.qmcache import CachedQMCalculator, QMCache
+from qmml.qmcache import CachedQMCalculator
 from qmml.qmmm import relax
 from qmml.regions import cylinder_region
 from qmml.structures import dislocation_cylinder
@@ -46,8 +45,7 @@ def main() -> None:
     for name in ("FIRE", "LBFGS", "ODE12r", "PreconLBFGS"):
         atoms = start.copy()
         with tempfile.TemporaryDirectory() as cache_dir:
-            qm = CachedQMCalculator(make_qm_calculator(cfg),
-                                    QMCache(cache_dir, engine_settings_hash(cfg)))
+            qm = CachedQMCalculator.from_config(cfg, cache_dir)
             try:
                 st = relax(atoms, qm, pot.calculator(), args.buffer, optimizer=name,
                            fmax=args.fmax, steps=args.steps, log=None)

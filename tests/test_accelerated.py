@@ -17,7 +17,7 @@ from conftest import MILADY
 from qmml.accelerated import (AcceleratedSettings, SurrogateMixing, _ForceDifferences,
                               default_hard_set, relax_accelerated)
 from qmml.descriptors import compute_descriptors, energy_rows
-from qmml.engines import engine_settings_hash, make_qm_calculator
+from qmml.engines import engine_settings_hash
 from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
 from qmml.qmmm import make_force_qmmm, relax
 from qmml.regions import cylinder_region
@@ -29,8 +29,7 @@ REFERENCE = {"engine": "reference"}
 
 
 def cached(directory) -> CachedQMCalculator:
-    return CachedQMCalculator(make_qm_calculator(REFERENCE),
-                              QMCache(directory, engine_settings_hash(REFERENCE)))
+    return CachedQMCalculator.from_config(REFERENCE, directory)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from ase.io import read
 
 from qmml import QmmlError, binding, potential_path
 from qmml.io import write_frames
-from qmml.engines import REFERENCE_LABEL, engine_settings_hash, make_qm_calculator
+from qmml.engines import REFERENCE_LABEL, engine_settings_hash
 from qmml.potential import SNAPPotential
 from qmml.qmcache import CachedQMCalculator, QMCache
 from qmml.qmmm import output_frame, relax
@@ -101,8 +101,7 @@ def qmml_paths(built, ml_calc, tmp_path_factory):
     near, far = built
     tmp = tmp_path_factory.mktemp("binding")
     cache = tmp / "qm_cache"
-    qm = CachedQMCalculator(make_qm_calculator(ENGINE),
-                            QMCache(cache, engine_settings_hash(ENGINE)))
+    qm = CachedQMCalculator.from_config(ENGINE, cache)
     files = {}
     for k, state in enumerate((near, far)):
         write_frames(tmp / f"structure_{k}.xyz", [state])

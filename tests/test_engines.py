@@ -71,14 +71,14 @@ def test_cache_key_rounding():
 
 def test_cache_hit_returns_stored_forces_and_counts_real_calls(tmp_path):
     cfg = {"engine": "reference"}
-    cache = QMCache(tmp_path, engine_settings_hash(cfg))
-    qm = CachedQMCalculator(make_qm_calculator(cfg), cache)
+    qm = CachedQMCalculator.from_config(cfg, tmp_path)
+    cache = qm.cache
     a = _w_chain()
     f1 = qm.get_forces(a.copy())
     assert qm.n_real_calls == 1 and len(cache) == 1
     assert np.abs(f1).max() > 1e-3  # a rattled structure has forces
     # a fresh wrapper (new process) answers from disk, bit for bit
-    qm2 = CachedQMCalculator(make_qm_calculator(cfg), QMCache(tmp_path, cache.settings_hash))
+    qm2 = CachedQMCalculator.from_config(cfg, tmp_path)
     f2 = qm2.get_forces(a.copy())
     assert qm2.n_real_calls == 0 and qm2.n_cache_hits == 1
     np.testing.assert_array_equal(f1, f2)
@@ -90,11 +90,9 @@ def test_cache_hit_returns_stored_forces_and_counts_real_calls(tmp_path):
 
 def test_scf_failure_retries_then_one_clear_error(tmp_path):
     # 2 SCF cycles cannot converge GFN1-xTB W; the retry doubles them (still too few)
-    cfg = {"engine": "tblite", "max_iterations": 2}
+    cfg = {"engine": "tblite", "max_iterations": 2, "retries": 1}
     lines = []
-    qm = CachedQMCalculator(make_qm_calculator(cfg),
-                            QMCache(tmp_path, engine_settings_hash(cfg)), retries=1,
-                            log=lines.append)
+    qm = CachedQMCalculator.from_config(cfg, tmp_path, log=lines.append)
     with pytest.raises(QmmlError) as err:
         qm.get_forces(_w_chain())
     msg = str(err.value)
@@ -117,16 +115,14 @@ def test_cache_survives_an_extxyz_round_trip(tmp_path):
     from ase.io import read, write
 
     cfg = {"engine": "reference"}
-    cache = QMCache(tmp_path / "cache", engine_settings_hash(cfg))
-    qm = CachedQMCalculator(make_qm_calculator(cfg), cache)
+    qm = CachedQMCalculator.from_config(cfg, tmp_path / "cache")
     a = _w_chain()
     a.positions += np.random.default_rng(7).uniform(-1e-3, 1e-3, a.positions.shape)
     f = qm.get_forces(a.copy())
     write(tmp_path / "a.xyz", a)
     back = read(tmp_path / "a.xyz")
     assert np.abs(back.positions - a.positions).max() > 0  # really rounded
-    qm2 = CachedQMCalculator(make_qm_calculator(cfg), QMCache(tmp_path / "cache",
-                                                              cache.settings_hash))
+    qm2 = CachedQMCalculator.from_config(cfg, tmp_path / "cache")
     np.testing.assert_array_equal(qm2.get_forces(back), f)
     assert qm2.n_real_calls == 0
     moved = back.copy()

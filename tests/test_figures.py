@@ -30,9 +30,9 @@ def run(tmp_path_factory):
     from qmml.build import SETTINGS, build_case
     from qmml.cli import main
     from qmml.elastic import bcc_cell, measure_cubic_elastic, strained
-    from qmml.engines import engine_label, engine_settings_hash, make_qm_calculator
+    from qmml.engines import engine_label
     from qmml.potential import SNAPPotential
-    from qmml.qmcache import CachedQMCalculator, QMCache
+    from qmml.qmcache import CachedQMCalculator
     from qmml.io import write_frames
     from qmml.qmmm import neb, output_frame, provenance, relax
     from qmml.io import read_frames
@@ -51,8 +51,7 @@ def run(tmp_path_factory):
         write(it0 / "structures" / f"screw_{name}.xyz", state, format="extxyz")
 
     cfg = {"engine": "reference"}
-    qm = CachedQMCalculator(make_qm_calculator(cfg),
-                            QMCache(R / "qm_cache", engine_settings_hash(cfg)))
+    qm = CachedQMCalculator.from_config(cfg, R / "qm_cache")
     for state in states:
         assert relax(state, qm, pot0.calculator(), BUFFER, fmax=0.03, log=None).converged
     images, stats, profile = neb(states[0], states[1], 5, qm, pot0.calculator, BUFFER,

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import MILADY
-from qmml.engines import engine_settings_hash, make_qm_calculator
-from qmml.qmcache import CachedQMCalculator, QMCache
+from qmml.qmcache import CachedQMCalculator
 from qmml.qmmm import make_force_qmmm
 from qmml.structures import dislocation_cylinder
 
@@ -29,8 +28,7 @@ def test_gpaw_qm_forces_equal_direct_gpaw_call(milady, tmp_path):
     region = np.full(len(atoms), "MM", dtype="<U6")
     region[qm_mask] = "QM"
     atoms.arrays["region"] = region
-    qm = CachedQMCalculator(make_qm_calculator(CFG),
-                            QMCache(tmp_path, engine_settings_hash(CFG)))
+    qm = CachedQMCalculator.from_config(CFG, tmp_path)
     ml = milady.calculator()
     calc = make_force_qmmm(atoms, qm, ml, buffer_width=3.0, vacuum=3.0)
     mixed = calc.get_forces(atoms)

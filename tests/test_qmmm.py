@@ -8,8 +8,8 @@ from ase.io import read
 from scipy.spatial import Delaunay
 
 from conftest import MILADY
-from qmml.engines import REFERENCE_LABEL, engine_settings_hash, make_qm_calculator
-from qmml.qmcache import CachedQMCalculator, QMCache
+from qmml.engines import REFERENCE_LABEL
+from qmml.qmcache import CachedQMCalculator
 from qmml.io import write_frames
 from qmml.qmmm import make_force_qmmm, neb, output_frame, provenance, relax
 from qmml.regions import cylinder_region
@@ -21,11 +21,6 @@ RADIUS, FIXED = 20.0, 6.0
 def screw(radius: float = RADIUS):
     return dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
                                 MILADY["C44"], radius=radius, fixed_width=FIXED)
-
-
-def cached(cfg: dict, directory) -> CachedQMCalculator:
-    return CachedQMCalculator(make_qm_calculator(cfg),
-                              QMCache(directory, engine_settings_hash(cfg)))
 
 
 def burgers_circuits(atoms, sites):
@@ -63,7 +58,7 @@ def test_reference_relaxation_keeps_compact_core_in_place(milady, tmp_path):
     core0 = core_position(atoms, sites)
     np.testing.assert_allclose(core0, atoms.info["core_position"], atol=0.5)
 
-    qm = cached({"engine": "reference"}, tmp_path / "cache")
+    qm = CachedQMCalculator.from_config({"engine": "reference"}, tmp_path / "cache")
     stats = relax(atoms, qm, milady.calculator(), milady.cutoff, optimizer="FIRE",
                   fmax=0.01, log=None)
     assert stats.converged and stats.fmax <= 0.01
@@ -102,7 +97,7 @@ def test_rebuilt_calculator_cuts_the_same_cluster_and_hits_the_cache(milady, tmp
     relaxation is reused, not recomputed."""
     start = screw()
     cylinder_region(start, None, qm_radius=4.5, buffer_width=5.0, ml_cutoff=milady.cutoff)
-    qm = cached({"engine": "reference"}, tmp_path / "cache")
+    qm = CachedQMCalculator.from_config({"engine": "reference"}, tmp_path / "cache")
     relaxing = start.copy()
     relaxing.calc = make_force_qmmm(relaxing, qm, milady.calculator(), 5.0)
     # "relaxation": QM atoms move apart by 0.05 Å, changing their largest distance
@@ -129,7 +124,7 @@ def test_tblite_qm_forces_equal_direct_call_and_relaxation_lowers_fmax(milady, t
     region[qm_mask] = "QM"
     atoms.arrays["region"] = region  # buffer from ForceQMMM's buffer_width rule
     cfg = {"engine": "tblite", "kpts_line": 2, "electronic_temperature": 1000.0}
-    qm = cached(cfg, tmp_path / "cache")
+    qm = CachedQMCalculator.from_config(cfg, tmp_path / "cache")
     ml = milady.calculator()
     calc = make_force_qmmm(atoms, qm, ml, buffer_width=3.0)
     assert 10 <= qm_mask.sum() <= 20
@@ -154,7 +149,7 @@ def test_tblite_qm_forces_equal_direct_call_and_relaxation_lowers_fmax(milady, t
     assert np.abs(direct[qm_mask[calc.qm_buffer_mask]]).max() > 0.05  # real QM forces
 
     # a few FIRE steps with the same cache: the start is not recomputed, fmax drops
-    qm2 = cached(cfg, tmp_path / "cache")
+    qm2 = CachedQMCalculator.from_config(cfg, tmp_path / "cache")
     stats = relax(atoms, qm2, ml, 3.0, optimizer="FIRE", fmax=0.01, steps=2, log=None)
     assert qm2.n_cache_hits >= 1 and qm2.n_real_calls == 2
     assert stats.fmax < 0.5 * stats.fmax_history[0]
@@ -170,7 +165,7 @@ def test_reference_neb_glide_barrier_by_virtual_work(milady, tmp_path):
         cylinder_region(state, None, 4.0, milady.cutoff, milady.cutoff,
                         path=[path[:2], path[2:]])
     fin.arrays["region"] = ini.arrays["region"].copy()
-    qm = cached({"engine": "reference"}, tmp_path / "cache")
+    qm = CachedQMCalculator.from_config({"engine": "reference"}, tmp_path / "cache")
     for state in (ini, fin):
         assert relax(state, qm, milady.calculator(), milady.cutoff, fmax=0.01,
                      log=None).converged

@@ -530,14 +530,12 @@ def compute(far: str, near: str, far_structure: str, near_structure: str, potent
             vacuum: float = 5.0, qm_radius: float | None = None, ml_fmax: float = ML_FMAX,
             log=None) -> BindingPath:
     """File-level entry point shared by the CLI and the Snakemake script."""
-    from qmml.engines import engine_label, engine_settings_hash, make_qm_calculator
+    from qmml.engines import engine_label
     from qmml.potential import SNAPPotential
-    from qmml.qmcache import CachedQMCalculator, QMCache
+    from qmml.qmcache import CachedQMCalculator
 
     pot = SNAPPotential.read(potential)
-    qm = CachedQMCalculator(make_qm_calculator(engine_cfg),
-                            QMCache(cache, engine_settings_hash(engine_cfg)),
-                            retries=int(engine_cfg.get("retries", 1)), log=log)
+    qm = CachedQMCalculator.from_config(engine_cfg, cache, log=log)
     return binding_path(read_structure(far), read_structure(near),
                         read_structure(far_structure), read_structure(near_structure), qm,
                         pot.calculator(), images, buffer_width, qm_radius=qm_radius,

@@ -25,6 +25,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
+from qmml.engines import engine_settings_hash, make_qm_calculator
 from qmml.io import atomic_writer
 
 POSITION_TOL = 1e-8  # Å: rounding grid of the exact cache key
@@ -137,6 +138,16 @@ class CachedQMCalculator(Calculator):
         self.log = log
         kill_after = os.environ.get(KILL_ENV)
         self._kill_after = int(kill_after) if kill_after else None
+
+    @classmethod
+    def from_config(cls, cfg: dict, directory: str | Path, log=None) -> CachedQMCalculator:
+        """The engine of an engine config behind its cache in ``directory``.
+
+        The cache is keyed by the config's settings hash; ``cfg['retries']`` (default 1)
+        sets the SCF retries.
+        """
+        return cls(make_qm_calculator(cfg), QMCache(directory, engine_settings_hash(cfg)),
+                   retries=int(cfg.get("retries", 1)), log=log)
 
     @property
     def n_calls(self) -> int:

@@ -93,16 +93,15 @@ def _read_structure(path: str):
 
 
 def _setup(args: argparse.Namespace):
-    from qmml.engines import engine_label, engine_settings_hash, make_qm_calculator
+    from qmml.engines import engine_label
     from qmml.potential import SNAPPotential
-    from qmml.qmcache import CachedQMCalculator, QMCache
+    from qmml.qmcache import CachedQMCalculator
 
     cfg = load_engine_config(args)
-    settings_hash = engine_settings_hash(cfg)
     pot = SNAPPotential.read(args.potential)
     log = None if args.quiet else (lambda line: print(line, flush=True))
-    qm = CachedQMCalculator(make_qm_calculator(cfg), QMCache(args.cache, settings_hash),
-                            retries=int(cfg.get("retries", 1)), log=log)
+    qm = CachedQMCalculator.from_config(cfg, args.cache, log=log)
+    settings_hash = qm.cache.settings_hash
     label = engine_label(cfg)
     if log and cfg["engine"] == "reference":
         log(f"QM engine: {label}")
