@@ -18,7 +18,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from qmml import QmmlError
 from qmml.elastic import measure_cubic_elastic
 from qmml.io import read_mapping, write_text
-from qmml.engines import engine_label, engine_settings_hash, resolved_settings
+from qmml.engines import BUILDERS, engine_label, engine_settings_hash, resolved_settings
 from qmml.qmcache import cluster_key
 
 QM_STRAIN_STEP = 5e-3  # SCF noise (~1e-6 eV) rules out the 1e-4 step used for potentials
@@ -31,28 +31,14 @@ def bulk_calculator(cfg: dict, n_cells: int) -> Calculator:
     DFT engines get a Monkhorst-Pack mesh of ``bulk_kpts`` (default 8) k-points per
     conventional-cell reciprocal length divided by n; tblite runs at Γ of the n³ cell.
     """
-    from qmml import engines
-
     s = resolved_settings(cfg)
     name = s.pop("engine")
     s.pop("kpts_line")
     k = max(1, round(int(cfg.get("bulk_kpts", 8)) / n_cells))
-    if name == "tblite":
-        from tblite.ase import TBLite
-
-        return TBLite(method=s["method"], electronic_temperature=s["electronic_temperature"],
-                      accuracy=s["accuracy"], max_iterations=int(s["max_iterations"]),
-                      verbosity=0)
-    if name == "reference":
-        from qmml.potential import reference_potential
-
-        pot, zbl = reference_potential()
-        return pot.calculator(zbl=zbl)
     if name == "gpaw" and s.get("mode") == "lcao":
         s["mode"] = "pw"  # GPAW has no stress in LCAO mode (setup notes)
-    build = {"gpaw": engines._gpaw, "vasp": engines._vasp, "espresso": engines._espresso,
-             "castep": engines._castep}[name]
-    return build(s, (k, k, k))
+    # not make_qm_calculator: its adapters return no stress and tblite's replicates clusters
+    return BUILDERS[name](s, (k, k, k))
 
 
 class CachedStressCalculator(Calculator):

@@ -116,18 +116,37 @@ def make_qm_calculator(cfg: dict) -> Calculator:
     if name == "tblite":
         return _TBLiteEngine(settings, kpts_line)
     if name == "reference":
-        from qmml.potential import reference_potential
-
-        pot, zbl = reference_potential()
-        return _Adapter(pot.calculator(zbl=zbl), name, kpts_line)
-    builders = {"gpaw": _gpaw, "vasp": _vasp, "espresso": _espresso, "castep": _castep}
-    build = builders[name]
+        return _Adapter(_reference(settings, kpts_line), name, kpts_line)
+    build = BUILDERS[name]
     # built now so a missing module or bad setting fails at start-up, not mid-run
     return _Adapter(build(settings, kpts_line), name, kpts_line, build=build,
                     settings=settings)
 
 
 # ---- engine constructors ----------------------------------------------------------------
+def _tblite(s: dict, k=None, damping: float = 0.4) -> Calculator:
+    """GFN1-xTB at Γ of the cell it is given (tblite has no k-points: ``k`` is unused).
+
+    0.4 is tblite's own mixer damping; SCF retries pass smaller ones.
+    """
+    try:
+        from tblite.ase import TBLite
+    except ImportError as err:
+        raise QmmlError(f"engine 'tblite': cannot import tblite ({err}); "
+                        "install with pip install tblite") from None
+    return TBLite(method=s["method"], electronic_temperature=s["electronic_temperature"],
+                  accuracy=s["accuracy"], max_iterations=int(s["max_iterations"]),
+                  mixer_damping=damping, verbosity=0)
+
+
+def _reference(s: dict, k=None) -> Calculator:
+    """The classical stand-in (SNAP + ZBL); no k-points."""
+    from qmml.potential import reference_potential
+
+    pot, zbl = reference_potential()
+    return pot.calculator(zbl=zbl)
+
+
 def _gpaw(s: dict, k) -> Calculator:
     try:
         from gpaw import GPAW
@@ -184,6 +203,12 @@ def _castep(s: dict, k) -> Calculator:
     return calc
 
 
+# The engines' own ASE calculators (energy, forces, stress): ``BUILDERS[name](settings, kpts)``
+# with the settings of ``resolved_settings`` minus 'engine' and 'kpts_line'.
+BUILDERS = {"tblite": _tblite, "reference": _reference, "gpaw": _gpaw, "vasp": _vasp,
+            "espresso": _espresso, "castep": _castep}
+
+
 # ---- adapters ---------------------------------------------------------------------------
 def _kpts(k) -> tuple[int, int, int]:
     """An int means 'k along the line' (z); a tuple is used as given."""
@@ -238,15 +263,11 @@ class _TBLiteEngine(Calculator):
 
     def __init__(self, settings: dict, kpts_line: int):
         super().__init__()
-        try:
-            from tblite.ase import TBLite  # noqa: F401
-        except ImportError as err:
-            raise QmmlError(f"engine 'tblite': cannot import tblite ({err}); "
-                            "install with pip install tblite") from None
         self.settings = dict(settings)
         self.kpts_line = kpts_line
         self.engine_name = "tblite"
         self._damping = 0.4  # tblite's default mixer damping
+        _tblite(self.settings)  # built now so a missing tblite fails at start-up, not mid-run
 
     def replicate(self, atoms: Atoms) -> tuple[Atoms, tuple[int, int, int]]:
         """The supercell tblite really computes (also used by tests for direct calls)."""
@@ -254,15 +275,10 @@ class _TBLiteEngine(Calculator):
         return atoms.repeat(reps), reps
 
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
-        from tblite.ase import TBLite
-
         super().calculate(atoms, properties, system_changes)
         n = len(self.atoms)
         big, reps = self.replicate(self.atoms)
-        s = self.settings
-        big.calc = TBLite(method=s["method"], electronic_temperature=s["electronic_temperature"],
-                          accuracy=s["accuracy"], max_iterations=int(s["max_iterations"]),
-                          mixer_damping=self._damping, verbosity=0)
+        big.calc = _tblite(self.settings, damping=self._damping)
         copies = int(np.prod(reps))
         # Atoms.repeat puts copy c of atom i at index c*n + i
         self.results["forces"] = big.get_forces().reshape(copies, n, 3).mean(axis=0)
