@@ -410,14 +410,9 @@ COLUMNS = ("defect", "defect_type", "dislocation", "distance_requested", "distan
 
 
 def _read_summary(path: Path) -> dict:
-    from ase.io import read
+    from qmml.io import read_frame
 
-    if not path.is_file():
-        raise QmmlError(f"{path}: binding path file not found")
-    try:
-        info = read(path, index=0, format="extxyz").info
-    except Exception as err:
-        raise QmmlError(f"{path}: cannot read extxyz ({' '.join(str(err).split())})") from None
+    info = read_frame(path, 0).info
     missing = [k for k in SUMMARY_KEYS if k not in info]
     if missing:
         raise QmmlError(f"{path}: not a binding path file (info lacks {', '.join(missing)})")
@@ -512,32 +507,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true")
 
 
-def read_structure(path: str | Path) -> Atoms:
-    """Last frame of an extxyz file, QmmlError naming the file if unreadable."""
-    from ase.io import read
-
-    path = Path(path)
-    if not path.is_file():
-        raise QmmlError(f"{path}: structure not found")
-    try:
-        return read(path, index=-1, format="extxyz")
-    except Exception as err:
-        raise QmmlError(f"{path}: cannot read extxyz ({' '.join(str(err).split())})") from None
-
-
 def compute(far: str, near: str, far_structure: str, near_structure: str, potential: str,
             engine_cfg: dict, cache: str, images: int, buffer_width: float,
             vacuum: float = 5.0, qm_radius: float | None = None, ml_fmax: float = ML_FMAX,
             log=None) -> BindingPath:
     """File-level entry point shared by the CLI and the Snakemake script."""
     from qmml.engines import engine_label
+    from qmml.io import read_frame
     from qmml.potential import SNAPPotential
     from qmml.qmcache import CachedQMCalculator
 
     pot = SNAPPotential.read(potential)
     qm = CachedQMCalculator.from_config(engine_cfg, cache, log=log)
-    return binding_path(read_structure(far), read_structure(near),
-                        read_structure(far_structure), read_structure(near_structure), qm,
+    return binding_path(read_frame(far), read_frame(near),
+                        read_frame(far_structure), read_frame(near_structure), qm,
                         pot.calculator(), images, buffer_width, qm_radius=qm_radius,
                         vacuum=vacuum, engine=engine_label(engine_cfg),
                         ml_cutoff=pot.cutoff, ml_fmax=ml_fmax, log=log)

@@ -376,7 +376,7 @@ def dd_maps(relaxed: Sequence[PathLike], output: PathLike,
     frames do not carry it.  Returns {label: {"kind", "max_dd_over_b", "core_dd_over_b"}}:
     the largest DD within `window` Å of the core, in units of |b|.
     """
-    from ase.io import read
+    from qmml.io import read_frame
 
     if not relaxed:
         _message_figure(output, "Differential-displacement maps", "no relaxed cores")
@@ -391,10 +391,8 @@ def dd_maps(relaxed: Sequence[PathLike], output: PathLike,
     summary = {}
     for ax, path, spath in zip(axes.ravel(), relaxed, structures):
         path = Path(path)
-        if not path.is_file():
-            raise QmmlError(f"{path}: file not found")
-        atoms = read(path, index=-1, format="extxyz")
-        structure = read(spath, index=-1, format="extxyz") if spath else None
+        atoms = read_frame(path)
+        structure = read_frame(spath) if spath else None
         bulk, info = reference_bulk(atoms, structure)
         host = np.array(atoms.get_chemical_symbols()) == info.get("symbol", "W")
         dislo = Atoms(atoms.numbers[host], atoms.positions[host], cell=atoms.cell,

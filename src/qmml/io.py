@@ -101,18 +101,27 @@ def write_frames(path: str | Path, frames: Sequence[Atoms]) -> Path:
     return Path(path)
 
 
-def read_frames(path: str | Path) -> list[Atoms]:
-    """All frames of an extxyz file; one-line QmmlError for a missing/unreadable/empty file."""
+def _read_extxyz(path: str | Path, index: int | str):
     from ase.io import read
 
     path = Path(path)
     if not path.is_file():
         raise QmmlError(f"{path}: file not found")
     try:
-        frames = read(path, index=":", format="extxyz")
+        return read(path, index=index, format="extxyz")
     except Exception as err:  # ASE raises many types for malformed files
         raise QmmlError(f"{path}: not a readable extxyz file "
                         f"({' '.join(str(err).split())})") from None
+
+
+def read_frames(path: str | Path) -> list[Atoms]:
+    """All frames of an extxyz file; one-line QmmlError for a missing/unreadable/empty file."""
+    frames = _read_extxyz(path, ":")
     if not frames:
         raise QmmlError(f"{path}: contains no configurations")
     return frames
+
+
+def read_frame(path: str | Path, index: int = -1) -> Atoms:
+    """One frame (default: the last) of an extxyz file; one-line QmmlError as read_frames."""
+    return _read_extxyz(path, index)

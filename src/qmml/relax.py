@@ -77,18 +77,12 @@ def load_engine_config(args: argparse.Namespace) -> dict:
 
 
 def _read_structure(path: str):
-    from ase.io import read
+    from qmml.io import read_frame
 
-    p = Path(path)
-    if not p.is_file():
-        raise QmmlError(f"{p}: input structure not found")
-    try:
-        atoms = read(p, format="extxyz", index=-1)
-    except Exception as err:
-        raise QmmlError(f"{p}: cannot read extxyz ({' '.join(str(err).split())})") from None
+    atoms = read_frame(path)
     atoms.calc = None
     if "region" not in atoms.arrays:
-        raise QmmlError(f"{p}: no 'region' array (QM/buffer/MM per atom)")
+        raise QmmlError(f"{path}: no 'region' array (QM/buffer/MM per atom)")
     return atoms
 
 

@@ -120,31 +120,26 @@ def target_rows(paths: Sequence[PathLike]) -> list[list]:
     return sorted(rows, key=lambda r: r[0])
 
 
-def run_rows(frames: Sequence[PathLike]) -> list[list]:
-    """Provenance the QM/ML outputs record (last frame of each file)."""
-    from ase.io import read
+def run_infos(frames: Sequence[PathLike]) -> dict[Path, dict]:
+    """The provenance each QM/ML output records (info of its last frame), by file."""
+    from qmml.io import read_frame
 
-    rows = []
-    for path in frames:
-        path = Path(path)
-        if not path.is_file():
-            raise QmmlError(f"{path}: file not found")
-        info = read(path, index=-1, format="extxyz").info
-        rows.append([f"iter_{iteration_of(path, 0)}/{path.name}",
-                     *(info.get(k) for k in RUN_KEYS)])
-    return rows
+    return {Path(path): read_frame(path).info for path in frames}
 
 
-def qm_engine_name(config: dict | None, frames: Sequence[PathLike] = ()) -> tuple[str, list[str]]:
+def run_rows(infos: dict[Path, dict]) -> list[list]:
+    """One row of recorded provenance per QM/ML output (``infos`` of :func:`run_infos`)."""
+    return [[f"iter_{iteration_of(path, 0)}/{path.name}", *(info.get(k) for k in RUN_KEYS)]
+            for path, info in infos.items()]
+
+
+def qm_engine_name(config: dict | None, infos: Iterable[dict] = ()) -> tuple[str, list[str]]:
     """The engine label from the config (the classical stand-in is labelled as such) and
-    the distinct labels the QM/ML outputs recorded."""
-    from ase.io import read
-
+    the distinct labels the QM/ML outputs recorded (``infos``: their frame info)."""
     from qmml.engines import engine_label
 
     label = engine_label(config["qm"]) if config and "qm" in config else "not given"
-    recorded = sorted({str(read(p, index=-1, format="extxyz").info.get("qm_engine", "?"))
-                       for p in frames})
+    recorded = sorted({str(info.get("qm_engine", "?")) for info in infos})
     return label, recorded
 
 
@@ -191,7 +186,8 @@ def write_report(output: PathLike, figures: dict[str, PathLike], *,
     """Write the HTML report; `figures` maps figure name -> PNG, `frames` are the QM/ML
     outputs (relaxations, NEBs) whose recorded provenance is tabulated."""
     captions = captions or {}
-    engine, recorded = qm_engine_name(config, frames)
+    runs = run_infos(frames)  # each output file read once
+    engine, recorded = qm_engine_name(config, runs.values())
     parts = [f"<h1>{html.escape(title)}</h1>",
              "<h2>QM engine</h2>",
              f'<p id="qm-engine">QM engine: <b>{html.escape(engine)}</b></p>']
@@ -231,7 +227,7 @@ def write_report(output: PathLike, figures: dict[str, PathLike], *,
     else:
         parts.append('<p id="binding">No point defects configured.</p>')
     parts.append("<h2>QM/ML runs</h2>")
-    parts.append(html_table("runs", ["file", *RUN_KEYS], run_rows(frames)))
+    parts.append(html_table("runs", ["file", *RUN_KEYS], run_rows(runs)))
     parts.append("<h2>Provenance</h2>")
     parts.append(html_table("provenance", ["item", "value"], provenance(config)))
     if config:
