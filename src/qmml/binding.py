@@ -303,7 +303,7 @@ def binding_path(far: Atoms, near: Atoms, far_built: Atoms, near_built: Atoms,
     correspondence and the defect centres.  `qm`: a :class:`CachedQMCalculator`;
     `ml_calc`: the iteration potential's calculator.  Frames use the atom order of `far`.
     """
-    from qmml.qmmm import make_force_qmmm
+    from qmml.qmmm import make_force_qmmm, output_frame
 
     _check_pair(far, far_built, "far")
     _check_pair(near, near_built, "near")
@@ -324,14 +324,14 @@ def binding_path(far: Atoms, near: Atoms, far_built: Atoms, near_built: Atoms,
                    buffer_width=buffer_width)
 
     if max_step < 1e-8:  # near IS far: E_b = 0 by definition, nothing to evaluate
-        frame = _frame(a, np.asarray(far.get_forces(apply_constraint=False))
-                       if far.calc is not None else np.zeros((len(a), 3)),
-                       np.asarray(far.arrays.get("region", np.full(len(a), "MM"))))
         summary.update(E_b_qmml=0.0, E_b_qmml_path_error=0.0, E_b_ml=0.0, E_b_ml_path=0.0,
                        E_b_ml_path_exact=0.0, qm_calls=0, qm_calls_new=0, path_images=1,
                        integration="none (far state)")
-        frame.info.update(summary, path_image=0, path_s=0.0, virtual_work_integrand=0.0,
-                          E_ml=np.nan)
+        a.arrays["region"] = np.asarray(far.arrays.get("region", np.full(len(a), "MM")))
+        frame = output_frame(a, dict(summary, path_image=0, path_s=0.0,
+                                     virtual_work_integrand=0.0, E_ml=np.nan),
+                             forces=np.asarray(far.get_forces(apply_constraint=False))
+                             if far.calc is not None else np.zeros((len(a), 3)))
         return BindingPath([frame], summary)
 
     images = linear_images(a, b, n_images)
@@ -366,25 +366,13 @@ def binding_path(far: Atoms, near: Atoms, far_built: Atoms, near_built: Atoms,
     # running E(A) − E(image) by trapezoid (display only; the total above is Simpson)
     s = np.linspace(0.0, 1.0, n_images)
     running = np.concatenate([[0.0], np.cumsum(0.5 * (g[1:] + g[:-1]) * np.diff(s))])
-    frames = []
-    for i, (image, f) in enumerate(zip(images, forces)):
-        frame = _frame(image, f, region)
-        frame.info.update(summary, path_image=i, path_s=float(s[i]),
-                          virtual_work_integrand=float(g[i]),
-                          E_far_minus_image_trapz=float(running[i]),
-                          E_ml=float(check["energies"][i]))
-        frames.append(frame)
+    # images carry the path's region and fix_mask arrays and no info of their own
+    frames = [output_frame(image, dict(summary, path_image=i, path_s=float(s[i]),
+                                       virtual_work_integrand=float(g[i]),
+                                       E_far_minus_image_trapz=float(running[i]),
+                                       E_ml=float(check["energies"][i])), forces=f)
+              for i, (image, f) in enumerate(zip(images, forces))]
     return BindingPath(frames, summary)
-
-
-def _frame(image: Atoms, forces: np.ndarray, region: np.ndarray) -> Atoms:
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    out = Atoms(image.numbers, image.positions, cell=image.cell, pbc=image.pbc)
-    out.arrays["region"] = np.asarray(region).astype("<U6")
-    out.arrays["fix_mask"] = fix_mask_of(image).copy()
-    out.calc = SinglePointCalculator(out, forces=np.asarray(forces))
-    return out
 
 
 # ---- chains of paths and the table ---------------------------------------------------

@@ -331,9 +331,13 @@ def provenance(stats: RunStats, engine: str, settings_hash: str, potential: str,
                if hasattr(stats, "surrogate_hard_residual_max") else {})}
 
 
-def output_frame(atoms: Atoms, info: dict) -> Atoms:
-    """A copy carrying the mixed forces (``forces``), ``region``, ``fix_mask`` and info."""
-    forces = atoms.get_forces(apply_constraint=False)
+def output_frame(atoms: Atoms, info: dict, forces: np.ndarray | None = None) -> Atoms:
+    """A copy carrying the mixed forces (``forces``), ``region``, ``fix_mask`` and info.
+
+    ``forces`` default to those of the atoms' calculator.
+    """
+    if forces is None:
+        forces = atoms.get_forces(apply_constraint=False)
     out = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     out.arrays["region"] = np.asarray(atoms.arrays["region"]).astype("<U6")
     fix = atoms.arrays.get("fix_mask", np.zeros(len(atoms), dtype=bool))
