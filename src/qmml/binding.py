@@ -471,17 +471,15 @@ def binding_table(path_files: list[str | Path], configured: dict | None = None):
 
 # ---- CLI: qmml binding ---------------------------------------------------------------
 def configure(parser: argparse.ArgumentParser) -> None:
+    from qmml.relax import add_engine_arguments
+
     parser.add_argument("--far", required=True, help="QM/ML-relaxed far state (extxyz)")
     parser.add_argument("--near", required=True, help="QM/ML-relaxed near state (extxyz)")
     parser.add_argument("--far-structure", required=True,
                         help="the far state as built (qmml build: info with defect_position)")
     parser.add_argument("--near-structure", required=True, help="the near state as built")
     parser.add_argument("--potential", required=True, help="ML potential prefix")
-    eng = parser.add_mutually_exclusive_group(required=True)
-    eng.add_argument("--engine-config", help="YAML engine config (key 'engine' + settings)")
-    eng.add_argument("--engine", help="engine name with default settings (reference = "
-                     "classical stand-in, not QM)")
-    parser.add_argument("--kpts-line", type=int, default=None)
+    add_engine_arguments(parser)
     parser.add_argument("--images", type=int, default=7,
                         help="path images incl. end points (odd: Simpson)")
     parser.add_argument("--qm-radius", type=float, default=None,

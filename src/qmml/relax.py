@@ -15,15 +15,20 @@ from pathlib import Path
 from qmml import QmmlError
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--potential", required=True,
-                        help="ML potential prefix (PREFIX.snapcoeff + PREFIX.snapparam)")
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The QM engine options, read back by :func:`load_engine_config`."""
     eng = parser.add_mutually_exclusive_group(required=True)
     eng.add_argument("--engine-config", help="YAML engine config (key 'engine' + settings)")
     eng.add_argument("--engine", help="engine name with default settings: tblite, gpaw, "
                      "vasp, espresso, castep, reference (classical stand-in, not QM)")
     parser.add_argument("--kpts-line", type=int, default=None,
                         help="k-points along the dislocation line (tblite: replicas)")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--potential", required=True,
+                        help="ML potential prefix (PREFIX.snapcoeff + PREFIX.snapparam)")
+    add_engine_arguments(parser)
     parser.add_argument("--optimizer", default="FIRE",
                         choices=["FIRE", "LBFGS", "ODE12r", "PreconLBFGS", "accelerated"],
                         help="accelerated: retrain a surrogate potential on the QM forces "
@@ -65,6 +70,7 @@ def configure_neb(parser: argparse.ArgumentParser) -> None:
 
 
 def load_engine_config(args: argparse.Namespace) -> dict:
+    """The engine config of :func:`add_engine_arguments`' options."""
     if args.engine_config:
         from qmml.io import read_mapping
 
