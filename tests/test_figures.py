@@ -27,7 +27,7 @@ WORKFLOW_REPORT = potential_path("x").parents[2] / "workflow" / "report"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """iter_0 (Θ0 = W_milady_lml, QM/ML frames, targets) and iter_1 (retrained Θ)."""
-    from qmml.build import SETTINGS, build_case
+    from qmml.build import build_case, default_settings
     from qmml.cli import main
     from qmml.elastic import bcc_cell, measure_cubic_elastic, strained
     from qmml.engines import engine_label
@@ -42,10 +42,9 @@ def run(tmp_path_factory):
     it0, it1 = R / "iter_0", R / "iter_1"
     pot0 = SNAPPotential.read(potential_path("W_milady_lml"))
     pot0.write(it0 / "potential")
-    settings = {k: default for k, (_, default) in SETTINGS.items()}
-    settings.update(kind="screw111", radius=RADIUS, fixed_width=FIXED, qm_radius=QM_RADIUS,
-                    buffer=BUFFER, glide=True, **MILADY)
-    states, _ = build_case(settings)
+    states, _ = build_case(default_settings(kind="screw111", radius=RADIUS, fixed_width=FIXED,
+                                            qm_radius=QM_RADIUS, buffer=BUFFER, glide=True,
+                                            **MILADY))
     (it0 / "structures").mkdir()
     for state, name in zip(states, ("initial", "final")):
         write(it0 / "structures" / f"screw_{name}.xyz", state, format="extxyz")

@@ -536,19 +536,19 @@ def build_defect(name: str, defect: dict, dislocation: dict, three_d: dict, pote
     QM region is a sphere of ``three_d.qm_radius`` around the defect.  ``info`` gains
     ``defect_name``, ``dislocation_name`` and ``distance_index`` for the binding table.
     """
-    from qmml.build import SETTINGS, build_case
+    from qmml.build import build_case, default_settings
 
     distances = list(defect["distances"])
     if not 0 <= k < len(distances):
         raise QmmlError(f"defects.{name}.distances: no distance with index {k} "
                         f"({len(distances)} configured)")
-    settings = {key: default for key, (_, default) in SETTINGS.items()}
-    settings.update(kind=dislocation["kind"], radius=float(three_d["radius"]),
-                    fixed_width=float(three_d["fixed_width"]), n_line=int(three_d["n_line"]),
-                    potential=str(potential), qm_radius=float(three_d["qm_radius"]),
-                    buffer=float(three_d["buffer"]), region="sphere", defect=defect["defect"],
-                    distance=float(distances[k]),
-                    direction=[float(x) for x in defect.get("direction", (1.0, 0.0))])
+    settings = default_settings(
+        kind=dislocation["kind"], radius=float(three_d["radius"]),
+        fixed_width=float(three_d["fixed_width"]), n_line=int(three_d["n_line"]),
+        potential=str(potential), qm_radius=float(three_d["qm_radius"]),
+        buffer=float(three_d["buffer"]), region="sphere", defect=defect["defect"],
+        distance=float(distances[k]),
+        direction=[float(x) for x in defect.get("direction", (1.0, 0.0))])
     try:
         states, summary = build_case(settings)
     except QmmlError as err:

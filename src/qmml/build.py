@@ -35,6 +35,13 @@ SETTINGS: dict[str, tuple[type, object]] = {
 }
 
 
+def default_settings(**overrides) -> dict:
+    """The settings ``build_case`` takes: the SETTINGS defaults, updated with ``overrides``."""
+    settings = {key: default for key, (_, default) in SETTINGS.items()}
+    settings.update(overrides)
+    return settings
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML/JSON file with the settings below")
     parser.add_argument("--kind", choices=list(KINDS), help="dislocation kind")
@@ -65,7 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def load_settings(args: argparse.Namespace) -> dict:
     """Defaults < config file < command-line flags, with types checked."""
-    settings = {key: default for key, (_, default) in SETTINGS.items()}
+    settings = default_settings()
     if args.config:
         settings.update(_read_config(Path(args.config)))
     for key in SETTINGS:
