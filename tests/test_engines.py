@@ -44,6 +44,22 @@ def test_vasp_needs_a_command(monkeypatch):
     assert DEFAULTS["vasp"]["xc"] == "PBE"
 
 
+def test_bulk_kpts_is_qmml_setting_not_an_engine_parameter(monkeypatch):
+    """bulk_kpts reaches no engine calculator (VASP would write it to INCAR, QE to its
+    namelist); it keys the bulk results of k-point engines, never the cluster results."""
+    from qmml.bulk import bulk_calculator, bulk_settings_hash
+
+    monkeypatch.setenv("ASE_VASP_COMMAND", "vasp_std")
+    vasp = {"engine": "vasp", "kpts_line": 12}
+    assert "bulk_kpts" not in make_qm_calculator(dict(vasp, bulk_kpts=16)).calc.parameters
+    assert "bulk_kpts" not in bulk_calculator(dict(vasp, bulk_kpts=16), 2).parameters
+    assert bulk_calculator(dict(vasp, bulk_kpts=16), 2).parameters["kpts"] == (8, 8, 8)
+    assert engine_settings_hash(dict(vasp, bulk_kpts=16)) == engine_settings_hash(vasp)
+    assert bulk_settings_hash(dict(vasp, bulk_kpts=16), 2) != bulk_settings_hash(vasp, 2)
+    tblite = {"engine": "tblite"}
+    assert bulk_settings_hash(dict(tblite, bulk_kpts=16), 2) == engine_settings_hash(tblite)
+
+
 def test_settings_hash_tracks_physics_not_paths():
     base = {"engine": "tblite", "kpts_line": 2}
     h = engine_settings_hash(base)

@@ -18,7 +18,8 @@ from ase.calculators.calculator import Calculator, all_changes
 from qmml import QmmlError
 from qmml.elastic import measure_cubic_elastic
 from qmml.io import read_mapping, write_text
-from qmml.engines import BUILDERS, engine_label, engine_settings_hash, resolved_settings
+from qmml.engines import (BUILDERS, NO_KPOINTS, engine_label, engine_settings_hash,
+                          resolved_settings)
 from qmml.qmcache import cluster_key
 
 QM_STRAIN_STEP = 5e-3  # SCF noise (~1e-6 eV) rules out the 1e-4 step used for potentials
@@ -34,11 +35,23 @@ def bulk_calculator(cfg: dict, n_cells: int) -> Calculator:
     s = resolved_settings(cfg)
     name = s.pop("engine")
     s.pop("kpts_line")
-    k = max(1, round(int(cfg.get("bulk_kpts", 8)) / n_cells))
+    k = bulk_kpoints(cfg, n_cells)
     if name == "gpaw" and s.get("mode") == "lcao":
         s["mode"] = "pw"  # GPAW has no stress in LCAO mode (setup notes)
     # not make_qm_calculator: its adapters return no stress and tblite's replicates clusters
     return BUILDERS[name](s, (k, k, k))
+
+
+def bulk_kpoints(cfg: dict, n_cells: int) -> int:
+    """k-points per direction of an n³ conventional-cell supercell (``bulk_kpts`` / n)."""
+    return max(1, round(int(cfg.get("bulk_kpts", 8)) / n_cells))
+
+
+def bulk_settings_hash(cfg: dict, n_cells: int) -> str:
+    """Cache key part of bulk results: the engine's settings plus, for engines with
+    k-points, the bulk k-mesh (which the clusters' settings hash leaves out)."""
+    h = engine_settings_hash(cfg)
+    return h if cfg["engine"] in NO_KPOINTS else f"{h}-k{bulk_kpoints(cfg, n_cells)}"
 
 
 class CachedStressCalculator(Calculator):
@@ -88,7 +101,7 @@ def qm_bulk_reference(elastic_cfg: dict, qm_cfg: dict, cache_dir: str | Path,
     if wanted:
         n = int(elastic_cfg.get("qm_cell", 3))
         calc = CachedStressCalculator(bulk_calculator(qm_cfg, n), cache_dir,
-                                      engine_settings_hash(qm_cfg), log=log)
+                                      bulk_settings_hash(qm_cfg, n), log=log)
         measured = measure_cubic_elastic(calc, a0_guess, n=n, h=QM_STRAIN_STEP)
         result.update({k: float(measured[k]) for k in wanted})
         source.update({k: f"qm: {engine_label(qm_cfg)}, {n}x{n}x{n} cell" for k in wanted})

@@ -54,7 +54,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 REQUIRED = {"espresso": ("pseudopotentials",)}
 COMMAND_ENV = {"vasp": "ASE_VASP_COMMAND", "espresso": "ASE_ESPRESSO_COMMAND",
                "castep": "CASTEP_COMMAND"}
-COMMON_KEYS = ("engine", "kpts_line", "retries", "command")
+# qmml's own keys, not engine parameters: never passed to an engine's calculator.
+# 'bulk_kpts' sets the k-mesh of the periodic bulk cells only (qmml.bulk), so it is not part
+# of the clusters' settings hash either (changing it must not discard cluster results)
+COMMON_KEYS = ("engine", "kpts_line", "retries", "command", "bulk_kpts")
+# engines that take no k-points (tblite replicates the cell instead; the stand-in is classical)
+NO_KPOINTS = ("tblite", "reference")
 
 
 def engine_label(cfg: dict) -> str:
