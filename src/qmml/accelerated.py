@@ -418,6 +418,8 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
         points.append(ev.positions)
         add_data(ev)
         stats.fmax_history.append(ev.fmax)
+        if log:
+            log(f"accelerated: start    QM calls {qm.n_calls:4d}  true fmax {ev.fmax:.5f}")
 
     def save() -> None:
         _save(checkpoint, {"fingerprint": fingerprint, "points": points, "current": current,
@@ -486,6 +488,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
         free = system.free
         error = float(np.sqrt(((predicted - ev.forces)[:, free] ** 2).sum(axis=2)).max())
         stats.prediction_errors.append(error)
+        step = float(np.sqrt(((ev.positions - anchor.positions) ** 2).sum(axis=2)).max())
         accept = ev.fmax < anchor.fmax or error < anchor.fmax
         if accept:
             current = len(evals) - 1
@@ -504,7 +507,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
             log(f"accelerated: outer {stats.outer_steps:3d}  QM calls {qm.n_calls:4d}  "
                 f"true fmax {ev.fmax:.5f}  prediction error {error:.5f}  "
                 f"{'accepted' if accept else 'REJECTED'}  surrogate steps {n_inner:4d}"
-                f"{' (trust)' if hit else ''}  trust {trust:.3f} A  "
+                f"{' (trust)' if hit else ''}  step {step:.3f} A  trust {trust:.3f} A  "
                 f"hard residual {residual:.1e}")
         save()
 
