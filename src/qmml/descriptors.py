@@ -348,8 +348,9 @@ def descriptor_sums(potential: SNAPPotential, force_sets: Sequence[ForceSet] = (
     """
     sources = list(energy_sources) if energy_sources is not None else \
         [f"energy set {k}" for k in range(len(energy_sets))]
-    force_keys = [cache.key(potential, "force", fs.jobs()) if cache else None
-                  for fs in force_sets]
+    force_jobs = [fs.jobs() for fs in force_sets]  # also checks the per-frame lengths
+    force_keys = [cache.key(potential, "force", jobs) if cache else None
+                  for jobs in force_jobs]
     energy_keys = [cache.key(potential, "energy", [(a,) for a in frames]) if cache else None
                    for frames in energy_sets]
     sums: list[ForceSums | None] = [cache.load_force_sums(key, fs.source) if cache else None
@@ -357,9 +358,9 @@ def descriptor_sums(potential: SNAPPotential, force_sets: Sequence[ForceSet] = (
     rows: list[np.ndarray | None] = [cache.load_rows(key, source) if cache else None
                                      for key, source in zip(energy_keys, sources)]
     jobs = []  # (cost, kind, set index, payload)
-    for k, fs in enumerate(force_sets):
+    for k, set_jobs in enumerate(force_jobs):
         if sums[k] is None:
-            jobs += [(3.0 * len(job[1]), "force", k, job) for job in fs.jobs()]
+            jobs += [(3.0 * len(job[1]), "force", k, job) for job in set_jobs]
     for k, frames in enumerate(energy_sets):
         if rows[k] is None:
             jobs += [(0.3 * len(a), "energy", k, (f, a, f"{sources[k]} frame {f}"))
