@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="max optimiser (outer) steps")
     ap.add_argument("--optimizers", nargs="+",
                     default=["accelerated", "FIRE", "LBFGS", "ODE12r"])
-    ap.add_argument("--space", default="linear", choices=["linear", "quadratic"])
+    ap.add_argument("--space", default="quadratic", choices=["linear", "quadratic"])
     ap.add_argument("--log", action="store_true", help="print the accelerated outer steps")
     ap.add_argument("--settings", default="{}",
                     help="JSON of AcceleratedSettings fields, e.g. '{\"lambda0\": 1e-3}'")

@@ -91,19 +91,20 @@ def test_every_surrogate_keeps_hard_rows_exact(milady, accelerated_run):
     assert stats.surrogate_hard_residual_max <= 1e-9
     # independent: energies per atom of the hard set with each surrogate vs Θ_i, computed
     # through LAMMPS pair_style snap (not the descriptor rows the solver used)
+    space = milady.to_quadratic()  # the default surrogate space: Θ_i embedded
+    assert stats.surrogate_thetas[0].size == space.theta.size
     hard = default_hard_set(milady)[::7]
-    rows = energy_rows(hard, milady)
-    base = rows @ milady.theta
-    ref_calc = milady.calculator()
+    rows = energy_rows(hard, space)
+    base = rows @ space.theta
     for theta in stats.surrogate_thetas:
         np.testing.assert_allclose(rows @ theta, base, rtol=0, atol=1e-9)
-        sur_calc = milady.with_theta(theta).calculator()
+        sur_calc = space.with_theta(theta).calculator()
         for cell, e_row in zip(hard[:2], base[:2]):
             a = cell.copy()
             a.calc = sur_calc
             assert abs(a.get_potential_energy() / len(a) - e_row) < 1e-9
     # ...while the surrogates really differ from Θ_i where it matters (the QM forces)
-    assert max(np.abs(t - milady.theta).max() for t in stats.surrogate_thetas) > 1e-6
+    assert max(np.abs(t - space.theta).max() for t in stats.surrogate_thetas) > 1e-6
 
 
 def test_secant_fit_sees_force_changes_only(milady):
@@ -136,6 +137,49 @@ def test_secant_fit_sees_force_changes_only(milady):
     one = _ForceDifferences(1, milady.theta.size)
     one.add([rows], [(rows @ theta_star).reshape(-1, 3)], positions)
     assert not one.normal_equations(anchor=0)[0].any()
+
+
+def test_linear_term_makes_surrogate_exact_at_every_geometry(milady):
+    """QM forces that no SNAP Θ reproduces (Θ*'s plus a smooth non-SNAP field): with the
+    Δ offset and the multisecant term, the surrogate of ANY Θ equals them at every stored
+    geometry, and the term vanishes at the anchor and for directions no step explored."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(11)
+    base = bulk("W", "bcc", a=MILADY["a0"], cubic=True).repeat(3)
+    mask = np.zeros(len(base), bool)
+    mask[:4] = True
+    cluster = np.zeros(len(base), bool)
+    cluster[:20] = True
+    theta_star = milady.theta * (1 + 0.05 * rng.standard_normal(milady.theta.size))
+    data = _ForceDifferences(1, milady.theta.size)
+    truth = []
+    for _ in range(5):
+        a = base.copy()
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        rows = compute_descriptors(a, milady, force_mask=mask).forces
+        forces = (rows @ theta_star).reshape(-1, 3) + np.sin(a.positions[mask] * 3.0)
+        truth.append((a.positions, rows, forces))
+        data.add([rows], forces[None], a.positions[None])
+    anchor = 1
+    x0, rows0, f0 = truth[anchor]
+    offset = f0 - (rows0 @ milady.theta).reshape(-1, 3)
+    term = data.linear_term(anchor, 0, milady.theta, cluster)
+    assert term[2].shape == (4, 3 * 20)  # four secants (the anchor adds none)
+    sur = SurrogateMixing(mask, milady.calculator(), milady, reach=10.0)
+    sur.secant = term
+    for x, rows, forces in truth:
+        model = (rows @ milady.theta).reshape(-1, 3) + offset + sur.linear_term(x)
+        np.testing.assert_allclose(model, forces, rtol=0, atol=1e-9)
+    assert np.abs(sur.linear_term(x0)).max() < 1e-12
+    # a move orthogonal to every secant (or of atoms outside the cluster) gets no term
+    steps = np.array([(x - x0)[cluster].ravel() for x, _, _ in truth])
+    probe = rng.standard_normal(steps.shape[1])
+    probe -= steps.T @ np.linalg.lstsq(steps.T, probe, rcond=None)[0]
+    moved = x0.copy()
+    moved[cluster] += probe.reshape(-1, 3) * 0.01
+    moved[~cluster] += 0.1
+    assert np.abs(sur.linear_term(moved)).max() < 1e-9
 
 
 def test_delta_corrected_surrogate_equals_true_forces_at_anchor(start, milady, tmp_path):

@@ -16,6 +16,10 @@ loop (one QM call per image per outer step):
    the surrogate reproduces the true QM/ML forces exactly at x_k, so a QM/ML stationary
    point is a surrogate stationary point), all other atoms get Θ_i forces exactly as in the
    real QM/ML calculator, with the same zero-mean correction as ASE ``ForceQMMM``;
+   plus a linear term J·d on the QM atoms (d: displacement of the QM cluster's atoms from
+   x_k), J the least-norm matrix that makes the surrogate equal the true QM forces at
+   EVERY QM-called geometry (a multisecant Broyden update on top of the physical model:
+   what the constrained SNAP cannot fit of the secants, J carries);
 4. relax the surrogate (cheap: two SNAP evaluations per step) to ``inner_fmax_ratio``·fmax,
    but never further than the trust radius r (max atomic displacement from x_k);
 5. call QM at the new point x_{k+1}.  Prediction error e = max |F_sur(x_{k+1}) − F_true|.
@@ -65,9 +69,10 @@ from qmml.qmmm import (RunStats, apply_fix_mask, make_force_qmmm, max_force,
 
 @dataclass
 class AcceleratedSettings:
-    """Knobs of the accelerated optimiser (defaults measured on the stand-in screw)."""
+    """Knobs of the accelerated optimiser (defaults: fewest QM calls measured on stand-in and
+    tblite screw and edge cores, benchmarks/README.md)."""
 
-    space: str = "linear"            # surrogate descriptor space: linear | quadratic
+    space: str = "quadratic"         # surrogate descriptor space: linear | quadratic
     lambda0: float = 1e-4            # Tikhonov weight towards Θ_i (per unit GᵀG scale)
     trust_radius: float = 0.3        # Å: initial max atomic displacement per outer step
     trust_min: float = 0.01
@@ -76,6 +81,7 @@ class AcceleratedSettings:
     inner_fmax_ratio: float = 0.2    # surrogate relaxed to this fraction of fmax
     inner_steps: int = 3000
     delta_correction: bool = True
+    secant_correction: bool = True   # linear residual term: surrogate = truth at every secant
     fallback_after: int = 2          # consecutive rejected steps before plain steps
     fallback_steps: int = 3          # plain FIRE steps on true forces per fallback
 
@@ -155,6 +161,7 @@ class SurrogateMixing(Calculator):
         self.ml_calc, self.potential, self.reach = ml_calc, potential, reach
         self.zero_mean = zero_mean
         self.offset = np.zeros((int(self.qm_mask.sum()), 3))
+        self.secant = None  # (cluster mask, anchor cluster positions, M, Y): see linear_term
         self._cluster = None  # (atom indices, cluster Atoms with calculator, QM rows)
 
     def set_potential(self, potential: SNAPPotential) -> None:
@@ -181,11 +188,21 @@ class SurrogateMixing(Calculator):
         cluster.positions = atoms.positions[index]
         return np.array(cluster.get_forces())[qm_rows]
 
+    def linear_term(self, positions: np.ndarray) -> np.ndarray | float:
+        """QM-atom force correction J·d, d = displacement of the QM cluster's atoms from
+        the anchor, J the least-norm matrix with J·s_g = y_g for every stored secant."""
+        if self.secant is None:
+            return 0.0
+        cluster, anchor, m, y = self.secant
+        d = (positions[cluster] - anchor).ravel()
+        return ((m @ d) @ y).reshape(-1, 3)
+
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         forces = np.array(self.ml_calc.get_forces(atoms))
-        forces[self.qm_mask] = self.raw_surrogate_qm_forces(atoms) + self.offset
+        forces[self.qm_mask] = (self.raw_surrogate_qm_forces(atoms) + self.offset
+                                + self.linear_term(atoms.positions))
         if self.zero_mean:  # exactly what ForceQMMM does to the true forces
             forces -= forces.mean(axis=0)
         self.results["forces"] = forces
@@ -277,8 +294,11 @@ class _System:
                                             source="QM/ML geometry").forces)
         return rows
 
-    def set_surrogate(self, theta: np.ndarray, anchor: _Evaluation, delta: bool) -> None:
-        """New surrogate coefficients; offsets δ so the surrogate = truth at ``anchor``."""
+    def set_surrogate(self, theta: np.ndarray, anchor: _Evaluation, delta: bool,
+                      secants: "_ForceDifferences | None" = None, anchor_index: int = 0
+                      ) -> None:
+        """New surrogate coefficients; offsets δ so the surrogate = truth at ``anchor``;
+        with ``secants``, the linear term that makes it the truth at every geometry."""
         pot = self.space.with_theta(theta)
         self.set_positions(anchor.positions, "sur")
         for n, j in enumerate(self.moving):
@@ -288,6 +308,10 @@ class _System:
             if delta:
                 calc.offset = anchor.qm_forces[n] - calc.raw_surrogate_qm_forces(
                     self.sur_images[j])
+            calc.secant = None
+            if secants is not None:
+                cluster = self.images[j].calc.qm_buffer_mask
+                calc.secant = secants.linear_term(anchor_index, n, theta, cluster)
             calc.reset()
 
     def surrogate_forces(self) -> np.ndarray:
@@ -347,6 +371,28 @@ class _ForceDifferences:
             self.rows[j].append(rows)
             self.forces[j].append(np.asarray(f, float).ravel())
         self.positions.append(np.asarray(positions, float))
+
+    def linear_term(self, anchor: int, image: int, theta: np.ndarray, cluster: np.ndarray
+                    ) -> tuple | None:
+        """Least-norm linear map J of cluster displacements s_g (from the anchor) onto the
+        QM-atom force changes y_g that the surrogate Θ misses (a multisecant Broyden
+        update on top of the physical model): J = Y^T (S S^T)^+ S, stored as
+        (cluster, anchor cluster positions, (S S^T)^+ S, Y).  None without a secant."""
+        x0 = self.positions[anchor][image]
+        s, y = [], []
+        for g in range(len(self.positions)):
+            step = (self.positions[g][image] - x0)[cluster].ravel()
+            if np.linalg.norm(step) < 1e-8:
+                continue
+            df = self.forces[image][g] - self.forces[image][anchor]
+            dsur = (self.rows[image][g] - self.rows[image][anchor]) @ theta
+            s.append(step)
+            y.append(df - dsur)
+        if not s:
+            return None
+        s, y = np.array(s), np.array(y)
+        m = np.linalg.pinv(s @ s.T, rcond=1e-10, hermitian=True) @ s
+        return cluster, x0[cluster].copy(), m, y
 
     def normal_equations(self, anchor: int) -> tuple[np.ndarray, np.ndarray]:
         gtg, gtf = np.zeros((self.k, self.k)), np.zeros(self.k)
@@ -466,7 +512,8 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
             stats.seconds_fit += time.perf_counter() - t
             stats.surrogate_hard_residuals.append(residual)
             stats.surrogate_thetas.append(theta)
-            system.set_surrogate(theta, anchor, settings.delta_correction)
+            system.set_surrogate(theta, anchor, settings.delta_correction,
+                                 data if settings.secant_correction else None, current)
             # ---- relax the surrogate inside the trust radius -----------------------------
             x_new, n_inner, hit = system.relax_surrogate(
                 anchor.positions, trust, settings.inner_fmax_ratio * fmax,

@@ -37,7 +37,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="accelerated only: hard-constraint extxyz files kept exact by "
                         "every surrogate (default: a small strain set of the potential, "
                         "generated in process)")
-    parser.add_argument("--surrogate-space", default="linear", choices=["linear", "quadratic"],
+    parser.add_argument("--surrogate-space", default="quadratic",
+                        choices=["linear", "quadratic"],
                         help="accelerated only: descriptor space of the surrogate")
     parser.add_argument("--buffer", type=float, default=8.0, help="buffer width in Å")
     parser.add_argument("--vacuum", type=float, default=5.0, help="vacuum around the QM cluster")
