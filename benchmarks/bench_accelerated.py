@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--log", action="store_true", help="print the accelerated outer steps")
     ap.add_argument("--settings", default="{}",
                     help="JSON of AcceleratedSettings fields, e.g. '{\"lambda0\": 1e-3}'")
+    ap.add_argument("--save", metavar="DIR",
+                    help="write each optimizer's end point as DIR/<optimizer>.xyz (compare "
+                    "end points across runs)")
     ap.add_argument("--neb", type=int, default=0, metavar="N",
                     help="glide NEB with N images (end points included) instead of a relaxation")
     args = ap.parse_args()
@@ -91,6 +94,13 @@ def main() -> None:
                 continue
             wall = time.perf_counter() - t0
         rows[name] = (st, atoms.positions.copy())
+        if args.save:
+            from pathlib import Path
+
+            from ase.io import write
+
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+            write(f"{args.save}/{name}.xyz", atoms, format="extxyz")
         extra = ""
         if name == "accelerated":
             extra = (f" (rejected {st.rejected_steps}, fallback {st.fallback_steps}, "

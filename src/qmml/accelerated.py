@@ -76,7 +76,7 @@ class AcceleratedSettings:
     lambda0: float = 1e-4            # Tikhonov weight towards Θ_i (per unit GᵀG scale)
     trust_radius: float = 0.3        # Å: initial max atomic displacement per outer step
     trust_min: float = 0.01
-    trust_max: float = 1.0
+    trust_max: float = 0.3           # 1 Å let an edge core jump to another minimum
     inner_optimizer: str = "LBFGS"   # FIRE | LBFGS (measured: LBFGS ~3x fewer steps)
     inner_fmax_ratio: float = 0.2    # surrogate relaxed to this fraction of fmax
     inner_steps: int = 3000
