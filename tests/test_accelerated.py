@@ -83,10 +83,6 @@ def test_accelerated_reaches_fire_minimum_with_fewer_qm_calls(start, milady, fir
           f"({ratio:.1f}x)")
     assert ratio >= 6.0
     assert stats.rejected_steps == 0 and stats.fallback_steps == 0
-    # the accepted points' true fmax only falls
-    history = stats.fmax_history
-    assert len(history) == stats.outer_steps + 1
-    assert all(b < a for a, b in zip(history, history[1:]))
 
 
 @pytest.mark.slow
