@@ -23,9 +23,9 @@ loop (one QM call per image per outer step):
 4. relax the surrogate (cheap: two SNAP evaluations per step) to ``inner_fmax_ratio``·fmax,
    but never further than the trust radius r (max atomic displacement from x_k);
 5. call QM at the new point x_{k+1}.  Prediction error e = max |F_sur(x_{k+1}) − F_true|.
-   Accept x_{k+1} if its true fmax dropped (so the accepted points' true fmax only ever
-   falls); otherwise reject (stay at x_k; the new point still joins the training data)
-   and shrink r.  Grow r after a good step that hit r.  After
+   Accept x_{k+1} if its true fmax dropped or e < fmax_true(x_k) (the surrogate predicted
+   better than "nothing changes"); otherwise reject (stay at x_k; the new point still
+   joins the training data) and shrink r.  Grow r after a good step that hit r.  After
    ``fallback_after`` consecutive rejections, ``fallback_steps`` plain FIRE steps on the
    true QM/ML forces are taken (each one a QM call, all of them training data).
 
@@ -536,7 +536,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
         error = float(np.sqrt(((predicted - ev.forces)[:, free] ** 2).sum(axis=2)).max())
         stats.prediction_errors.append(error)
         step = float(np.sqrt(((ev.positions - anchor.positions) ** 2).sum(axis=2)).max())
-        accept = ev.fmax < anchor.fmax
+        accept = ev.fmax < anchor.fmax or error < anchor.fmax
         if accept:
             current = len(evals) - 1
             rejects = 0
