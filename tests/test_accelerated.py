@@ -16,7 +16,7 @@ from ase.io import read, write
 from conftest import MILADY
 from qmml.accelerated import (AcceleratedSettings, SurrogateMixing, _ForceDifferences,
                               default_hard_set, relax_accelerated)
-from qmml.descriptors import compute_descriptors, energy_rows
+from qmml.descriptors import DescriptorCache, compute_descriptors, energy_rows
 from qmml.engines import engine_settings_hash
 from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
 from qmml.qmmm import make_force_qmmm, relax
@@ -233,6 +233,32 @@ def test_delta_corrected_surrogate_equals_true_forces_at_anchor(start, milady, t
     whole.calc = milady.with_theta(theta).calculator()
     np.testing.assert_allclose(sur.raw_surrogate_qm_forces(probe),
                                whole.get_forces()[qm_mask], rtol=0, atol=1e-10)
+
+
+def test_hard_rows_come_from_the_descriptor_cache(start, milady, tmp_path):
+    """A relaxation stores its hard rows in the descriptor cache; the next one (or the
+    pipeline's retraining, same frames and space) reads them, and gets the same path."""
+    hard = default_hard_set(milady)[::3]
+    runs = []
+    for _ in range(2):
+        cache = DescriptorCache(tmp_path / "descriptors")
+        messages = []
+        stats = relax_accelerated(start.copy(), cached(tmp_path / "qm"), milady, BUFFER,
+                                  fmax=0.05, hard=hard, descriptor_cache=cache,
+                                  log=messages.append)
+        runs.append((cache, stats, messages))
+    (first, s1, m1), (second, s2, m2) = runs
+    assert first.computed == ["hard set"] and first.read == []
+    assert second.read == ["hard set"] and second.computed == []
+    assert any("hard rows computed into the descriptor cache" in m for m in m1)
+    assert any("hard rows read from the descriptor cache" in m for m in m2)
+    assert s2.n_qm_real_calls == 0 and s1.converged and s2.converged
+    for a, b in zip(s1.surrogate_thetas, s2.surrogate_thetas, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the stored rows are the rows of those frames in the surrogate (quadratic) space
+    stored = energy_rows(hard, milady.to_quadratic(), cache=DescriptorCache(tmp_path /
+                                                                            "descriptors"))
+    np.testing.assert_array_equal(stored, energy_rows(hard, milady.to_quadratic()))
 
 
 def test_resume_from_checkpoint_repeats_no_qm_call(start, milady, accelerated_run):

@@ -180,9 +180,10 @@ def test_reference_neb_glide_barrier_by_virtual_work(milady, tmp_path):
     assert [str(r) for r in images[2].arrays["region"]] == list(ini.arrays["region"])
 
 
-def test_cli_unconverged_exit_code_and_flag(tmp_path):
+def test_cli_unconverged_exit_code_and_flag(tmp_path, capsys):
     """Out of steps: exit 1 by default; --allow-unconverged writes the output, exit 0,
-    and the frame says converged=False (the pipeline's laptop setting)."""
+    and the frame says converged=False (the pipeline's laptop setting).  Options of the
+    accelerated optimiser given to another one are one-line errors."""
     from ase.io import read
 
     from qmml import potential_path
@@ -200,3 +201,10 @@ def test_cli_unconverged_exit_code_and_flag(tmp_path):
     frame = read(tmp_path / "b.xyz")
     assert frame.info["converged"] is False or frame.info["converged"] == "False"
     assert frame.info["fmax"] > frame.info["fmax_target"]
+    capsys.readouterr()
+    assert main(common + ["--output", str(tmp_path / "c.xyz"),
+                          "--descriptor-cache", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("qmml relax: error: --descriptor-cache is only used with --optimizer "
+                   "accelerated")
+    assert not (tmp_path / "c.xyz").exists()

@@ -171,7 +171,15 @@ def test_end_to_end_accelerated_optimizer(tmp_path):
         assert frame.info["n_qm_real_calls"] <= 16, (path, frame.info["n_qm_real_calls"])
         free = ~frame.arrays["fix_mask"]
         assert np.linalg.norm(frame.get_forces()[free], axis=1).max() <= 0.02
+    # their hard rows went through the descriptor cache the retraining uses
+    logs = [res / "logs" / "iter_0" / "qmml_relax_screw_initial.log",
+            *(res / "logs" / "iter_1").glob("qmml_3d_defect_*.log")]
+    assert len(logs) == 3
+    for log in logs:
+        text = log.read_text()
+        assert "hard rows" in text and "the descriptor cache" in text, log
     report = json.loads((res / "iter_1" / "retrain.json").read_text())
     assert report["hard_residual_max"] <= 1e-9 and report["n_target_frames"] == 1
+    assert "hard set" in report["descriptor_cache"]["read"]
     table = pd.read_csv(res / "iter_1" / "binding.csv")
     assert len(table) == 2 and np.isfinite(table["E_b_qmml"]).all()

@@ -59,7 +59,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from qmml import QmmlError
 from qmml.io import read_checkpoint, write_pickle
-from qmml.descriptors import compute_descriptors, energy_rows
+from qmml.descriptors import DescriptorCache, compute_descriptors, energy_rows
 from qmml.fitting import solve_constrained
 from qmml.potential import SNAPPotential
 from qmml.qmcache import CachedQMCalculator
@@ -417,7 +417,8 @@ def _save(path: Path | None, state: dict) -> None:
 # ---- the outer loop -------------------------------------------------------------------
 def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_steps: int,
          settings: AcceleratedSettings, checkpoint: Path | None, fingerprint: str,
-         log: Callable[[str], None] | None) -> AcceleratedStats:
+         log: Callable[[str], None] | None,
+         descriptor_cache: DescriptorCache | None = None) -> AcceleratedStats:
     settings.check()
     qm = system.qm
     stats = AcceleratedStats("accelerated", fmax)
@@ -425,7 +426,13 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
 
     t0 = time.perf_counter()
     hard_configs = list(hard) if hard else default_hard_set(system.potential)
-    hard_rows = energy_rows(hard_configs, system.space)
+    # the pipeline's constraint_descriptors job caches these very rows (same frames, same
+    # order, same descriptor space) for the retraining: read them instead of recomputing
+    hard_rows = energy_rows(hard_configs, system.space, cache=descriptor_cache)
+    if descriptor_cache is not None and log:
+        how = "read from" if descriptor_cache.read else "computed into"
+        log(f"accelerated: {len(hard_rows)} hard rows {how} the descriptor cache "
+            f"{descriptor_cache.folder}")
     k = system.theta_i.size
     data = _ForceDifferences(len(system.moving), k)
     stats.seconds_fit += time.perf_counter() - t0
@@ -575,13 +582,14 @@ def relax_accelerated(atoms: Atoms, qm: CachedQMCalculator, potential: SNAPPoten
                       settings: AcceleratedSettings | None = None,
                       checkpoint: str | Path | None = None, vacuum: float = 5.0,
                       log: Callable[[str], None] | None = print,
-                      fingerprint_extra=()) -> AcceleratedStats:
+                      fingerprint_extra=(),
+                      descriptor_cache: DescriptorCache | None = None) -> AcceleratedStats:
     """Relax ``atoms`` in place with the accelerated QM/ML optimiser (module docstring).
 
     ``potential`` is the iteration's Θ_i (ML forces outside QM, Tikhonov centre, descriptor
     space); ``steps`` bounds the outer steps; ``hard`` the hard configurations (default:
     :func:`default_hard_set`).  On return ``atoms.calc`` is the true ForceQMMM at the
-    accepted geometry.
+    accepted geometry.  ``descriptor_cache``: where the hard rows are looked up first.
     """
     settings = settings or AcceleratedSettings()
     settings.check()
@@ -591,7 +599,7 @@ def relax_accelerated(atoms: Atoms, qm: CachedQMCalculator, potential: SNAPPoten
                                   qm.cache.settings_hash, repr(settings),
                                   _hard_id(hard), *fingerprint_extra)
     return _run(system, hard, fmax, steps, settings,
-                Path(checkpoint) if checkpoint else None, fingerprint, log)
+                Path(checkpoint) if checkpoint else None, fingerprint, log, descriptor_cache)
 
 
 def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAPPotential,
@@ -599,7 +607,8 @@ def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAP
                     hard: Sequence[Atoms] | None = None,
                     settings: AcceleratedSettings | None = None,
                     checkpoint: str | Path | None = None, vacuum: float = 5.0,
-                    log: Callable[[str], None] | None = print, fingerprint_extra=()
+                    log: Callable[[str], None] | None = print, fingerprint_extra=(),
+                    descriptor_cache: DescriptorCache | None = None
                     ) -> tuple[AcceleratedStats, "object"]:
     """Accelerated NEB: the surrogate NEB is converged, then QM on all interior images.
 
@@ -614,7 +623,7 @@ def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAP
                                   qm.cache.settings_hash, repr(settings), _hard_id(hard),
                                   *fingerprint_extra)
     stats = _run(system, hard, fmax, steps, settings,
-                 Path(checkpoint) if checkpoint else None, fingerprint, log)
+                 Path(checkpoint) if checkpoint else None, fingerprint, log, descriptor_cache)
     return stats, system.true_target
 
 

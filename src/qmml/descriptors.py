@@ -222,16 +222,18 @@ def _rows_to_ase(rows: np.ndarray, prism) -> np.ndarray:
 
 
 def energy_rows(structures: Iterable[Atoms], potential: SNAPPotential,
-                source: str = "hard set", workers: int = 1) -> np.ndarray:
+                source: str = "hard set", workers: int = 1,
+                cache: "DescriptorCache | None" = None) -> np.ndarray:
     """Per-atom mean descriptor of each configuration: row·Θ = energy per atom.
 
-    ``workers`` > 1 spreads the configurations over that many processes.
+    ``workers`` > 1 spreads the configurations over that many processes; with ``cache``
+    the rows of a set computed before (same frames, same order) are read instead.
     """
     structures = list(structures)
     if not structures:
         raise QmmlError(f"{source}: no configurations")
     return descriptor_sums(potential, energy_sets=[structures], energy_sources=[source],
-                           workers=workers)[1][0]
+                           workers=workers, cache=cache)[1][0]
 
 
 @dataclass

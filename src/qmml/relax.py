@@ -37,6 +37,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="accelerated only: hard-constraint extxyz files kept exact by "
                         "every surrogate (default: a small strain set of the potential, "
                         "generated in process)")
+    parser.add_argument("--descriptor-cache", metavar="DIR", default=None,
+                        help="accelerated only: folder of cached descriptor sums (as "
+                        "`qmml retrain --descriptor-cache`); the hard rows are read from it "
+                        "when present, else computed and stored")
     parser.add_argument("--surrogate-space", default="quadratic",
                         choices=["linear", "quadratic"],
                         help="accelerated only: descriptor space of the surrogate")
@@ -114,14 +118,18 @@ def _setup(args: argparse.Namespace):
 def _accelerated_options(args: argparse.Namespace) -> dict:
     """hard set + settings for ``--optimizer accelerated`` (empty dict otherwise)."""
     if args.optimizer != "accelerated":
-        if args.hard:
-            raise QmmlError("--hard is only used with --optimizer accelerated")
+        for flag, value in (("--hard", args.hard), ("--descriptor-cache", args.descriptor_cache)):
+            if value:
+                raise QmmlError(f"{flag} is only used with --optimizer accelerated")
         return {}
     from qmml.accelerated import AcceleratedSettings
+    from qmml.descriptors import DescriptorCache
     from qmml.io import read_frames
 
     hard = [a for path in args.hard for a in read_frames(path)] if args.hard else None
-    return {"hard": hard, "accelerated": AcceleratedSettings(space=args.surrogate_space)}
+    return {"hard": hard, "accelerated": AcceleratedSettings(space=args.surrogate_space),
+            "descriptor_cache": DescriptorCache(args.descriptor_cache)
+            if args.descriptor_cache else None}
 
 
 def run(args: argparse.Namespace) -> int:

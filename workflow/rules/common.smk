@@ -90,7 +90,11 @@ def accelerated_hard_sets(w):
 
 
 def hard_flag(wildcards, input):
-    return f"--hard {' '.join(input.hard)}" if input.hard else ""
+    """Hard sets of the accelerated optimiser; their rows are read from the descriptor cache
+    when constraint_descriptors (or another relaxation) has already computed them."""
+    if not input.hard:
+        return ""
+    return f"--hard {' '.join(input.hard)} --descriptor-cache {DESCRIPTOR_CACHE}"
 
 
 # `qmml relax/neb` exit 1 when max_steps run out before fmax, unless told to go on
