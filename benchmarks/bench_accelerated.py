@@ -22,8 +22,10 @@ import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+from ase.io import write
 
 from qmml import potential_path
 from qmml.accelerated import AcceleratedSettings, relax_accelerated
@@ -50,7 +52,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="max optimiser (outer) steps")
     ap.add_argument("--optimizers", nargs="+",
                     default=["accelerated", "FIRE", "LBFGS", "ODE12r"])
-    ap.add_argument("--space", default="quadratic", choices=["linear", "quadratic"])
+    ap.add_argument("--space", choices=["linear", "quadratic"],
+                    help="surrogate space (default: AcceleratedSettings')")
     ap.add_argument("--log", action="store_true", help="print the accelerated outer steps")
     ap.add_argument("--settings", default="{}",
                     help="JSON of AcceleratedSettings fields, e.g. '{\"lambda0\": 1e-3}'")
@@ -72,6 +75,8 @@ def main() -> None:
           f"QM engine: {engine_label(cfg)}, buffer {args.buffer} Å, fmax {args.fmax} eV/Å\n")
     print("| optimizer | converged (fmax) | QM calls | outer steps | wall s | QM s |")
     print("|---|---|---|---|---|---|")
+    settings = AcceleratedSettings(**json.loads(args.settings),
+                                   **({"space": args.space} if args.space else {}))
     rows = {}
     for name in args.optimizers:
         atoms = start.copy()
@@ -83,8 +88,7 @@ def main() -> None:
                     st = relax_accelerated(atoms, qm, pot, args.buffer, fmax=args.fmax,
                                            steps=args.steps,
                                            log=print if args.log else None,
-                                           settings=AcceleratedSettings(
-                                               space=args.space, **json.loads(args.settings)))
+                                           settings=settings)
                 else:
                     st = relax(atoms, qm, pot.calculator(), args.buffer, optimizer=name,
                                fmax=args.fmax, steps=args.steps, log=None)
@@ -95,10 +99,6 @@ def main() -> None:
             wall = time.perf_counter() - t0
         rows[name] = (st, atoms.positions.copy())
         if args.save:
-            from pathlib import Path
-
-            from ase.io import write
-
             Path(args.save).mkdir(parents=True, exist_ok=True)
             write(f"{args.save}/{name}.xyz", atoms, format="extxyz")
         extra = ""

@@ -372,39 +372,41 @@ class _ForceDifferences:
             self.forces[j].append(np.asarray(f, float).ravel())
         self.positions.append(np.asarray(positions, float))
 
+    def secants(self, anchor: int):
+        """(image, displacement from the anchor, its norm, row change, force change) of every
+        stored geometry that differs from the anchor, geometry by geometry."""
+        for g, x in enumerate(self.positions):
+            for j in range(len(self.rows)):
+                displacement = x[j] - self.positions[anchor][j]
+                step = float(np.linalg.norm(displacement))
+                if step < 1e-8:  # the anchor itself (or a repeat of it)
+                    continue
+                yield (j, displacement, step, self.rows[j][g] - self.rows[j][anchor],
+                       self.forces[j][g] - self.forces[j][anchor])
+
     def linear_term(self, anchor: int, image: int, theta: np.ndarray, cluster: np.ndarray
                     ) -> tuple | None:
         """Least-norm linear map J of cluster displacements s_g (from the anchor) onto the
         QM-atom force changes y_g that the surrogate Θ misses (a multisecant Broyden
         update on top of the physical model): J = Y^T (S S^T)^+ S, stored as
         (cluster, anchor cluster positions, (S S^T)^+ S, Y).  None without a secant."""
-        x0 = self.positions[anchor][image]
         s, y = [], []
-        for g in range(len(self.positions)):
-            step = (self.positions[g][image] - x0)[cluster].ravel()
-            if np.linalg.norm(step) < 1e-8:
-                continue
-            df = self.forces[image][g] - self.forces[image][anchor]
-            dsur = (self.rows[image][g] - self.rows[image][anchor]) @ theta
-            s.append(step)
-            y.append(df - dsur)
+        for j, displacement, _, d_rows, d_forces in self.secants(anchor):
+            if j == image:
+                s.append(displacement[cluster].ravel())
+                y.append(d_forces - d_rows @ theta)
         if not s:
             return None
         s, y = np.array(s), np.array(y)
         m = np.linalg.pinv(s @ s.T, rcond=1e-10, hermitian=True) @ s
-        return cluster, x0[cluster].copy(), m, y
+        return cluster, self.positions[anchor][image][cluster].copy(), m, y
 
     def normal_equations(self, anchor: int) -> tuple[np.ndarray, np.ndarray]:
         gtg, gtf = np.zeros((self.k, self.k)), np.zeros(self.k)
-        for g, x in enumerate(self.positions):
-            for j in range(len(self.rows)):
-                step = float(np.linalg.norm(x[j] - self.positions[anchor][j]))
-                if step < 1e-8:  # the anchor itself (or a repeat of it)
-                    continue
-                d = (self.rows[j][g] - self.rows[j][anchor]) / step
-                f = (self.forces[j][g] - self.forces[j][anchor]) / step
-                gtg += d.T @ d
-                gtf += d.T @ f
+        for _, _, step, d_rows, d_forces in self.secants(anchor):
+            d = d_rows / step
+            gtg += d.T @ d
+            gtf += d.T @ (d_forces / step)
         return gtg, gtf
 
 
@@ -428,9 +430,10 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
     hard_configs = list(hard) if hard else default_hard_set(system.potential)
     # the pipeline's constraint_descriptors job caches these very rows (same frames, same
     # order, same descriptor space) for the retraining: read them instead of recomputing
+    n_read = len(descriptor_cache.read) if descriptor_cache is not None else 0
     hard_rows = energy_rows(hard_configs, system.space, cache=descriptor_cache)
     if descriptor_cache is not None and log:
-        how = "read from" if descriptor_cache.read else "computed into"
+        how = "read from" if len(descriptor_cache.read) > n_read else "computed into"
         log(f"accelerated: {len(hard_rows)} hard rows {how} the descriptor cache "
             f"{descriptor_cache.folder}")
     k = system.theta_i.size

@@ -41,9 +41,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="accelerated only: folder of cached descriptor sums (as "
                         "`qmml retrain --descriptor-cache`); the hard rows are read from it "
                         "when present, else computed and stored")
-    parser.add_argument("--surrogate-space", default="quadratic",
-                        choices=["linear", "quadratic"],
-                        help="accelerated only: descriptor space of the surrogate")
+    parser.add_argument("--surrogate-space", choices=["linear", "quadratic"],
+                        help="accelerated only: descriptor space of the surrogate "
+                        "(default: AcceleratedSettings.space, quadratic)")
     parser.add_argument("--buffer", type=float, default=8.0, help="buffer width in Å")
     parser.add_argument("--vacuum", type=float, default=5.0, help="vacuum around the QM cluster")
     parser.add_argument("--steps", type=int, default=1000, help="maximum optimiser steps")
@@ -127,7 +127,8 @@ def _accelerated_options(args: argparse.Namespace) -> dict:
     from qmml.io import read_frames
 
     hard = [a for path in args.hard for a in read_frames(path)] if args.hard else None
-    return {"hard": hard, "accelerated": AcceleratedSettings(space=args.surrogate_space),
+    space = {"space": args.surrogate_space} if args.surrogate_space else {}
+    return {"hard": hard, "accelerated": AcceleratedSettings(**space),
             "descriptor_cache": DescriptorCache(args.descriptor_cache)
             if args.descriptor_cache else None}
 
