@@ -38,7 +38,14 @@ def _close(a, b, rtol=1e-10):
     assert np.abs(a - b).max(initial=0.0) <= rtol * scale
 
 
-def test_per_atom_path_equals_compute_snap_periodic(quadratic):
+@pytest.mark.parametrize("run_atoms", [None, 150])
+def test_per_atom_path_equals_compute_snap_periodic(quadratic, run_atoms, monkeypatch):
+    """Triclinic periodic cell: rows from open clusters with explicit periodic images (with
+    at most 150 atoms per LAMMPS run: several clusters) equal compute snap's."""
+    import qmml.descriptors as descriptors
+
+    if run_atoms:
+        monkeypatch.setattr(descriptors, "_RUN_ATOMS", run_atoms)
     atoms = _sheared_cell()
     mask = np.arange(len(atoms)) % 3 == 0
     fast = compute_descriptors(atoms, quadratic, force_mask=mask)
@@ -58,9 +65,19 @@ def test_per_atom_path_equals_compute_snap_periodic(quadratic):
     _close(only.energy, ref.energy)
 
 
-def test_per_atom_path_open_cylinder_with_fixed_shell(quadratic):
+@pytest.mark.parametrize("run_atoms", [None, 300])
+def test_per_atom_path_open_cylinder_with_fixed_shell(quadratic, run_atoms, monkeypatch):
     """Open boundaries, one-Burgers-vector periodic line, rows only for free atoms: the
-    central-atom restriction must keep every atom within the cutoff of a free atom."""
+    central-atom restriction must keep every atom within the cutoff of a free atom.  With
+    at most 300 atoms per LAMMPS run the rows are summed from several open clusters."""
+    import qmml.descriptors as descriptors
+
+    runs = []
+    if run_atoms:
+        monkeypatch.setattr(descriptors, "_RUN_ATOMS", run_atoms)
+        real_system = descriptors.lammps_system
+        monkeypatch.setattr(descriptors, "lammps_system",
+                            lambda atoms, el: runs.append(len(atoms)) or real_system(atoms, el))
     atoms = dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
                                  MILADY["C44"], radius=18, fixed_width=6)
     atoms.rattle(0.02, seed=4)
@@ -69,12 +86,20 @@ def test_per_atom_path_open_cylinder_with_fixed_shell(quadratic):
     fast = compute_descriptors(atoms, quadratic, force_mask=free, energy=False)
     ref = _compute_snap_descriptors(atoms, quadratic, force_mask=free)
     assert fast.energy is None
+    if run_atoms:
+        assert len(runs) >= 3 and max(runs) < 2 * run_atoms  # several bounded clusters
     _close(fast.forces, ref.forces)
     atoms.calc = quadratic.calculator()
     assert np.abs(fast.forces @ quadratic.theta - atoms.get_forces()[free].ravel()).max() < 1e-8
 
 
-def test_parallel_sums_equal_serial_compute_snap(quadratic):
+def test_parallel_sums_equal_serial_compute_snap(quadratic, monkeypatch):
+    import qmml.descriptors as descriptors
+
+    split = []
+    real_split = descriptors._split_force_job
+    monkeypatch.setattr(descriptors, "_split_force_job",
+                        lambda job, parts: split.append(job[3][0]) or real_split(job, parts))
     frames = []
     for seed in range(4):
         a = bulk("W", "bcc", MILADY["a0"], cubic=True) * (2 + seed % 2, 2, 2)
@@ -93,12 +118,14 @@ def test_parallel_sums_equal_serial_compute_snap(quadratic):
     ref_energy = np.array([_compute_snap_descriptors(a, quadratic, forces=False).energy / len(a)
                            for a in frames])
     try:
+        # five force frames on two workers: the last large one is split in two parts
         runs = [descriptor_sums(
-            quadratic, [ForceSet(frames, masks, targets, keeps), ForceSet(frames[:2])],
+            quadratic, [ForceSet(frames, masks, targets, keeps), ForceSet(frames[1:2])],
             [frames], workers=2) for _ in range(2)]
     finally:
         close_workers()
     (sums, soft), (hard,) = runs[0]
+    assert split == [(2, 0), (2, 0)]  # frame 2 of the first set, in both runs
     # same inputs, same bits: sums are added in job order, not completion order
     np.testing.assert_array_equal(runs[1][0][0].normal.gtg, sums.normal.gtg)
     np.testing.assert_array_equal(runs[1][0][0].normal.gtf, sums.normal.gtf)
@@ -109,7 +136,7 @@ def test_parallel_sums_equal_serial_compute_snap(quadratic):
     assert len(sums.kept_rows) == 4
     for got, want in zip(sums.kept_rows, kept):  # frame order kept
         _close(got, want)
-    assert soft.normal.n_rows == 3 * (len(frames[0]) + len(frames[1]))
+    assert soft.normal.n_rows == 3 * len(frames[1])
     _close(hard, ref_energy)
     # serial energy_rows: same numbers
     _close(energy_rows(frames, quadratic), ref_energy)

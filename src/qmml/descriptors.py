@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from ase import Atoms
 from scipy.linalg.blas import dsyrk
+from scipy.sparse import csr_matrix
 
 from qmml import QmmlError
 from qmml.lmp import LMP_STYLE_ATOM, LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY
@@ -62,10 +63,11 @@ def compute_descriptors(atoms: Atoms, potential: SNAPPotential,
     ``energy=False`` skips the descriptor sums (``energy`` is then None).
 
     Energy-only, and quadratic force rows without stress, use the per-atom computes
-    ``sna/atom`` (energy) and ``snad/atom`` (force rows; central atoms restricted to the
-    cutoff of a selected atom): equal to ``compute snap`` to round-off, and faster (energy
-    only ~5×, quadratic rows ~1.5×) since ``compute snap`` also fills and transposes its
-    global (1+3N+6)×K array (K = 1596) and computes derivatives it then does not need.
+    ``sna/atom`` (energy) and ``snad/atom`` (force rows, evaluated on open clusters of
+    bounded size, see ``_add_force_rows``): equal to ``compute snap`` to round-off, and
+    faster (energy only ~5×, quadratic rows ~1.5×) since ``compute snap`` also fills and
+    transposes its global (1+3N+6)×K array (K = 1596) and computes derivatives it then
+    does not need.
     """
     _check_species(atoms, potential, source)
     # linear space with force rows: compute snap does energy and forces in one pass and is
@@ -74,52 +76,107 @@ def compute_descriptors(atoms: Atoms, potential: SNAPPotential,
         return _compute_snap_descriptors(atoms, potential, force_mask, forces, stress)
     n = len(atoms)
     sel = np.arange(n) if force_mask is None else np.flatnonzero(force_mask)
-    lmp, prism = lammps_system(atoms, type_elements(atoms, potential))
+    energy_sum = _energy_sum(atoms, potential) if energy else None
+    force_rows = None
+    if forces:
+        force_rows = np.zeros((3 * sel.size, potential.n_coefficients))
+        if sel.size:
+            _add_force_rows(force_rows, atoms, potential, sel)
+    return Descriptors(energy_sum, force_rows, None, n)
+
+
+# Largest number of atoms (periodic images included) in one snad/atom run.  Its per-atom
+# array has 3·(K−1) columns (37 kB per atom in the quadratic 2J=8 space), so a ~2000-atom
+# slab one Burgers vector thick would need 0.3 GB for its 6,600 periodic images alone.
+_RUN_ATOMS = 2000
+
+
+def _energy_sum(atoms: Atoms, potential: SNAPPotential) -> np.ndarray:
+    """Σ_i D_i from ``compute sna/atom`` (column 0: the atom count)."""
+    n, nb = len(atoms), potential.n_coefficients - 1
+    lmp, _ = lammps_system(atoms, type_elements(atoms, potential))
     try:
-        nb = potential.n_coefficients - 1
-        # atoms do not move in ``run 0``: no neighbour skin, so the ghost shell (whose
-        # per-atom 3K-column arrays dominate memory) is just the SNAP cutoff
-        cmds = [f"pair_style zero {potential.cutoff + 1e-3:.6f}", "pair_coeff * *",
-                "neighbor 0.0 bin"]
-        if energy:
-            cmds.append(compute_snap_command(potential, "qmml_sna", "all", "sna/atom"))
-        if forces and sel.size:
-            group = "all"
-            # a margin: an extra central atom adds nothing to the selected rows, a missing
-            # one would drop a real contribution
-            centres = _central_atoms(atoms, sel, potential.cutoff + 0.5)
-            if centres is not None:
-                # snad/atom sums dB_i/dr_k over central atoms i of its group: only atoms
-                # within the cutoff of a selected atom k contribute to k's rows
-                cmds += _group_commands("qmml_centres", centres)
-                group = "qmml_centres"
-            cmds.append(compute_snap_command(potential, "qmml_snad", group, "snad/atom"))
-        lmp.commands_list(cmds + ["run 0 post no"])
-        order = _local_order(lmp, n)
-        energy_sum = None
-        if energy:
-            per_atom = lmp.numpy.extract_compute("qmml_sna", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)
-            _check_shape(per_atom, (n, nb), "sna/atom")
-            energy_sum = np.empty(nb + 1)
-            energy_sum[0] = n
-            energy_sum[1:] = per_atom[:n].sum(axis=0)
-        force_rows = None
-        if forces:
-            force_rows = np.zeros((3 * sel.size, nb + 1))
-            if sel.size:
-                snad = lmp.numpy.extract_compute("qmml_snad", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)
-                _check_shape(snad, (n, 3 * nb), "snad/atom")
-                # per-atom layout [d/dx (nb), d/dy (nb), d/dz (nb)] -> rows x, y, z per
-                # atom; copied in blocks: no second full-size temporary next to LAMMPS' array
-                local = order[sel]
-                for b in range(0, sel.size, 256):
-                    block = local[b:b + 256]
-                    force_rows[3 * b:3 * (b + block.size), 1:] = \
-                        snad[block].reshape(3 * block.size, nb)
-                force_rows = _rows_to_ase(force_rows, prism)
-        return Descriptors(energy_sum, force_rows, None, n)
+        lmp.commands_list([f"pair_style zero {potential.cutoff + 1e-3:.6f}", "pair_coeff * *",
+                           "neighbor 0.0 bin",
+                           compute_snap_command(potential, "qmml_sna", "all", "sna/atom"),
+                           "run 0 post no"])
+        per_atom = lmp.numpy.extract_compute("qmml_sna", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)
+        _check_shape(per_atom, (n, nb), "sna/atom")
+        energy_sum = np.empty(nb + 1)
+        energy_sum[0] = n
+        energy_sum[1:] = per_atom[:n].sum(axis=0)
+        return energy_sum
     finally:
         lmp.close()
+
+
+def _add_force_rows(force_rows: np.ndarray, atoms: Atoms, potential: SNAPPotential,
+                    sel: np.ndarray) -> None:
+    """Add the force rows of the selected atoms ``sel`` to ``force_rows`` (3·|sel|, K).
+
+    The row of atom k is Σ_i ∂D_i/∂r_k over the central atoms i within the cutoff of k.
+    The central atoms are split into spatial chunks, and each chunk is evaluated by
+    ``compute snad/atom`` as an open cluster: the chunk plus every neighbour within the
+    cutoff, periodic images placed explicitly.  A contribution to an image goes to the row
+    of its atom, and the chunks' partial rows add up to the whole.  Memory per run is
+    then bounded (``_RUN_ATOMS``) instead of growing with the image's ghost atoms.
+    """
+    from matscipy.neighbours import neighbour_list  # C implementation, ~30x ASE's
+
+    n, nb = len(atoms), potential.n_coefficients - 1
+    cut = potential.cutoff + 1e-3
+    first, second, shift = neighbour_list("ijS", atoms, cut)
+    dest = np.full(n, -1)
+    dest[sel] = np.arange(sel.size)
+    # central atoms: the selected ones and every atom with a selected neighbour
+    is_centre = dest >= 0
+    is_centre[first[dest[second] >= 0]] = True
+    centres = np.flatnonzero(is_centre)
+    # a neighbour is an (atom, periodic shift) pair; the key numbers them uniquely
+    span = int(np.abs(shift).max(initial=0)) + 1
+    key = second * (2 * span + 1) ** 3 + ((shift + span) @ ((2 * span + 1) ** np.arange(3)))
+    n_chunks = -(-np.unique(key[is_centre[first]]).size // _RUN_ATOMS)
+    pos = atoms.positions
+    axis = int(np.argmax(np.ptp(pos[centres], axis=0)))
+    cell = atoms.cell.array
+    elements = type_elements(atoms, potential)
+    rows3 = force_rows.reshape(sel.size, 3, nb + 1)[:, :, 1:]
+    for chunk in np.array_split(centres[np.argsort(pos[centres, axis], kind="stable")],
+                                max(n_chunks, 1)):
+        in_chunk = np.zeros(n, dtype=bool)
+        in_chunk[chunk] = True
+        pairs = np.flatnonzero(in_chunk[first])
+        _, keep = np.unique(key[pairs], return_index=True)
+        pairs = pairs[keep]
+        # the chunk's own atoms first (unshifted, LAMMPS IDs 1..len(chunk)); images and
+        # other neighbours after them
+        own = (shift[pairs] == 0).all(axis=1) & in_chunk[second[pairs]]
+        pairs = pairs[~own]
+        index = np.concatenate([chunk, second[pairs]])
+        where = np.concatenate([pos[chunk], pos[second[pairs]] + shift[pairs] @ cell])
+        cluster = Atoms(atoms.numbers[index], where, pbc=False,
+                        cell=np.diag(np.ptp(where, axis=0) + 1.0))
+        lmp, _ = lammps_system(cluster, elements)
+        try:
+            lmp.commands_list([
+                f"pair_style zero {cut:.6f}", "pair_coeff * *", "neighbor 0.0 bin",
+                f"group qmml_centres id 1:{chunk.size}",
+                compute_snap_command(potential, "qmml_snad", "qmml_centres", "snad/atom"),
+                "run 0 post no"])
+            snad = lmp.numpy.extract_compute("qmml_snad", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)
+            _check_shape(snad, (index.size, 3 * nb), "snad/atom")
+            local = _local_order(lmp, index.size)
+            # sum each atom's images into its row: a 0/1 matrix (touched rows × cluster
+            # atoms) times LAMMPS' per-atom array, which it reads once and in place
+            target = dest[index]
+            wanted = np.flatnonzero(target >= 0)
+            touched, row = np.unique(target[wanted], return_inverse=True)
+            images = csr_matrix((np.ones(wanted.size), (row, local[wanted])),
+                                shape=(touched.size, snad.shape[0]))
+            # per-atom layout [d/dx (nb), d/dy (nb), d/dz (nb)]
+            rows3[touched] += (images @ snad).reshape(-1, 3, nb)
+        finally:
+            lmp.close()
 
 
 def _check_species(atoms: Atoms, potential: SNAPPotential, source: str) -> None:
@@ -143,27 +200,6 @@ def _local_order(lmp, n: int) -> np.ndarray:
     order = np.empty(n, dtype=np.int64)
     order[ids - 1] = np.arange(n)
     return order
-
-
-def _central_atoms(atoms: Atoms, sel: np.ndarray, cutoff: float) -> np.ndarray | None:
-    """Indices of atoms within ``cutoff`` of a selected atom (None: that is every atom)."""
-    n = len(atoms)
-    if sel.size == n:
-        return None
-    from matscipy.neighbours import neighbour_list  # C implementation, ~30x ASE's
-
-    first, second = neighbour_list("ij", atoms, cutoff)
-    near = np.zeros(n, dtype=bool)
-    near[sel] = True
-    near[first[np.isin(second, sel)]] = True
-    return None if near.all() else np.flatnonzero(near)
-
-
-def _group_commands(name: str, indices: np.ndarray) -> list[str]:
-    """``group`` commands for ASE indices (IDs = index + 1), in chunks of short lines."""
-    ids = indices + 1
-    return [f"group {name} id " + " ".join(map(str, ids[k:k + 2000]))
-            for k in range(0, ids.size, 2000)]
 
 
 def _compute_snap_descriptors(atoms: Atoms, potential: SNAPPotential,
@@ -265,8 +301,9 @@ class NormalEquations:
         self.n_rows += rows.shape[0]
 
     def merge(self, other: "NormalEquations") -> None:
-        """Add another accumulator's sums (both hold the upper triangle of GᵀG)."""
-        self.gtg += np.triu(other.gtg)
+        """Add another accumulator's sums.  Both hold the upper triangle of GᵀG and zeros
+        below it (dsyrk never writes there), so a plain sum needs no 20 MB np.triu copy."""
+        self.gtg += other.gtg
         self.gtf += other.gtf
         self.ftf += other.ftf
         self.n_rows += other.n_rows
@@ -362,12 +399,14 @@ def descriptor_sums(potential: SNAPPotential, force_sets: Sequence[ForceSet] = (
     jobs = []  # (cost, kind, set index, payload)
     for k, set_jobs in enumerate(force_jobs):
         if sums[k] is None:
-            jobs += [(3.0 * len(job[1]), "force", k, job) for job in set_jobs]
+            jobs += [(3.0 * len(job[1]), "force", k, ((job[0], 0), *job[1:]))
+                     for job in set_jobs]
     for k, frames in enumerate(energy_sets):
         if rows[k] is None:
             jobs += [(0.3 * len(a), "energy", k, (f, a, f"{sources[k]} frame {f}"))
                      for f, a in enumerate(frames)]
     jobs.sort(key=lambda j: -j[0])
+    jobs = _balanced(jobs, workers)
     new_sums = {k: ForceSums(NormalEquations(potential.n_coefficients), [], [])
                 for k, s in enumerate(sums) if s is None}
     kept: dict[int, dict] = {k: {} for k in new_sums}
@@ -375,14 +414,18 @@ def descriptor_sums(potential: SNAPPotential, force_sets: Sequence[ForceSet] = (
     for part in _map(_chunk_job, potential, _chunks(jobs, workers), workers):
         for k, normal in part["normal"].items():
             new_sums[k].normal.merge(normal)
-        for (k, f), kept_rows in part["kept"].items():
+        for (k, f), kept_rows in part["kept"].items():  # f: (frame, part of frame)
             kept[k][f] = kept_rows
         for (k, f), row in part["energy"].items():
             energies[k][f] = row
     for k, s in new_sums.items():
-        for f in sorted(kept[k]):
-            s.kept_rows.append(kept[k][f][0])
-            s.kept_targets.append(kept[k][f][1])
+        for frame in sorted({f for f, _ in kept[k]}):
+            parts = [kept[k][f] for f in sorted(kept[k]) if f[0] == frame]
+            # a frame split into parts: its kept rows back in atom order
+            order = np.argsort(np.concatenate([atoms for *_, atoms in parts]), kind="stable")
+            rows3 = (3 * order[:, None] + np.arange(3)).ravel()
+            s.kept_rows.append(np.vstack([rows for rows, *_ in parts])[rows3])
+            s.kept_targets.append(np.concatenate([t for _, t, _ in parts])[rows3])
         sums[k] = s
         if cache:
             cache.store_force_sums(force_keys[k], s, force_sets[k].source)
@@ -486,6 +529,43 @@ class DescriptorCache:
             else np.zeros(0)})
 
 
+def _balanced(jobs: list, workers: int) -> list:
+    """Split the force jobs that would leave workers idle at the end.
+
+    Jobs are sorted by cost.  The large force jobs (at least half the largest cost) are
+    the bulk of the work; when their count is not a multiple of ``workers``, the last
+    ones are split into ``workers`` parts by their selected atoms (halves of the frame
+    along its longest extent).  Each part computes complete rows for its own atoms, so
+    the parts' normal equations add up to the frame's; the price is the central atoms
+    near the cut, which both parts evaluate (~5 % of a 2000-atom image).
+    """
+    force = [j for j in jobs if j[1] == "force"]
+    if workers <= 1 or not force:
+        return jobs
+    big = [j for j in force if j[0] >= force[0][0] / 2]
+    tail = {id(j) for j in big[len(big) - len(big) % workers:]}
+    out = []
+    for job in jobs:
+        out += _split_force_job(job, workers) if id(job) in tail else [job]
+    return sorted(out, key=lambda j: -j[0])
+
+
+def _split_force_job(job: tuple, parts: int) -> list[tuple]:
+    cost, kind, k, (f, atoms, mask, target, keep, source) = job
+    sel = np.arange(len(atoms)) if mask is None else np.flatnonzero(mask)
+    if sel.size < parts:
+        return [job]
+    pos = atoms.positions[sel]
+    axis = int(np.argmax(np.ptp(pos, axis=0)))
+    out = []
+    for p, piece in enumerate(np.array_split(sel[np.argsort(pos[:, axis], kind="stable")],
+                                             parts)):
+        sub = np.zeros(len(atoms), dtype=bool)
+        sub[np.sort(piece)] = True
+        out.append((cost / parts, kind, k, ((f[0], p), atoms, sub, target, keep, source)))
+    return out
+
+
 def _chunks(jobs: list, workers: int) -> list[list]:
     """Group consecutive small jobs so each chunk costs at least ~1/2 of the largest job:
     every chunk returns its own GᵀG (20 MB in the quadratic space) to be sent to and added
@@ -506,6 +586,24 @@ def _chunks(jobs: list, workers: int) -> list[list]:
 
 
 def _chunk_job(potential: SNAPPotential, chunk: list) -> dict:
+    try:
+        return _compute_chunk(potential, chunk)
+    finally:
+        _release_free_memory()
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise): an idle worker
+    then holds ~100 MB instead of its last image's ~300 MB while the main process solves."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to release
+        pass
+
+
+def _compute_chunk(potential: SNAPPotential, chunk: list) -> dict:
     out: dict = {"normal": {}, "kept": {}, "energy": {}}
     for _, kind, k, payload in chunk:
         if kind == "energy":
@@ -525,7 +623,8 @@ def _chunk_job(potential: SNAPPotential, chunk: list) -> dict:
         if keep is not None:
             rows_kept = np.repeat(np.asarray(keep, bool)[sel], 3)
             out["kept"][(k, f)] = (rows[rows_kept], t[rows_kept] if t is not None
-                                   else np.zeros(int(rows_kept.sum())))
+                                   else np.zeros(int(rows_kept.sum())),
+                                   np.flatnonzero(np.asarray(keep, bool) & sel))
     return out
 
 
