@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--save", metavar="DIR",
                     help="write each optimizer's end point as DIR/<optimizer>.xyz (compare "
                     "end points across runs)")
+    ap.add_argument("--ml-start", action="store_true",
+                    help="relax the start with the ML potential alone first (no QM call), "
+                    "for every optimiser")
     ap.add_argument("--neb", type=int, default=0, metavar="N",
                     help="glide NEB with N images (end points included) instead of a relaxation")
     args = ap.parse_args()
@@ -70,6 +73,16 @@ def main() -> None:
     start = dislocation_cylinder(args.kind, radius=args.radius, fixed_width=args.fixed,
                                  **MILADY)
     counts = cylinder_region(start, None, args.qm_radius, args.buffer, pot.cutoff)
+    if args.ml_start:  # every optimiser starts from the ML (Θ_i) minimum
+        from ase.optimize import LBFGS
+
+        from qmml.qmmm import apply_fix_mask
+
+        apply_fix_mask(start)
+        start.calc = pot.calculator()
+        LBFGS(start, logfile=None).run(fmax=0.002, steps=3000)
+        start.calc = None
+        start.set_constraint()
     cfg = {"engine": args.engine, "kpts_line": args.kpts_line}
     print(f"{args.kind} cylinder R={args.radius} Å: {len(start)} atoms, regions {counts}, "
           f"QM engine: {engine_label(cfg)}, buffer {args.buffer} Å, fmax {args.fmax} eV/Å\n")

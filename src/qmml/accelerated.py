@@ -1,8 +1,14 @@
 """ML-accelerated QM/ML relaxation: a retrained surrogate between QM calls.
 
 QM calls are the whole cost of force-mixed QM/ML, and the ML potential is linear in Θ, so a
-potential retrained on the QM forces gathered so far is one small linear solve.  The outer
-loop (one QM call per image per outer step):
+potential retrained on the QM forces gathered so far is one small linear solve.
+
+0. before the first QM call, relax with the iteration's potential Θ_i alone (the ML
+   minimum, no QM call; ``ml_prerelax``): a built dislocation starts from its elastic
+   field, several eV/Å from equilibrium, and the ML potential makes those large moves
+   for free, so QM calls start where only the QM−ML difference is left to relax.
+
+The outer loop (one QM call per image per outer step):
 
 1. evaluate the TRUE QM/ML forces at the current geometry x_k (through the QM cache);
    converged when they are below ``fmax`` (the only convergence test ever used);
@@ -84,6 +90,7 @@ class AcceleratedSettings:
     secant_correction: bool = True   # linear residual term: surrogate = truth at every secant
     fallback_after: int = 2          # consecutive rejected steps before plain steps
     fallback_steps: int = 3          # plain FIRE steps on true forces per fallback
+    ml_prerelax: bool = True         # relax with Θ_i alone before the first QM call
 
     def check(self) -> None:
         if self.space not in ("linear", "quadratic"):
@@ -318,6 +325,27 @@ class _System:
         return np.array([self.sur_images[j].get_forces(apply_constraint=False)
                          for j in self.moving])
 
+    def relax_ml(self, fmax: float, optimizer: str, steps: int, leg: float
+                 ) -> tuple[np.ndarray, int]:
+        """Relax the moving images with Θ_i alone (no QM call, no offsets): the ML
+        minimum, from which the first QM call starts.  In legs of at most ``leg`` Å (the
+        surrogate clusters are exact only that far from where they were cut); at most 100
+        legs."""
+        pot = self.space.with_theta(self.theta_i)
+        x, total = self.positions(), 0
+        for _ in range(100):
+            self.set_positions(x, "sur")
+            for j in self.moving:
+                calc = self.sur_images[j].calc
+                calc.set_potential(pot)
+                calc.offset = np.zeros_like(calc.offset)
+                calc.secant = None
+            x, n, hit = self.relax_surrogate(x, leg, fmax, optimizer, steps)
+            total += n
+            if not hit:
+                break
+        return x, total
+
     def relax_surrogate(self, start: np.ndarray, trust: float, fmax: float, optimizer: str,
                         steps: int) -> tuple[np.ndarray, int, bool]:
         """Surrogate relaxation from ``start``, stopped at the trust radius.
@@ -469,6 +497,13 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
             log(f"accelerated: resumed from {checkpoint} at outer step {stats.outer_steps} "
                 f"({len(points)} QM geometries replayed from the cache)")
     else:
+        if settings.ml_prerelax:
+            x, n = system.relax_ml(settings.inner_fmax_ratio * fmax, settings.inner_optimizer,
+                                   settings.inner_steps, settings.trust_max)
+            stats.surrogate_steps += n
+            system.set_positions(x)
+            if log:
+                log(f"accelerated: relaxed with the ML potential alone ({n} steps, no QM)")
         ev = system.evaluate_true()
         evals.append(ev)
         points.append(ev.positions)
