@@ -31,8 +31,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser)
     parser.add_argument("--optimizer", default="FIRE",
                         choices=["FIRE", "LBFGS", "ODE12r", "PreconLBFGS", "accelerated"],
-                        help="accelerated: retrain a surrogate potential on the QM forces "
-                        "after each QM call and relax it between QM calls (qmml.accelerated)")
+                        help="accelerated: relax with the ML potential alone first, then "
+                        "retrain a surrogate potential on the QM forces after each QM call "
+                        "and relax it between QM calls (qmml.accelerated)")
     parser.add_argument("--hard", nargs="+", default=None, metavar="H.xyz",
                         help="accelerated only: hard-constraint extxyz files kept exact by "
                         "every surrogate (default: a small strain set of the potential, "
