@@ -60,6 +60,11 @@ def main() -> None:
     ap.add_argument("--save", metavar="DIR",
                     help="write each optimizer's end point as DIR/<optimizer>.xyz (compare "
                     "end points across runs)")
+    ap.add_argument("--potential", default=str(potential_path("W_milady_lml")),
+                    help="ML potential prefix (default: W_milady_lml, Θ0 of the paper)")
+    ap.add_argument("--a0", type=float, default=MILADY["a0"],
+                    help="lattice constant of the built cylinder: the potential's (Å); "
+                    "C11, C12, C44 stay W_milady_lml's")
     ap.add_argument("--ml-start", action="store_true",
                     help="relax the start with the ML potential alone first (no QM call), "
                     "for every optimiser")
@@ -69,9 +74,9 @@ def main() -> None:
     if args.neb:
         return run_neb(args)
 
-    pot = SNAPPotential.read(potential_path("W_milady_lml"))
+    pot = SNAPPotential.read(args.potential)
     start = dislocation_cylinder(args.kind, radius=args.radius, fixed_width=args.fixed,
-                                 **MILADY)
+                                 **{**MILADY, "a0": args.a0})
     counts = cylinder_region(start, None, args.qm_radius, args.buffer, pot.cutoff)
     if args.ml_start:  # every optimiser starts from the ML (Θ_i) minimum
         from ase.optimize import LBFGS
@@ -135,9 +140,9 @@ def run_neb(args: argparse.Namespace) -> None:
     from qmml.qmmm import neb
     from qmml.structures import glide_endpoints
 
-    pot = SNAPPotential.read(potential_path("W_milady_lml"))
+    pot = SNAPPotential.read(args.potential)
     ini, fin = glide_endpoints(args.kind, radius=args.radius, fixed_width=args.fixed,
-                               **MILADY)
+                               **{**MILADY, "a0": args.a0})
     path = ini.info["glide_path"]
     for state in (ini, fin):
         counts = cylinder_region(state, None, args.qm_radius, args.buffer, pot.cutoff,
