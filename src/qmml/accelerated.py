@@ -301,20 +301,21 @@ class _System:
                                             source="QM/ML geometry").forces)
         return rows
 
-    def set_surrogate(self, theta: np.ndarray, anchor: _Evaluation, delta: bool,
+    def set_surrogate(self, theta: np.ndarray, positions: np.ndarray,
+                      qm_forces: np.ndarray | None = None,
                       secants: "_ForceDifferences | None" = None, anchor_index: int = 0
                       ) -> None:
-        """New surrogate coefficients; offsets δ so the surrogate = truth at ``anchor``;
-        with ``secants``, the linear term that makes it the truth at every geometry."""
+        """New surrogate coefficients, clusters cut at ``positions``; with the true
+        ``qm_forces`` there, offsets δ so the surrogate = truth at that point (none: plain
+        Θ); with ``secants``, the linear term that makes it the truth at every geometry."""
         pot = self.space.with_theta(theta)
-        self.set_positions(anchor.positions, "sur")
+        self.set_positions(positions, "sur")
         for n, j in enumerate(self.moving):
             calc = self.sur_images[j].calc
             calc.set_potential(pot)
             calc.offset = np.zeros_like(calc.offset)
-            if delta:
-                calc.offset = anchor.qm_forces[n] - calc.raw_surrogate_qm_forces(
-                    self.sur_images[j])
+            if qm_forces is not None:
+                calc.offset = qm_forces[n] - calc.raw_surrogate_qm_forces(self.sur_images[j])
             calc.secant = None
             if secants is not None:
                 cluster = self.images[j].calc.qm_buffer_mask
@@ -331,15 +332,9 @@ class _System:
         minimum, from which the first QM call starts.  In legs of at most ``leg`` Å (the
         surrogate clusters are exact only that far from where they were cut); at most 100
         legs."""
-        pot = self.space.with_theta(self.theta_i)
         x, total = self.positions(), 0
         for _ in range(100):
-            self.set_positions(x, "sur")
-            for j in self.moving:
-                calc = self.sur_images[j].calc
-                calc.set_potential(pot)
-                calc.offset = np.zeros_like(calc.offset)
-                calc.secant = None
+            self.set_surrogate(self.theta_i, x)
             x, n, hit = self.relax_surrogate(x, leg, fmax, optimizer, steps)
             total += n
             if not hit:
@@ -557,7 +552,8 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
             stats.seconds_fit += time.perf_counter() - t
             stats.surrogate_hard_residuals.append(residual)
             stats.surrogate_thetas.append(theta)
-            system.set_surrogate(theta, anchor, settings.delta_correction,
+            system.set_surrogate(theta, anchor.positions,
+                                 anchor.qm_forces if settings.delta_correction else None,
                                  data if settings.secant_correction else None, current)
             # ---- relax the surrogate inside the trust radius -----------------------------
             x_new, n_inner, hit = system.relax_surrogate(

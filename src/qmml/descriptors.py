@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from itertools import groupby
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -91,15 +92,27 @@ def compute_descriptors(atoms: Atoms, potential: SNAPPotential,
 _RUN_ATOMS = 2000
 
 
+def _spatial_split(indices: np.ndarray, positions: np.ndarray, parts: int) -> list[np.ndarray]:
+    """``indices`` cut into ``parts`` equal-count slabs along the longest extent of their
+    ``positions`` (rows of ``positions`` belong to ``indices``), in slab order."""
+    axis = int(np.argmax(np.ptp(positions, axis=0)))
+    return np.array_split(indices[np.argsort(positions[:, axis], kind="stable")], parts)
+
+
+def _compute_only(potential: SNAPPotential) -> list[str]:
+    """LAMMPS lines before a descriptor compute: no forces, and since atoms do not move in
+    ``run 0``, no neighbour skin (the ghost shell is just the SNAP cutoff)."""
+    return [f"pair_style zero {potential.cutoff + 1e-3:.6f}", "pair_coeff * *",
+            "neighbor 0.0 bin"]
+
+
 def _energy_sum(atoms: Atoms, potential: SNAPPotential) -> np.ndarray:
     """Σ_i D_i from ``compute sna/atom`` (column 0: the atom count)."""
     n, nb = len(atoms), potential.n_coefficients - 1
     lmp, _ = lammps_system(atoms, type_elements(atoms, potential))
     try:
-        lmp.commands_list([f"pair_style zero {potential.cutoff + 1e-3:.6f}", "pair_coeff * *",
-                           "neighbor 0.0 bin",
-                           compute_snap_command(potential, "qmml_sna", "all", "sna/atom"),
-                           "run 0 post no"])
+        lmp.commands_list(_compute_only(potential) + [
+            compute_snap_command(potential, "qmml_sna", "all", "sna/atom"), "run 0 post no"])
         per_atom = lmp.numpy.extract_compute("qmml_sna", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)
         _check_shape(per_atom, (n, nb), "sna/atom")
         energy_sum = np.empty(nb + 1)
@@ -124,7 +137,7 @@ def _add_force_rows(force_rows: np.ndarray, atoms: Atoms, potential: SNAPPotenti
     from matscipy.neighbours import neighbour_list  # C implementation, ~30x ASE's
 
     n, nb = len(atoms), potential.n_coefficients - 1
-    cut = potential.cutoff + 1e-3
+    cut = potential.cutoff + 1e-3  # the pair-style cutoff of _compute_only
     first, second, shift = neighbour_list("ijS", atoms, cut)
     dest = np.full(n, -1)
     dest[sel] = np.arange(sel.size)
@@ -137,12 +150,10 @@ def _add_force_rows(force_rows: np.ndarray, atoms: Atoms, potential: SNAPPotenti
     key = second * (2 * span + 1) ** 3 + ((shift + span) @ ((2 * span + 1) ** np.arange(3)))
     n_chunks = -(-np.unique(key[is_centre[first]]).size // _RUN_ATOMS)
     pos = atoms.positions
-    axis = int(np.argmax(np.ptp(pos[centres], axis=0)))
     cell = atoms.cell.array
     elements = type_elements(atoms, potential)
     rows3 = force_rows.reshape(sel.size, 3, nb + 1)[:, :, 1:]
-    for chunk in np.array_split(centres[np.argsort(pos[centres, axis], kind="stable")],
-                                max(n_chunks, 1)):
+    for chunk in _spatial_split(centres, pos[centres], max(n_chunks, 1)):
         in_chunk = np.zeros(n, dtype=bool)
         in_chunk[chunk] = True
         pairs = np.flatnonzero(in_chunk[first])
@@ -158,8 +169,7 @@ def _add_force_rows(force_rows: np.ndarray, atoms: Atoms, potential: SNAPPotenti
                         cell=np.diag(np.ptp(where, axis=0) + 1.0))
         lmp, _ = lammps_system(cluster, elements)
         try:
-            lmp.commands_list([
-                f"pair_style zero {cut:.6f}", "pair_coeff * *", "neighbor 0.0 bin",
+            lmp.commands_list(_compute_only(potential) + [
                 f"group qmml_centres id 1:{chunk.size}",
                 compute_snap_command(potential, "qmml_snad", "qmml_centres", "snad/atom"),
                 "run 0 post no"])
@@ -419,8 +429,8 @@ def descriptor_sums(potential: SNAPPotential, force_sets: Sequence[ForceSet] = (
         for (k, f), row in part["energy"].items():
             energies[k][f] = row
     for k, s in new_sums.items():
-        for frame in sorted({f for f, _ in kept[k]}):
-            parts = [kept[k][f] for f in sorted(kept[k]) if f[0] == frame]
+        for _, group in groupby(sorted(kept[k]), key=lambda f: f[0]):
+            parts = [kept[k][f] for f in group]
             # a frame split into parts: its kept rows back in atom order
             order = np.argsort(np.concatenate([atoms for *_, atoms in parts]), kind="stable")
             rows3 = (3 * order[:, None] + np.arange(3)).ravel()
@@ -555,11 +565,8 @@ def _split_force_job(job: tuple, parts: int) -> list[tuple]:
     sel = np.arange(len(atoms)) if mask is None else np.flatnonzero(mask)
     if sel.size < parts:
         return [job]
-    pos = atoms.positions[sel]
-    axis = int(np.argmax(np.ptp(pos, axis=0)))
     out = []
-    for p, piece in enumerate(np.array_split(sel[np.argsort(pos[:, axis], kind="stable")],
-                                             parts)):
+    for p, piece in enumerate(_spatial_split(sel, atoms.positions[sel], parts)):
         sub = np.zeros(len(atoms), dtype=bool)
         sub[np.sort(piece)] = True
         out.append((cost / parts, kind, k, ((f[0], p), atoms, sub, target, keep, source)))
