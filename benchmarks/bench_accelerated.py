@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 from ase.io import write
 
 from qmml import potential_path
@@ -79,15 +80,7 @@ def main() -> None:
                                  **{**MILADY, "a0": args.a0})
     counts = cylinder_region(start, None, args.qm_radius, args.buffer, pot.cutoff)
     if args.ml_start:  # every optimiser starts from the ML (Θ_i) minimum
-        from ase.optimize import LBFGS
-
-        from qmml.qmmm import apply_fix_mask
-
-        apply_fix_mask(start)
-        start.calc = pot.calculator()
-        LBFGS(start, logfile=None).run(fmax=0.002, steps=3000)
-        start.calc = None
-        start.set_constraint()
+        start = ml_minimum(start, pot)
     cfg = {"engine": args.engine, "kpts_line": args.kpts_line}
     print(f"{args.kind} cylinder R={args.radius} Å: {len(start)} atoms, regions {counts}, "
           f"QM engine: {engine_label(cfg)}, buffer {args.buffer} Å, fmax {args.fmax} eV/Å\n")
@@ -131,6 +124,21 @@ def main() -> None:
         print(f"\nFIRE / accelerated QM calls: "
               f"{fire[0].n_qm_real_calls / acc[0].n_qm_real_calls:.1f}x; max |Δx| of free "
               f"atoms between their end points {np.abs(fire[1] - acc[1])[free].max():.4f} Å")
+
+
+def ml_minimum(start: Atoms, pot: SNAPPotential) -> Atoms:
+    """``start`` relaxed with the ML potential alone (fixed atoms kept), no calculator."""
+    from ase.optimize import LBFGS
+
+    from qmml.qmmm import apply_fix_mask
+
+    atoms = start.copy()
+    apply_fix_mask(atoms)
+    atoms.calc = pot.calculator()
+    LBFGS(atoms, logfile=None).run(fmax=0.002, steps=3000)
+    atoms.calc = None
+    atoms.set_constraint()
+    return atoms
 
 
 def run_neb(args: argparse.Namespace) -> None:

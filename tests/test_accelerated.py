@@ -370,6 +370,13 @@ def test_bad_settings_are_one_line_errors(start, milady, tmp_path):
     with pytest.raises(QmmlError, match="space must be"):
         relax_accelerated(start.copy(), cached(tmp_path), milady, BUFFER,
                           settings=AcceleratedSettings(space="cubic"), log=None)
+    # ODE12r cannot be stepped inside the trust radius: refused before any QM call
+    qm = cached(tmp_path)
+    with pytest.raises(QmmlError, match="inner_optimizer must be one of FIRE, LBFGS, "
+                       "got 'ODE12r'"):
+        relax_accelerated(start.copy(), qm, milady, BUFFER,
+                          settings=AcceleratedSettings(inner_optimizer="ODE12r"), log=None)
+    assert qm.n_real_calls == 0
 
 
 def milady_prefix() -> Path:

@@ -73,6 +73,9 @@ from qmml.qmmm import (RunStats, apply_fix_mask, make_force_qmmm, max_force,
                        qm_mask_from_region, run_fingerprint)
 
 
+INNER_OPTIMIZERS = ("FIRE", "LBFGS")
+
+
 @dataclass
 class AcceleratedSettings:
     """Knobs of the accelerated optimiser (defaults: fewest QM calls measured on stand-in and
@@ -83,7 +86,7 @@ class AcceleratedSettings:
     trust_radius: float = 0.3        # Å: initial max atomic displacement per outer step
     trust_min: float = 0.01
     trust_max: float = 0.3           # 1 Å let an edge core jump to another minimum
-    inner_optimizer: str = "LBFGS"   # FIRE | LBFGS (measured: LBFGS ~3x fewer steps)
+    inner_optimizer: str = "LBFGS"   # INNER_OPTIMIZERS (measured: LBFGS ~3x fewer steps)
     inner_fmax_ratio: float = 0.2    # surrogate relaxed to this fraction of fmax
     inner_steps: int = 3000
     delta_correction: bool = True
@@ -98,6 +101,11 @@ class AcceleratedSettings:
                             f"got '{self.space}'")
         if not (0 < self.trust_min <= self.trust_radius <= self.trust_max):
             raise QmmlError("accelerated: need 0 < trust_min <= trust_radius <= trust_max")
+        if self.inner_optimizer not in INNER_OPTIMIZERS:
+            # the surrogate relaxation is stepped one ASE step at a time (trust radius);
+            # ODE12r has no single step to take
+            raise QmmlError(f"accelerated: inner_optimizer must be one of "
+                            f"{', '.join(INNER_OPTIMIZERS)}, got '{self.inner_optimizer}'")
         if self.lambda0 <= 0:
             raise QmmlError("accelerated: lambda0 must be > 0 (the fit is underdetermined "
                             "after the first QM call)")
