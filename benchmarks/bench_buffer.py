@@ -40,12 +40,13 @@ def main() -> None:
     relaxed = ml_minimum(built, pot).positions
     cfg = {"engine": args.engine, "kpts_line": 1}
     engine = make_qm_calculator(cfg)
+    ml = pot.calculator()  # ForceQMMM wants one; only its QM cluster is used here
     forces, rows = {}, []
     for width in sorted(args.buffers):
         atoms = built.copy()  # regions cut on the built structure, as the benchmarks do
         counts = cylinder_region(atoms, None, args.qm_radius, width, pot.cutoff)
         atoms.positions = relaxed
-        mixing = make_force_qmmm(atoms, engine, pot.calculator(), width)
+        mixing = make_force_qmmm(atoms, engine, ml, width)
         cluster = mixing.get_qm_cluster(atoms)
         cluster.calc = engine
         t0 = time.perf_counter()
