@@ -29,7 +29,7 @@ from ase import Atoms
 from ase.io import write
 
 from qmml import potential_path
-from qmml.accelerated import AcceleratedSettings, relax_accelerated
+from qmml.accelerated import AcceleratedSettings, qm_point_frames, relax_accelerated
 from qmml.engines import engine_label
 from qmml.potential import SNAPPotential
 from qmml.qmcache import CachedQMCalculator
@@ -112,6 +112,9 @@ def main() -> None:
         if args.save:
             Path(args.save).mkdir(parents=True, exist_ok=True)
             write(f"{args.save}/{name}.xyz", atoms, format="extxyz")
+            if name == "accelerated":  # every QM-called geometry (retraining data)
+                write(f"{args.save}/{name}.qm_frames.xyz",
+                      qm_point_frames([start], [0], st, {}), format="extxyz")
         extra = ""
         if name == "accelerated":
             extra = (f" (rejected {st.rejected_steps}, fallback {st.fallback_steps}, "

@@ -16,7 +16,7 @@ from ase.io import read, write
 
 from conftest import MILADY
 from qmml.accelerated import (AcceleratedSettings, SurrogateMixing, _ForceDifferences,
-                              default_hard_set, relax_accelerated)
+                              default_hard_set, qm_point_frames, relax_accelerated)
 from qmml.descriptors import DescriptorCache, compute_descriptors, energy_rows
 from qmml.engines import engine_settings_hash
 from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
@@ -296,6 +296,32 @@ def test_resume_from_checkpoint_repeats_no_qm_call(start, milady, accelerated_ru
     assert any("checkpoint of a different run, starting afresh" in m for m in messages)
 
 
+def test_every_qm_called_geometry_is_kept_with_its_true_forces(start, milady,
+                                                               accelerated_run, tmp_path):
+    """The QM data the surrogates were trained on (rejected probes included) come out as
+    QM/ML frames, each with the true mixed forces at its geometry; the last is the end."""
+    done, stats, work = accelerated_run
+    frames = qm_point_frames([start], [0], stats, {"optimizer": "accelerated"})
+    assert len(frames) == stats.n_qm_real_calls == len(stats.qm_points) >= 2
+    finals = [f for f in frames if f.info["qm_point_final"]]
+    assert len(finals) == 1 and finals[0] is frames[stats.accepted_point]
+    np.testing.assert_array_equal(finals[0].positions, done.positions)
+    qm = cached(work / "cache")  # recompute every frame's forces: all cache hits
+    for g, frame in enumerate(frames):
+        assert frame.info["qm_point"] == g and frame.info["qm_point_image"] == 0
+        np.testing.assert_array_equal(frame.arrays["region"], start.arrays["region"])
+        atoms = start.copy()
+        atoms.positions = frame.positions
+        atoms.calc = make_force_qmmm(atoms, qm, milady.calculator(), BUFFER)
+        truth = atoms.get_forces(apply_constraint=False)
+        np.testing.assert_allclose(frame.get_forces(), truth, atol=1e-9)
+        free = ~start.arrays["fix_mask"]
+        assert frame.info["qm_point_fmax"] == pytest.approx(
+            np.linalg.norm(truth[free], axis=1).max(), abs=1e-9)
+    assert qm.n_real_calls == 0
+    assert max(f.info["qm_point_fmax"] for f in frames) > 10 * FMAX  # not just the end
+
+
 @pytest.mark.slow
 def test_cli_killed_run_resumes_without_repeating_qm_calls(start, milady, tmp_path):
     """``qmml relax --optimizer accelerated`` SIGKILLed after 2 QM calls, then rerun."""
@@ -305,7 +331,8 @@ def test_cli_killed_run_resumes_without_repeating_qm_calls(start, milady, tmp_pa
     cmd = [sys.executable, "-m", "qmml.cli", "relax", "--input", str(structure),
            "--potential", str(milady_prefix()), "--engine", "reference",
            "--optimizer", "accelerated", "--buffer", str(BUFFER), "--fmax", str(FMAX),
-           "--cache", str(tmp_path / "cache"), "--output", str(out), "--quiet"]
+           "--cache", str(tmp_path / "cache"), "--output", str(out), "--quiet",
+           "--qm-frames", str(tmp_path / "qm_frames.xyz")]
     killed = subprocess.run(cmd, env=dict(os.environ, **{KILL_ENV: "2"}),
                             capture_output=True, text=True)
     assert killed.returncode == -9 and not out.exists()
@@ -321,6 +348,11 @@ def test_cli_killed_run_resumes_without_repeating_qm_calls(start, milady, tmp_pa
     assert frame.info["qm_engine"].startswith("reference (classical stand-in")
     free = ~frame.arrays["fix_mask"]
     assert np.linalg.norm(frame.get_forces()[free], axis=1).max() <= FMAX
+    # every QM-called geometry, the killed run's two (replayed from the cache) included
+    qm_frames = read(tmp_path / "qm_frames.xyz", index=":", format="extxyz")
+    assert len(qm_frames) == n_total
+    np.testing.assert_array_equal(qm_frames[-1].positions, frame.positions)
+    assert qm_frames[-1].info["qm_point_final"] is True
     # a third run (checkpoint says converged) makes no QM call at all
     third = subprocess.run(cmd, capture_output=True, text=True)
     assert third.returncode == 0 and read(out, format="extxyz").info["n_qm_real_calls"] == 0
@@ -362,6 +394,15 @@ def test_accelerated_neb_converges_on_true_forces(milady, tmp_path):
     # equivalent end states: ~zero virtual work end to end; a Peierls barrier of tens of meV
     assert abs(profile["energy"][-1] - profile["energy"][0]) < 0.02
     assert 0.005 < profile["barrier"] < 0.2
+    # kept QM data: both interior images at every QM-called path, the last one the result
+    frames = qm_point_frames(images, [1, 2], stats, {})
+    assert len(frames) == 2 * len(stats.qm_points)
+    assert [f.info["qm_point_image"] for f in frames[-2:]] == [1, 2]
+    for frame, im in zip(frames[-2:], images[1:3]):
+        assert frame.info["qm_point_final"] is True
+        np.testing.assert_array_equal(frame.positions, im.positions)
+        np.testing.assert_allclose(frame.get_forces(), im.get_forces(apply_constraint=False),
+                                   atol=1e-9)
 
 
 def test_bad_settings_are_one_line_errors(start, milady, tmp_path):

@@ -208,3 +208,7 @@ def test_cli_unconverged_exit_code_and_flag(tmp_path, capsys):
     assert err == ("qmml relax: error: --descriptor-cache is only used with --optimizer "
                    "accelerated")
     assert not (tmp_path / "c.xyz").exists()
+    assert main(common + ["--output", str(tmp_path / "c.xyz"),
+                          "--qm-frames", str(tmp_path / "f.xyz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "qmml relax: error: --qm-frames is only used with --optimizer accelerated"

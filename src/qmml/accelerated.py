@@ -36,8 +36,10 @@ The outer loop (one QM call per image per outer step):
    true QM/ML forces are taken (each one a QM call, all of them training data).
 
 Everything is retrained from the data, nothing is fitted across relaxations: the
-surrogates are per-relaxation scaffolding and are never written as a potential; only the
-QM/ML frames (true mixed forces) are output.
+surrogates are per-relaxation scaffolding and are never written as a potential.  What is
+kept is their training data: every QM-called geometry with its true mixed forces
+(:func:`qm_point_frames`, ``qmml relax/neb --qm-frames``), which the pipeline's retraining
+reads instead of the final frame alone.
 
 Hard set.  The caller passes the iteration's hard configurations (the pipeline's strain +
 vacancy-NEB sets); without them, :func:`default_hard_set` generates a SMALL strain set of
@@ -124,6 +126,10 @@ class AcceleratedStats(RunStats):
     trust_history: list = field(default_factory=list)
     surrogate_steps: int = 0
     seconds_fit: float = 0.0
+    # every QM-called geometry (_Evaluation, in call order; a resumed run replays them):
+    # the QM data the surrogates were trained on, kept for retraining (qm_point_frames)
+    qm_points: list = field(default_factory=list)
+    accepted_point: int = 0   # index into qm_points of the geometry the run ended at
 
     @property
     def surrogate_hard_residual_max(self) -> float:
@@ -607,6 +613,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
                 f"hard residual {residual:.1e}")
         save()
 
+    stats.qm_points, stats.accepted_point = evals, current
     best = evals[current]
     system.set_positions(best.positions)
     system.evaluate_true()  # leave the true calculators at the accepted point (no QM call)
@@ -667,6 +674,26 @@ def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAP
     stats = _run(system, hard, fmax, steps, settings,
                  Path(checkpoint) if checkpoint else None, fingerprint, log, descriptor_cache)
     return stats, system.true_target
+
+
+def qm_point_frames(images: Sequence[Atoms], moving: Sequence[int], stats: AcceleratedStats,
+                    info: dict) -> list[Atoms]:
+    """Every QM-called geometry of an accelerated run as QM/ML frames: the moving images
+    (``moving``: indices into ``images``, which give numbers, cell, region, fix_mask) at each
+    QM call with their true mixed forces, rejected probes included, since each is QM data
+    as good as the accepted ones.  Info: ``info`` plus ``qm_point`` (call order),
+    ``qm_point_fmax`` (true fmax there) and ``qm_point_image`` (index into ``images``)."""
+    from qmml.qmmm import output_frame
+
+    frames = []
+    for g, ev in enumerate(stats.qm_points):
+        for n, j in enumerate(moving):
+            atoms = images[j].copy()
+            atoms.positions = ev.positions[n]
+            frames.append(output_frame(atoms, dict(
+                info, qm_point=g, qm_point_fmax=float(ev.fmax), qm_point_image=int(j),
+                qm_point_final=g == stats.accepted_point), forces=ev.forces[n]))
+    return frames
 
 
 def _hard_id(hard: Sequence[Atoms] | None) -> str:

@@ -4,7 +4,9 @@ Both commands cache every QM call in ``--cache`` and checkpoint every optimiser 
 killed run started again with the same arguments repeats no QM call and continues.
 Outputs are extxyz frames with the mixed QM/ML ``forces``, ``region`` and ``fix_mask``
 arrays and provenance info keys (engine, settings hash, fmax, QM call count, potential);
-they are readable by ``ForceQMMM.import_extxyz`` and by ``qmml retrain``.
+they are readable by ``ForceQMMM.import_extxyz`` and by ``qmml retrain``.  With
+``--optimizer accelerated``, ``--qm-frames`` also writes every QM-called geometry in the
+same format (the surrogates' training data, for retraining).
 """
 from __future__ import annotations
 
@@ -42,6 +44,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="accelerated only: folder of cached descriptor sums (as "
                         "`qmml retrain --descriptor-cache`); the hard rows are read from it "
                         "when present, else computed and stored")
+    parser.add_argument("--qm-frames", metavar="FRAMES.xyz", default=None,
+                        help="accelerated only: also write every QM-called geometry with its "
+                        "true QM/ML forces (rejected probes and the final point included): "
+                        "the QM data its surrogates were trained on, for retraining")
     parser.add_argument("--surrogate-space", choices=["linear", "quadratic"],
                         help="accelerated only: descriptor space of the surrogate "
                         "(default: AcceleratedSettings.space, quadratic)")
@@ -119,7 +125,8 @@ def _setup(args: argparse.Namespace):
 def _accelerated_options(args: argparse.Namespace) -> dict:
     """hard set + settings for ``--optimizer accelerated`` (empty dict otherwise)."""
     if args.optimizer != "accelerated":
-        for flag, value in (("--hard", args.hard), ("--descriptor-cache", args.descriptor_cache)):
+        for flag, value in (("--hard", args.hard), ("--descriptor-cache", args.descriptor_cache),
+                            ("--qm-frames", args.qm_frames)):
             if value:
                 raise QmmlError(f"{flag} is only used with --optimizer accelerated")
         return {}
@@ -132,6 +139,14 @@ def _accelerated_options(args: argparse.Namespace) -> dict:
     return {"hard": hard, "accelerated": AcceleratedSettings(**space),
             "descriptor_cache": DescriptorCache(args.descriptor_cache)
             if args.descriptor_cache else None}
+
+
+def _write_qm_frames(args: argparse.Namespace, images, moving, stats, info: dict) -> None:
+    if args.qm_frames:
+        from qmml.accelerated import qm_point_frames
+        from qmml.io import write_frames
+
+        write_frames(args.qm_frames, qm_point_frames(images, moving, stats, info))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
                   **_accelerated_options(args))
     info = provenance(stats, label, settings_hash, str(args.potential), args.buffer)
     write_frames(args.output, [output_frame(atoms, info)])
+    _write_qm_frames(args, [atoms], [0], stats, info)
     if args.optimizer == "accelerated":
         print(f"relax: accelerated, {stats.outer_steps} outer steps, surrogate hard "
               f"residual max {stats.surrogate_hard_residual_max:.2e} eV/atom")
@@ -179,6 +195,7 @@ def run_neb(args: argparse.Namespace) -> int:
         frames.append(output_frame(im, dict(info, neb_image=i,
                                             neb_energy_virtual_work=float(e_images[i]))))
     write_frames(args.output, frames)
+    _write_qm_frames(args, images, range(1, len(images) - 1), stats, info)
     print(f"neb: {'converged' if stats.converged else 'NOT converged'} fmax {stats.fmax:.5f} "
           f"eV/A after {stats.steps} steps; virtual-work barrier {profile['barrier']:.4f} eV; "
           f"QM calls {stats.n_qm_calls} (new {stats.n_qm_real_calls}); engine {label}; "
