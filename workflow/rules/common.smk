@@ -67,6 +67,31 @@ def glide(case):
     return config["dislocations"][case]["glide_images"] > 0
 
 
+# The accelerated optimiser's surrogates are trained on the true QM/ML forces of every
+# QM-called geometry; each relaxation writes them next to its output (FRAME.qm_frames.xyz,
+# final point included) and retraining reads those instead of the final frames alone: the
+# QM calls are paid for, and the probes off the minimum carry the core's QM stiffness.
+ACCELERATED = config["qmml"]["optimizer"] == "accelerated"
+
+
+def qm_frames_of(path):
+    return path.removesuffix(".xyz") + ".qm_frames.xyz"
+
+
+def qm_frames_output(path):
+    """Extra named output of a QM/ML rule writing ``path`` (none without accelerated)."""
+    return {"qm_frames": qm_frames_of(path)} if ACCELERATED else {}
+
+
+def qm_frames_flag(wildcards, output):
+    return f"--qm-frames {output.qm_frames}" if ACCELERATED else ""
+
+
+def training_frames(files):
+    """The QM/ML files retraining reads for these outputs (see ACCELERATED)."""
+    return [qm_frames_of(f) for f in files] if ACCELERATED else files
+
+
 def qmml_outputs(i):
     """All QM/ML frames of iteration i: relaxed states and glide NEB images."""
     files = []

@@ -29,10 +29,12 @@ rule qmml_3d_defect:
         potential=potential_files("{i}"),
         hard=accelerated_hard_sets,
     output:
-        f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz",
+        frame=f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz",
+        **qm_frames_output(f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz"),
     params:
         prefix=lambda w: potential(w.i),
         hard=hard_flag,
+        qm_frames=qm_frames_flag,
         q=config["qmml"],
         buffer=config["three_d"]["buffer"],
         cache=QM_CACHE,
@@ -47,7 +49,8 @@ rule qmml_3d_defect:
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.buffer} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} {ALLOW_UNCONVERGED} --output {output} > {log} 2>&1"
+        "{params.hard} {params.qm_frames} {ALLOW_UNCONVERGED} --output {output.frame} "
+        "> {log} 2>&1"
 
 
 def path_start(name, k):

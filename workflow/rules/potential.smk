@@ -122,7 +122,7 @@ def retrain_inputs(w):
     i = int(w.j) - 1
     targets = [f"{R}/iter_{i}/targets.xyz"]
     if config["retrain"]["use_3d"] and DEFECTS:
-        targets += defect_outputs(i)
+        targets += training_frames(defect_outputs(i))
     return {
         "potential": potential_files(i),
         "targets": targets,

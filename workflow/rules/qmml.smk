@@ -10,10 +10,12 @@ rule qmml_relax:
         potential=potential_files("{i}"),
         hard=accelerated_hard_sets,
     output:
-        f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz",
+        frame=f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz",
+        **qm_frames_output(f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz"),
     params:
         prefix=lambda w: potential(w.i),
         hard=hard_flag,
+        qm_frames=qm_frames_flag,
         q=config["qmml"],
         cache=QM_CACHE,
     conda:
@@ -27,7 +29,8 @@ rule qmml_relax:
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} {ALLOW_UNCONVERGED} --output {output} > {log} 2>&1"
+        "{params.hard} {params.qm_frames} {ALLOW_UNCONVERGED} --output {output.frame} "
+        "> {log} 2>&1"
 
 
 rule qmml_neb:
@@ -38,10 +41,12 @@ rule qmml_neb:
         potential=potential_files("{i}"),
         hard=accelerated_hard_sets,
     output:
-        f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz",
+        frame=f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz",
+        **qm_frames_output(f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz"),
     params:
         prefix=lambda w: potential(w.i),
         hard=hard_flag,
+        qm_frames=qm_frames_flag,
         q=config["qmml"],
         images=lambda w: config["dislocations"][w.case]["glide_images"],
         cache=QM_CACHE,
@@ -57,12 +62,13 @@ rule qmml_neb:
         "--optimizer {params.q[optimizer]} --fmax {params.q[neb_fmax]} "
         "--buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} {ALLOW_UNCONVERGED} --output {output} > {log} 2>&1"
+        "{params.hard} {params.qm_frames} {ALLOW_UNCONVERGED} --output {output.frame} "
+        "> {log} 2>&1"
 
 
 rule extract_forces:
     input:
-        frames=lambda w: qmml_outputs(w.i),
+        frames=lambda w: training_frames(qmml_outputs(w.i)),
         potential=potential_files("{i}"),
     output:
         targets=f"{R}/iter_{{i}}/targets.xyz",
