@@ -297,7 +297,7 @@ def test_resume_from_checkpoint_repeats_no_qm_call(start, milady, accelerated_ru
 
 
 def test_every_qm_called_geometry_is_kept_with_its_true_forces(start, milady,
-                                                               accelerated_run, tmp_path):
+                                                               accelerated_run):
     """The QM data the surrogates were trained on (rejected probes included) come out as
     QM/ML frames, each with the true mixed forces at its geometry; the last is the end."""
     done, stats, work = accelerated_run
@@ -307,6 +307,7 @@ def test_every_qm_called_geometry_is_kept_with_its_true_forces(start, milady,
     assert len(finals) == 1 and finals[0] is frames[stats.accepted_point]
     np.testing.assert_array_equal(finals[0].positions, done.positions)
     qm = cached(work / "cache")  # recompute every frame's forces: all cache hits
+    free = ~start.arrays["fix_mask"]
     for g, frame in enumerate(frames):
         assert frame.info["qm_point"] == g and frame.info["qm_point_image"] == 0
         np.testing.assert_array_equal(frame.arrays["region"], start.arrays["region"])
@@ -315,7 +316,6 @@ def test_every_qm_called_geometry_is_kept_with_its_true_forces(start, milady,
         atoms.calc = make_force_qmmm(atoms, qm, milady.calculator(), BUFFER)
         truth = atoms.get_forces(apply_constraint=False)
         np.testing.assert_allclose(frame.get_forces(), truth, atol=1e-9)
-        free = ~start.arrays["fix_mask"]
         assert frame.info["qm_point_fmax"] == pytest.approx(
             np.linalg.norm(truth[free], axis=1).max(), abs=1e-9)
     assert qm.n_real_calls == 0
