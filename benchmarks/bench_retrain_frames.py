@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from qmml import potential_path
 from qmml.constraints import md_snapshots, strain_set, vacancy_neb
-from qmml.extract import qm_atom_forces
+from qmml.extract import qm_force_errors
 from qmml.io import read_frames
 from qmml.potential import SNAPPotential
 from qmml.retrain import retrain
 
 
 def rmse(potential: SNAPPotential, frames) -> float:
-    ref, ml = qm_atom_forces(frames, potential)
-    return float(np.sqrt(np.mean((ml - ref) ** 2)))
+    return qm_force_errors(frames, potential)["qm_force_rmse"]
 
 
 def main() -> None:

@@ -78,9 +78,10 @@ def qm_frames_of(path):
     return path.removesuffix(".xyz") + ".qm_frames.xyz"
 
 
-def qm_frames_output(path):
-    """Extra named output of a QM/ML rule writing ``path`` (none without accelerated)."""
-    return {"qm_frames": qm_frames_of(path)} if ACCELERATED else {}
+def qmml_rule_output(path):
+    """Named outputs of a QM/ML rule writing ``path``: ``frame``, and ``qm_frames`` with
+    the accelerated optimiser."""
+    return {"frame": path, **({"qm_frames": qm_frames_of(path)} if ACCELERATED else {})}
 
 
 def qm_frames_flag(wildcards, output):

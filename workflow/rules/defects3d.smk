@@ -29,8 +29,7 @@ rule qmml_3d_defect:
         potential=potential_files("{i}"),
         hard=accelerated_hard_sets,
     output:
-        frame=f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz",
-        **qm_frames_output(f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz"),
+        **qmml_rule_output(f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz"),
     params:
         prefix=lambda w: potential(w.i),
         hard=hard_flag,

@@ -10,8 +10,7 @@ rule qmml_relax:
         potential=potential_files("{i}"),
         hard=accelerated_hard_sets,
     output:
-        frame=f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz",
-        **qm_frames_output(f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz"),
+        **qmml_rule_output(f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz"),
     params:
         prefix=lambda w: potential(w.i),
         hard=hard_flag,
@@ -41,8 +40,7 @@ rule qmml_neb:
         potential=potential_files("{i}"),
         hard=accelerated_hard_sets,
     output:
-        frame=f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz",
-        **qm_frames_output(f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz"),
+        **qmml_rule_output(f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz"),
     params:
         prefix=lambda w: potential(w.i),
         hard=hard_flag,
