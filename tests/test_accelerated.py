@@ -16,7 +16,7 @@ from ase.io import read, write
 
 from conftest import MILADY
 from qmml.accelerated import (AcceleratedSettings, SurrogateMixing, _ForceDifferences,
-                              default_hard_set, qm_point_frames, relax_accelerated)
+                              _System, default_hard_set, qm_point_frames, relax_accelerated)
 from qmml.descriptors import DescriptorCache, compute_descriptors, energy_rows
 from qmml.engines import engine_settings_hash
 from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
@@ -251,6 +251,46 @@ def test_delta_corrected_surrogate_equals_true_forces_at_anchor(start, milady, t
     whole.calc = milady.with_theta(theta).calculator()
     np.testing.assert_allclose(sur.raw_surrogate_qm_forces(probe),
                                whole.get_forces()[qm_mask], rtol=0, atol=1e-10)
+
+
+def test_fixed_point_step_stays_where_a_minimiser_leaves(start, milady, tmp_path):
+    """At a saddle of the surrogate the inner LBFGS runs to the trust radius; Newton-Krylov
+    finds the fixed point next to the anchor (benchmarks/README.md §9)."""
+    atoms = start.copy()
+    system = _System([atoms], [0], cached(tmp_path), milady.calculator, milady,
+                     AcceleratedSettings(), BUFFER, 5.0, None)
+    x, _ = system.relax_ml(0.002, "LBFGS", 3000, 0.3)
+    ev = system.evaluate_true(x)
+    assert ev.fmax > 0.1  # QM and ML disagree at the ML minimum: something to relax
+
+    def max_step(y):
+        return np.sqrt(((y - ev.positions) ** 2).sum(axis=2)).max()
+
+    def max_force_at_fixed_point():
+        return np.linalg.norm(system.sur_target.get_forces()[system.free], axis=1).max()
+
+    # a stable surrogate (Θ_i + Δ): the fixed point is the minimiser's minimum
+    system.set_surrogate(system.theta_i, ev.positions, ev.qm_forces)
+    x_min, _, hit = system.relax_surrogate(ev.positions, 0.3, 0.001, "LBFGS", 3000)
+    assert not hit
+    x_fp = system.nearest_fixed_point(ev.positions, 0.3, 0.001)
+    assert max_force_at_fixed_point() <= 0.001
+    assert np.abs(x_fp - x_min).max() < 2e-3
+    assert system.nearest_fixed_point(ev.positions, 0.5 * max_step(x_fp), 0.001) is None
+    # a saddle: an outward spring of 40 eV/Å² on the QM atoms (force +k·d, as a surrogate
+    # with Θ_i's negative curvature along a core mode has)
+    cluster = system.images[0].calc.qm_buffer_mask
+    n_qm = int(system.qm_mask.sum())
+    pick = np.zeros((3 * n_qm, 3 * int(cluster.sum())))
+    pick[np.arange(3 * n_qm), np.flatnonzero(np.repeat(system.qm_mask[cluster], 3))] = 1.0
+    calc = system.sur_images[0].calc
+    calc.secant = (cluster, ev.positions[0][cluster].copy(), 40.0 * pick, np.eye(3 * n_qm))
+    calc.reset()
+    x_min, _, hit = system.relax_surrogate(ev.positions, 0.3, 0.001, "LBFGS", 3000)
+    assert hit and max_step(x_min) == pytest.approx(0.3)
+    x_fp = system.nearest_fixed_point(ev.positions, 0.3, 0.001)
+    assert x_fp is not None and max_step(x_fp) < 0.05
+    assert max_force_at_fixed_point() <= 0.001
 
 
 def test_hard_rows_come_from_the_descriptor_cache(start, milady, tmp_path):
