@@ -383,7 +383,6 @@ class _System:
                 break
         return self.positions("sur"), n, hit
 
-
     def nearest_fixed_point(self, start: np.ndarray, trust: float, fmax: float
                             ) -> np.ndarray | None:
         """The surrogate's fixed point nearest ``start`` (Newton-Krylov on the free atoms'
@@ -392,8 +391,8 @@ class _System:
         A minimiser leaves a fixed point at which the surrogate's Jacobian has a negative
         eigenvalue; near the QM/ML minimum the surrogate can have one along a core mode
         that the secants have not explored, where the QM forces are stiff
-        (benchmarks/README.md §9), so its relaxation runs to the trust radius from within
-        0.01 Å of the minimum.  Newton converges to the fixed point itself."""
+        (benchmarks/README.md §9), so its relaxation runs to the trust radius from
+        0.01–0.014 Å of the minimum.  Newton converges to the fixed point itself."""
         from scipy.optimize import root
 
         free = self.free
