@@ -383,10 +383,12 @@ class _System:
                 break
         return self.positions("sur"), n, hit
 
-    def nearest_fixed_point(self, start: np.ndarray, trust: float, fmax: float
-                            ) -> np.ndarray | None:
+    def nearest_fixed_point(self, start: np.ndarray, trust: float, fmax: float,
+                            max_evaluations: int = 100) -> np.ndarray | None:
         """The surrogate's fixed point nearest ``start`` (Newton-Krylov on the free atoms'
-        surrogate forces), or None if the solver fails or it lies beyond ``trust``.
+        surrogate forces), or None if the solver fails, needs more than ``max_evaluations``
+        surrogate force evaluations (converging searches took 33-65, failing ones could
+        take minutes) or the point lies beyond ``trust``.
 
         A minimiser leaves a fixed point at which the surrogate's Jacobian has a negative
         eigenvalue; near the QM/ML minimum the surrogate can have one along a core mode
@@ -396,8 +398,12 @@ class _System:
         from scipy.optimize import root
 
         free = self.free
+        evaluations = [0]
 
         def target_forces(dx: np.ndarray) -> np.ndarray:  # what the inner optimiser sees
+            evaluations[0] += 1
+            if evaluations[0] > max_evaluations:
+                raise _OutOfBudget
             x = start.copy()
             x[:, free] += dx.reshape(len(self.moving), -1, 3)
             self.set_positions(x, "sur")
@@ -408,7 +414,7 @@ class _System:
             sol = root(target_forces, np.zeros(len(self.moving) * int(free.sum()) * 3),
                        method="krylov", options={"fatol": fmax, "maxiter": 10,
                                                  "jac_options": {"method": "lgmres"}})
-        except (ValueError, np.linalg.LinAlgError, OverflowError):
+        except (_OutOfBudget, ValueError, np.linalg.LinAlgError, OverflowError):
             return None
         x = start.copy()
         x[:, free] += sol.x.reshape(len(self.moving), -1, 3)
@@ -416,6 +422,10 @@ class _System:
             return None
         self.set_positions(x, "sur")
         return x
+
+
+class _OutOfBudget(Exception):
+    """The fixed-point search used up its surrogate evaluations."""
 
 
 _STATE_KEYS = ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
