@@ -394,7 +394,7 @@ class _System:
         eigenvalue; near the QM/ML minimum the surrogate can have one along a core mode
         that the secants have not explored, where the QM forces are stiff
         (benchmarks/README.md §9), so its relaxation runs to the trust radius from
-        0.01–0.014 Å of the minimum.  Newton converges to the fixed point itself."""
+        0.014–0.017 Å of the minimum.  Newton converges to the fixed point itself."""
         from scipy.optimize import root
 
         free = self.free
