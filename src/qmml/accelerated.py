@@ -376,7 +376,7 @@ class _System:
         for _ in opt.irun(fmax=fmax, steps=steps):
             n = opt.nsteps
             x = self.positions("sur")
-            d = float(np.sqrt(((x - start) ** 2).sum(axis=2)).max())
+            d = _max_displacement(x, start)
             if d > trust:  # pull back onto the trust sphere along the surrogate path
                 self.set_positions(start + (x - start) * (trust / d), "sur")
                 hit = True
@@ -398,15 +398,19 @@ class _System:
         from scipy.optimize import root
 
         free = self.free
-        evaluations = [0]
+        evaluations = 0
 
-        def target_forces(dx: np.ndarray) -> np.ndarray:  # what the inner optimiser sees
-            evaluations[0] += 1
-            if evaluations[0] > max_evaluations:
-                raise _OutOfBudget
+        def displaced(dx: np.ndarray) -> np.ndarray:  # dx: the free atoms' displacements
             x = start.copy()
             x[:, free] += dx.reshape(len(self.moving), -1, 3)
-            self.set_positions(x, "sur")
+            return x
+
+        def target_forces(dx: np.ndarray) -> np.ndarray:  # what the inner optimiser sees
+            nonlocal evaluations
+            evaluations += 1
+            if evaluations > max_evaluations:
+                raise _OutOfBudget
+            self.set_positions(displaced(dx), "sur")
             forces = np.asarray(self.sur_target.get_forces())
             return forces.reshape(len(self.moving), -1, 3)[:, free].ravel()
 
@@ -416,12 +420,16 @@ class _System:
                                                  "jac_options": {"method": "lgmres"}})
         except (_OutOfBudget, ValueError, np.linalg.LinAlgError, OverflowError):
             return None
-        x = start.copy()
-        x[:, free] += sol.x.reshape(len(self.moving), -1, 3)
-        if not sol.success or np.sqrt(((x - start) ** 2).sum(axis=2)).max() > trust:
+        x = displaced(sol.x)
+        if not sol.success or _max_displacement(x, start) > trust:
             return None
         self.set_positions(x, "sur")
         return x
+
+
+def _max_displacement(x: np.ndarray, start: np.ndarray) -> float:
+    """Largest atomic distance between two (images, atoms, 3) position arrays."""
+    return float(np.sqrt(((x - start) ** 2).sum(axis=2)).max())
 
 
 class _OutOfBudget(Exception):
@@ -647,7 +655,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
         free = system.free
         error = float(np.sqrt(((predicted - ev.forces)[:, free] ** 2).sum(axis=2)).max())
         stats.prediction_errors.append(error)
-        step = float(np.sqrt(((ev.positions - anchor.positions) ** 2).sum(axis=2)).max())
+        step = _max_displacement(ev.positions, anchor.positions)
         accept = ev.fmax < anchor.fmax or error < anchor.fmax
         if accept:
             current = len(evals) - 1
