@@ -16,7 +16,8 @@ from ase.io import read, write
 
 from conftest import MILADY
 from qmml.accelerated import (AcceleratedSettings, SurrogateMixing, _ForceDifferences,
-                              _System, default_hard_set, qm_point_frames, relax_accelerated)
+                              _System, default_hard_set, qm_point_frames, relax_accelerated,
+                              seed_points)
 from qmml.descriptors import DescriptorCache, compute_descriptors, energy_rows
 from qmml.engines import engine_settings_hash
 from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
@@ -360,6 +361,52 @@ def test_every_qm_called_geometry_is_kept_with_its_true_forces(start, milady,
             np.linalg.norm(truth[free], axis=1).max(), abs=1e-9)
     assert qm.n_real_calls == 0
     assert max(f.info["qm_point_fmax"] for f in frames) > 10 * FMAX  # not just the end
+
+
+def test_seeded_rerun_reuses_cached_qm_points(start, milady, accelerated_run, tmp_path):
+    """A rerun seeded with an earlier run's QM points (here: a tighter fmax) replays them
+    from the cache without a QM call, starts from the best, and a seed missing from the
+    cache is skipped, not computed."""
+    import shutil
+
+    done, stats, work = accelerated_run
+    frames = qm_point_frames([start], [0], stats, {})
+    seeds = seed_points(frames, [start], [0], "qm_frames.xyz")
+    assert len(seeds) == len(stats.qm_points)
+    cache = tmp_path / "cache"
+    shutil.copytree(work / "cache", cache)
+    first = QMCache(cache, engine_settings_hash(REFERENCE))
+    missing = start.copy()  # drop the first QM point's cluster from the copied cache
+    missing.positions = seeds[0][0]
+    fq = make_force_qmmm(missing, cached(tmp_path / "scratch"), milady.calculator(), BUFFER)
+    first.path(fq.get_qm_cluster(missing)).unlink()
+    messages = []
+    qm = cached(cache)
+    atoms = start.copy()
+    tight = relax_accelerated(atoms, qm, milady, BUFFER, fmax=FMAX / 5, seeds=seeds,
+                              log=messages.append)
+    assert tight.converged and tight.fmax <= FMAX / 5
+    assert tight.n_seeds == len(seeds) - 1
+    assert any(f"{len(seeds) - 1} of {len(seeds)} seed QM points replayed from the cache "
+               "(1 not cached, skipped)" in m
+               for m in messages)
+    # the seeds cost nothing; the run started from the best of them (the earlier end point)
+    assert tight.fmax_history[0] == pytest.approx(stats.fmax, abs=1e-12)
+    new_calls = len(tight.qm_points) - tight.n_seeds
+    print(f"seeded rerun: {tight.n_seeds} seeds, {new_calls} new QM calls, start fmax "
+          f"{tight.fmax_history[0]:.4f}, end {tight.fmax:.4f}")
+    assert tight.n_qm_real_calls == new_calls
+    # measured: one new call takes the earlier end point (fmax 0.0091) to 0.0007 eV/Å
+    assert 1 <= new_calls <= 2
+    out = qm_point_frames([start], [0], tight, {})
+    assert [f.info["qm_point_seed"] for f in out] == \
+        [True] * tight.n_seeds + [False] * new_calls
+    np.testing.assert_array_equal(out[-1].positions, atoms.positions)
+    # frames of another structure are refused with a one-line error naming the file
+    from qmml import QmmlError
+
+    with pytest.raises(QmmlError, match=f"other.xyz: frame 0 has {len(start) - 1} atoms"):
+        seed_points([f[:-1] for f in frames], [start], [0], "other.xyz")
 
 
 @pytest.mark.slow

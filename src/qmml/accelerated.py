@@ -52,6 +52,13 @@ homogeneous strain as the paper's 102-cell set at a fraction of the cost, so the
 constants and lattice parameter of every surrogate equal Θ_i's.  (Surrogates only steer
 the relaxation; the hard rows keep their bulk physics sane far from the core.)
 
+Seeds.  ``seeds`` are the QM points of an earlier run of the same structure (the next
+iteration's relaxation of the same dislocation, a rerun with a new potential or a tighter
+fmax; ``qmml relax/neb --seed-frames``).  The QM forces of their QM atoms do not depend on
+the ML potential, so each seed whose QM clusters are all in the cache joins the training
+data without a QM call (a seed missing from the cache is skipped, never computed), and
+the run starts from the seed with the lowest true fmax instead of the ML minimum.
+
 Resume.  After every outer step the state (all QM-called geometries, the accepted index,
 trust radius, counters) is pickled atomically.  A restarted run replays the stored
 geometries through the QM cache (zero real QM calls), rebuilds the training rows and
@@ -74,7 +81,7 @@ from qmml.io import read_checkpoint, write_pickle
 from qmml.descriptors import DescriptorCache, compute_descriptors, energy_rows
 from qmml.fitting import solve_constrained
 from qmml.potential import SNAPPotential
-from qmml.qmcache import CachedQMCalculator
+from qmml.qmcache import CachedQMCalculator, NotCached
 from qmml.qmmm import (RunStats, apply_fix_mask, make_force_qmmm, max_force,
                        qm_mask_from_region, run_fingerprint)
 
@@ -136,6 +143,7 @@ class AcceleratedStats(RunStats):
     # the QM data the surrogates were trained on, kept for retraining (qm_point_frames)
     qm_points: list = field(default_factory=list)
     accepted_point: int = 0   # index into qm_points of the geometry the run ended at
+    n_seeds: int = 0          # the first n_seeds qm_points are replayed seeds, not new calls
 
     @property
     def surrogate_hard_residual_max(self) -> float:
@@ -438,7 +446,7 @@ class _OutOfBudget(Exception):
 
 _STATE_KEYS = ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
                "surrogate_thetas", "prediction_errors", "trust_history", "fmax_history",
-               "outer_steps", "surrogate_steps")
+               "outer_steps", "surrogate_steps", "n_seeds")
 
 
 class _ForceDifferences:
@@ -515,7 +523,8 @@ def _save(path: Path | None, state: dict) -> None:
 def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_steps: int,
          settings: AcceleratedSettings, checkpoint: Path | None, fingerprint: str,
          log: Callable[[str], None] | None,
-         descriptor_cache: DescriptorCache | None = None) -> AcceleratedStats:
+         descriptor_cache: DescriptorCache | None = None,
+         seeds: Sequence[np.ndarray] = ()) -> AcceleratedStats:
     settings.check()
     qm = system.qm
     stats = AcceleratedStats("accelerated", fmax)
@@ -564,20 +573,42 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
             log(f"accelerated: resumed from {checkpoint} at outer step {stats.outer_steps} "
                 f"({len(points)} QM geometries replayed from the cache)")
     else:
-        if settings.ml_prerelax:
-            x, n = system.relax_ml(settings.inner_fmax_ratio * fmax, settings.inner_optimizer,
-                                   settings.inner_steps, settings.trust_max)
-            stats.surrogate_steps += n
-            system.set_positions(x)
+        for x in seeds:
+            try:
+                with qm.cached_only():
+                    ev = system.evaluate_true(x)
+            except NotCached:
+                continue
+            evals.append(ev)
+            points.append(ev.positions)
+            add_data(ev)
+        stats.n_seeds = len(evals)
+        if evals:
+            current = int(np.argmin([ev.fmax for ev in evals]))
             if log:
-                log(f"accelerated: relaxed with the ML potential alone ({n} steps, no QM)")
-        ev = system.evaluate_true()
-        evals.append(ev)
-        points.append(ev.positions)
-        add_data(ev)
-        stats.fmax_history.append(ev.fmax)
+                skipped = len(seeds) - len(evals)
+                log(f"accelerated: {len(evals)} of {len(seeds)} seed QM points replayed "
+                    f"from the cache{f' ({skipped} not cached, skipped)' if skipped else ''}"
+                    f"; starting from seed {current}")
+        else:
+            if seeds and log:
+                log(f"accelerated: none of the {len(seeds)} seed QM points is cached")
+            if settings.ml_prerelax:
+                x, n = system.relax_ml(settings.inner_fmax_ratio * fmax,
+                                       settings.inner_optimizer, settings.inner_steps,
+                                       settings.trust_max)
+                stats.surrogate_steps += n
+                system.set_positions(x)
+                if log:
+                    log(f"accelerated: relaxed with the ML potential alone ({n} steps, no QM)")
+            ev = system.evaluate_true()
+            evals.append(ev)
+            points.append(ev.positions)
+            add_data(ev)
+        stats.fmax_history.append(evals[current].fmax)
         if log:
-            log(f"accelerated: start    QM calls {qm.n_calls:4d}  true fmax {ev.fmax:.5f}")
+            log(f"accelerated: start    QM calls {qm.n_calls:4d}  true fmax "
+                f"{evals[current].fmax:.5f}")
 
     def save() -> None:
         _save(checkpoint, {"fingerprint": fingerprint, "points": points, "current": current,
@@ -697,13 +728,16 @@ def relax_accelerated(atoms: Atoms, qm: CachedQMCalculator, potential: SNAPPoten
                       checkpoint: str | Path | None = None, vacuum: float = 5.0,
                       log: Callable[[str], None] | None = print,
                       fingerprint_extra=(),
-                      descriptor_cache: DescriptorCache | None = None) -> AcceleratedStats:
+                      descriptor_cache: DescriptorCache | None = None,
+                      seeds: Sequence[np.ndarray] = ()) -> AcceleratedStats:
     """Relax ``atoms`` in place with the accelerated QM/ML optimiser (module docstring).
 
     ``potential`` is the iteration's Θ_i (ML forces outside QM, Tikhonov centre, descriptor
     space); ``steps`` bounds the outer steps; ``hard`` the hard configurations (default:
     :func:`default_hard_set`).  On return ``atoms.calc`` is the true ForceQMMM at the
     accepted geometry.  ``descriptor_cache``: where the hard rows are looked up first.
+    ``seeds``: earlier QM points of this structure, (1, N, 3) positions each
+    (:func:`seed_points`).
     """
     settings = settings or AcceleratedSettings()
     settings.check()
@@ -711,9 +745,10 @@ def relax_accelerated(atoms: Atoms, qm: CachedQMCalculator, potential: SNAPPoten
                      buffer_width, vacuum, None)
     fingerprint = run_fingerprint([atoms], "accelerated", fmax, buffer_width, vacuum,
                                   qm.cache.settings_hash, repr(settings),
-                                  _hard_id(hard), *fingerprint_extra)
+                                  _hard_id(hard), *_seeds_id(seeds), *fingerprint_extra)
     return _run(system, hard, fmax, steps, settings,
-                Path(checkpoint) if checkpoint else None, fingerprint, log, descriptor_cache)
+                Path(checkpoint) if checkpoint else None, fingerprint, log, descriptor_cache,
+                seeds)
 
 
 def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAPPotential,
@@ -722,12 +757,14 @@ def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAP
                     settings: AcceleratedSettings | None = None,
                     checkpoint: str | Path | None = None, vacuum: float = 5.0,
                     log: Callable[[str], None] | None = print, fingerprint_extra=(),
-                    descriptor_cache: DescriptorCache | None = None
+                    descriptor_cache: DescriptorCache | None = None,
+                    seeds: Sequence[np.ndarray] = ()
                     ) -> tuple[AcceleratedStats, "object"]:
     """Accelerated NEB: the surrogate NEB is converged, then QM on all interior images.
 
     ``images`` (end points included, already interpolated, region arrays set) are moved in
     place.  Returns the stats and the true ASE NEB object (for ``integrate_forces``).
+    ``seeds``: earlier QM points of this path, (interior images, N, 3) positions each.
     """
     settings = settings or AcceleratedSettings()
     settings.check()
@@ -735,9 +772,10 @@ def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAP
                      settings, buffer_width, vacuum, {"k": k, "method": "spline"})
     fingerprint = run_fingerprint(images, "neb-accelerated", fmax, k, buffer_width, vacuum,
                                   qm.cache.settings_hash, repr(settings), _hard_id(hard),
-                                  *fingerprint_extra)
+                                  *_seeds_id(seeds), *fingerprint_extra)
     stats = _run(system, hard, fmax, steps, settings,
-                 Path(checkpoint) if checkpoint else None, fingerprint, log, descriptor_cache)
+                 Path(checkpoint) if checkpoint else None, fingerprint, log, descriptor_cache,
+                 seeds)
     return stats, system.true_target
 
 
@@ -746,8 +784,10 @@ def qm_point_frames(images: Sequence[Atoms], moving: Sequence[int], stats: Accel
     """Every QM-called geometry of an accelerated run as QM/ML frames: the moving images
     (``moving``: indices into ``images``, which give numbers, cell, region, fix_mask) at each
     QM call with their true mixed forces, rejected probes included, since each is QM data
-    as good as the accepted ones.  Info: ``info`` plus ``qm_point`` (call order),
-    ``qm_point_fmax`` (true fmax there) and ``qm_point_image`` (index into ``images``)."""
+    as good as the accepted ones, and replayed seeds too (their QM data are what this run's
+    surrogates stand on).  Info: ``info`` plus ``qm_point`` (call order), ``qm_point_fmax``
+    (true fmax there), ``qm_point_image`` (index into ``images``), ``qm_point_final`` and
+    ``qm_point_seed`` (replayed from an earlier run, no QM call made here)."""
     from qmml.qmmm import output_frame
 
     frames = []
@@ -757,8 +797,50 @@ def qm_point_frames(images: Sequence[Atoms], moving: Sequence[int], stats: Accel
             atoms.positions = ev.positions[n]
             frames.append(output_frame(atoms, dict(
                 info, qm_point=g, qm_point_fmax=float(ev.fmax), qm_point_image=int(j),
-                qm_point_final=g == stats.accepted_point), forces=ev.forces[n]))
+                qm_point_final=g == stats.accepted_point, qm_point_seed=g < stats.n_seeds),
+                forces=ev.forces[n]))
     return frames
+
+
+def seed_points(frames: Sequence[Atoms], images: Sequence[Atoms], moving: Sequence[int],
+                source: str) -> list[np.ndarray]:
+    """The QM points of an earlier run's :func:`qm_point_frames` (read from ``source``) as
+    seeds for a run of ``images`` with moving images ``moving``: one (len(moving), N, 3)
+    array per QM point, in call order.  QmmlError naming ``source`` if its frames do not
+    belong to these images."""
+    moving = list(moving)
+    points: dict[int, dict[int, np.ndarray]] = {}
+    for n, a in enumerate(frames):
+        if "qm_point" not in a.info or "qm_point_image" not in a.info:
+            raise QmmlError(f"{source}: frame {n} has no qm_point/qm_point_image info "
+                            f"(not a --qm-frames file of an accelerated run)")
+        j = int(a.info["qm_point_image"])
+        if j not in moving:
+            raise QmmlError(f"{source}: frame {n} is image {j}, but the moving images here "
+                            f"are {moving[0]}..{moving[-1]}")
+        if len(a) != len(images[j]) or (a.numbers != images[j].numbers).any():
+            raise QmmlError(f"{source}: frame {n} has {len(a)} atoms of other species or "
+                            f"order than the structure's {len(images[j])}")
+        points.setdefault(int(a.info["qm_point"]), {})[j] = a.positions
+    seeds = []
+    for g in sorted(points):
+        if sorted(points[g]) != list(moving):
+            raise QmmlError(f"{source}: QM point {g} lacks images "
+                            f"{sorted(set(moving) - set(points[g]))}")
+        seeds.append(np.array([points[g][j] for j in moving]))
+    return seeds
+
+
+def _seeds_id(seeds: Sequence[np.ndarray]) -> tuple[str, ...]:
+    """Part of the run fingerprint (nothing without seeds: unseeded checkpoints stay valid)."""
+    if not len(seeds):
+        return ()
+    import hashlib
+
+    h = hashlib.sha256()
+    for x in seeds:
+        h.update(np.ascontiguousarray(x, dtype=float).tobytes())
+    return ("seeds", h.hexdigest()[:16])
 
 
 def _hard_id(hard: Sequence[Atoms] | None) -> str:

@@ -18,7 +18,9 @@ import hashlib
 import os
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from ase import Atoms
@@ -115,6 +117,10 @@ class QMCache:
         return sum(1 for _ in self.directory.glob("*/*.npz"))
 
 
+class NotCached(Exception):
+    """A QM cluster asked for inside :meth:`CachedQMCalculator.cached_only` is not cached."""
+
+
 class CachedQMCalculator(Calculator):
     """Consults the cache before calling the engine; counts real engine calls.
 
@@ -136,6 +142,7 @@ class CachedQMCalculator(Calculator):
         self.n_cache_hits = 0
         self.qm_seconds = 0.0
         self.log = log
+        self._cached_only = False
         kill_after = os.environ.get(KILL_ENV)
         self._kill_after = int(kill_after) if kill_after else None
 
@@ -154,6 +161,16 @@ class CachedQMCalculator(Calculator):
         """QM evaluations requested (real + cached)."""
         return self.n_real_calls + self.n_cache_hits
 
+    @contextmanager
+    def cached_only(self) -> Iterator[None]:
+        """Inside, a cluster missing from the cache raises :class:`NotCached` instead of
+        calling the engine: replaying another run's QM points must cost no QM call."""
+        self._cached_only = True
+        try:
+            yield
+        finally:
+            self._cached_only = False
+
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         cluster = self.atoms.copy()
@@ -163,6 +180,9 @@ class CachedQMCalculator(Calculator):
             self.n_cache_hits += 1
             self.results.update(cached, free_energy=cached["energy"])
             return
+        if self._cached_only:
+            self.reset()
+            raise NotCached(f"{len(cluster)}-atom cluster not in {self.cache.directory}")
         forces, energy = self._call_engine(cluster)
         self.cache.store(cluster, forces, energy)
         self.n_real_calls += 1

@@ -219,13 +219,14 @@ def relax(atoms: Atoms, qm: CachedQMCalculator, ml_calc: Calculator, buffer_widt
           optimizer: str = "FIRE", fmax: float = 0.01, steps: int = 1000,
           checkpoint: str | Path | None = None, vacuum: float = 5.0,
           log: Callable[[str], None] | None = print, fingerprint_extra=(),
-          hard=None, accelerated=None, descriptor_cache=None) -> RunStats:
+          hard=None, accelerated=None, descriptor_cache=None, seeds=()) -> RunStats:
     """Relax ``atoms`` in place with force-mixed QM/ML; fixed atoms from ``fix_mask``.
 
     ``qm`` is the cached QM calculator, ``ml_calc`` the ML potential's calculator.
     ``optimizer="accelerated"``: :mod:`qmml.accelerated` (``hard``: its hard configurations,
     ``accelerated``: its ``AcceleratedSettings``, ``descriptor_cache``: where its hard rows
-    are looked up; ``steps`` then bounds outer steps).
+    are looked up, ``seeds``: QM points of an earlier run to start from; ``steps`` then
+    bounds outer steps).
     """
     if optimizer == "accelerated":  # surrogate between QM calls (qmml.accelerated)
         from qmml.accelerated import relax_accelerated
@@ -234,7 +235,7 @@ def relax(atoms: Atoms, qm: CachedQMCalculator, ml_calc: Calculator, buffer_widt
                                  steps=steps, hard=hard, settings=accelerated,
                                  checkpoint=checkpoint, vacuum=vacuum, log=log,
                                  fingerprint_extra=fingerprint_extra,
-                                 descriptor_cache=descriptor_cache)
+                                 descriptor_cache=descriptor_cache, seeds=seeds)
     if optimizer not in OPTIMIZERS:
         raise QmmlError(f"unknown optimizer '{optimizer}' (choose from "
                         f"{', '.join(OPTIMIZERS)}, accelerated)")
@@ -253,7 +254,8 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
         fmax: float = 0.05, steps: int = 1000, k: float = 0.1,
         checkpoint: str | Path | None = None, vacuum: float = 5.0,
         log: Callable[[str], None] | None = print, fingerprint_extra=(), hard=None,
-        accelerated=None, descriptor_cache=None) -> tuple[list[Atoms], RunStats, dict]:
+        accelerated=None, descriptor_cache=None, seeds=()
+        ) -> tuple[list[Atoms], RunStats, dict]:
     """NEB of a glide path with one ForceQMMM per image (all sharing the QM cache).
 
     ``n_images`` counts all images including the two end points.  The QM/buffer masks
@@ -284,7 +286,7 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
             images, qm, ml_factory().potential, buffer_width, fmax=fmax,
             steps=steps, k=k, hard=hard, settings=accelerated, checkpoint=checkpoint,
             vacuum=vacuum, log=log, fingerprint_extra=fingerprint_extra,
-            descriptor_cache=descriptor_cache)
+            descriptor_cache=descriptor_cache, seeds=seeds)
     else:
         for im in images[1:]:
             apply_fix_mask(im)

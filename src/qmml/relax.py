@@ -6,7 +6,9 @@ Outputs are extxyz frames with the mixed QM/ML ``forces``, ``region`` and ``fix_
 arrays and provenance info keys (engine, settings hash, fmax, QM call count, potential);
 they are readable by ``ForceQMMM.import_extxyz`` and by ``qmml retrain``.  With
 ``--optimizer accelerated``, ``--qm-frames`` also writes every QM-called geometry in the
-same format (the surrogates' training data, for retraining).
+same format (the surrogates' training data, for retraining), and ``--seed-frames`` reads
+such a file of an earlier run of the same structure: its cached QM points are reused, not
+recomputed.
 """
 from __future__ import annotations
 
@@ -48,6 +50,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="accelerated only: also write every QM-called geometry with its "
                         "true QM/ML forces (rejected probes and the final point included): "
                         "the QM data its surrogates were trained on, for retraining")
+    parser.add_argument("--seed-frames", nargs="+", metavar="FRAMES.xyz", default=None,
+                        help="accelerated only: --qm-frames files of earlier runs of the same "
+                        "structure (e.g. the previous iteration's); their QM points found in "
+                        "the cache train the surrogate without a QM call and the run starts "
+                        "from the best of them")
     parser.add_argument("--surrogate-space", choices=["linear", "quadratic"],
                         help="accelerated only: descriptor space of the surrogate "
                         "(default: AcceleratedSettings.space, quadratic)")
@@ -122,23 +129,26 @@ def _setup(args: argparse.Namespace):
     return cfg, settings_hash, pot, qm, label, log, pot_id
 
 
-def _accelerated_options(args: argparse.Namespace) -> dict:
-    """hard set + settings for ``--optimizer accelerated`` (empty dict otherwise)."""
+def _accelerated_options(args: argparse.Namespace, images, moving) -> dict:
+    """hard set, settings and seeds for ``--optimizer accelerated`` (empty dict otherwise);
+    ``images``/``moving``: the run's images and the indices of those that move."""
     if args.optimizer != "accelerated":
         for flag, value in (("--hard", args.hard), ("--descriptor-cache", args.descriptor_cache),
-                            ("--qm-frames", args.qm_frames)):
+                            ("--qm-frames", args.qm_frames), ("--seed-frames", args.seed_frames)):
             if value:
                 raise QmmlError(f"{flag} is only used with --optimizer accelerated")
         return {}
-    from qmml.accelerated import AcceleratedSettings
+    from qmml.accelerated import AcceleratedSettings, seed_points
     from qmml.descriptors import DescriptorCache
     from qmml.io import read_frames
 
     hard = [a for path in args.hard for a in read_frames(path)] if args.hard else None
     space = {"space": args.surrogate_space} if args.surrogate_space else {}
+    seeds = [x for path in args.seed_frames or ()
+             for x in seed_points(read_frames(path), images, moving, path)]
     return {"hard": hard, "accelerated": AcceleratedSettings(**space),
             "descriptor_cache": DescriptorCache(args.descriptor_cache)
-            if args.descriptor_cache else None}
+            if args.descriptor_cache else None, "seeds": seeds}
 
 
 def _write_qm_frames(args: argparse.Namespace, images, moving, stats, info: dict) -> None:
@@ -160,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     stats = relax(atoms, qm, pot.calculator(), args.buffer, optimizer=args.optimizer,
                   fmax=args.fmax, steps=args.steps, checkpoint=checkpoint,
                   vacuum=args.vacuum, log=log, fingerprint_extra=pot_id,
-                  **_accelerated_options(args))
+                  **_accelerated_options(args, [atoms], [0]))
     info = provenance(stats, label, settings_hash, str(args.potential), args.buffer)
     write_frames(args.output, [output_frame(atoms, info)])
     _write_qm_frames(args, [atoms], [0], stats, info)
@@ -186,7 +196,8 @@ def run_neb(args: argparse.Namespace) -> int:
                                  args.buffer, optimizer=args.optimizer, fmax=args.fmax,
                                  steps=args.steps, k=args.spring, checkpoint=checkpoint,
                                  vacuum=args.vacuum, log=log, fingerprint_extra=pot_id,
-                                 **_accelerated_options(args))
+                                 **_accelerated_options(args, [initial] * args.images,
+                                                        range(1, args.images - 1)))
     info = provenance(stats, label, settings_hash, str(args.potential), args.buffer)
     info["neb_barrier_virtual_work"] = profile["barrier"]
     e_images = profile["image_energy"]
