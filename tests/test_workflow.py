@@ -66,6 +66,32 @@ def test_dry_run_builds_full_dag(configfile, tmp_path):
     assert not (tmp_path / "results").exists()  # a dry run computes nothing
 
 
+@pytest.mark.parametrize("use_3d", [False, True])
+def test_accelerated_runs_are_seeded_by_the_previous_iteration(tmp_path, use_3d):
+    """With the accelerated optimiser each relaxation from iteration 1 on gets the previous
+    iteration's QM points of the same structure (--seed-frames); the 3D ones only when
+    retraining uses the 3D runs (otherwise earlier iterations do not run them): seeding
+    adds no job."""
+    tiny = (ROOT / "tests" / "data" / "tiny.yaml").read_text()
+    config = tmp_path / "accelerated.yaml"
+    config.write_text(tiny.replace("optimizer: FIRE", "optimizer: accelerated")
+                      .replace("use_3d: false", f"use_3d: {str(use_3d).lower()}"))
+    proc = snakemake(tmp_path, config, "-n", "--printshellcmds")
+    jobs = planned_jobs(proc)
+    assert jobs["qmml_relax"] == 2 and jobs["qmml_3d_defect"] == (6 if use_3d else 2)
+    commands = [line for line in proc.stdout.splitlines() if "qmml.cli relax" in line]
+    assert len(commands) == jobs["qmml_relax"] + jobs["qmml_3d_defect"]
+    seeded = {c.split("--output ")[1].split()[0]: c.split("--seed-frames ")[1].split()[0]
+              for c in commands if "--seed-frames" in c}
+    expected = {"results/iter_1/qmml/screw_initial.xyz":
+                "results/iter_0/qmml/screw_initial.qm_frames.xyz"}
+    if use_3d:
+        expected.update({f"results/iter_{i}/3d/vac_{k}.xyz":
+                         f"results/iter_{i - 1}/3d/vac_{k}.qm_frames.xyz"
+                         for i in (1, 2) for k in (0, 1)})
+    assert seeded == expected
+
+
 @pytest.mark.parametrize("bad, message", [
     ("qmml:\n  fmax: -1\n", "key 'qmml.fmax': -1 is less than or equal to the minimum of 0"),
     ("qmml:\n  fmx: 0.1\n", "key 'qmml.fmx': unknown key"),
@@ -152,23 +178,23 @@ def test_end_to_end_two_iterations_and_partial_rerun(tmp_path):
 def test_end_to_end_accelerated_optimizer(tmp_path):
     """The tiny config with ``optimizer: accelerated``: the dislocation and both 3D defect
     relaxations get the iteration's hard sets, converge on the true QM/ML forces in a few
-    QM calls, and the iteration retrains on their frames and computes binding energies."""
+    QM calls, each iteration retrains on their frames, iteration 1 starts from iteration
+    0's cached QM points, and binding energies come out."""
     tiny = (ROOT / "tests" / "data" / "tiny.yaml").read_text()
     config = tmp_path / "accelerated.yaml"
-    config.write_text(tiny.replace("iterations: 2", "iterations: 1")
-                      .replace("optimizer: FIRE", "optimizer: accelerated"))
+    config.write_text(tiny.replace("optimizer: FIRE", "optimizer: accelerated"))
     snakemake(tmp_path, config)
     res = tmp_path / "results"
-    frames = [res / "iter_0" / "qmml" / "screw_initial.xyz",
-              *sorted((res / "iter_1" / "3d").glob("vac_?.xyz"))]
-    assert len(frames) == 3
+    frames = [res / f"iter_{i}" / "qmml" / "screw_initial.xyz" for i in (0, 1)]
+    frames += sorted((res / "iter_2" / "3d").glob("vac_?.xyz"))
+    assert len(frames) == 4
     n_qm_points = {}
     for path in frames:
         frame = read(path, format="extxyz")
         assert frame.info["optimizer"] == "accelerated" and frame.info["converged"], path
         # next to it: every QM-called geometry with its true QM/ML forces, ending at it
         points = read(path.with_suffix(".qm_frames.xyz"), index=":", format="extxyz")
-        n_qm_points[path.name] = len(points)
+        n_qm_points[path.parent.parent.name, path.name] = len(points)
         assert len(points) >= 2 and points[-1].info["qm_point_final"] is True
         np.testing.assert_array_equal(points[-1].positions, frame.positions)
         np.testing.assert_array_equal(points[-1].get_forces(), frame.get_forces())
@@ -179,16 +205,39 @@ def test_end_to_end_accelerated_optimizer(tmp_path):
         free = ~frame.arrays["fix_mask"]
         assert np.linalg.norm(frame.get_forces()[free], axis=1).max() <= 0.02
     # their hard rows went through the descriptor cache the retraining uses
-    logs = [res / "logs" / "iter_0" / "qmml_relax_screw_initial.log",
-            *(res / "logs" / "iter_1").glob("qmml_3d_defect_*.log")]
-    assert len(logs) == 3
+    logs = [res / "logs" / f"iter_{i}" / "qmml_relax_screw_initial.log" for i in (0, 1)]
+    logs += (res / "logs" / "iter_2").glob("qmml_3d_defect_*.log")
+    assert len(logs) == 4
     for log in logs:
         text = log.read_text()
         assert "hard rows" in text and "the descriptor cache" in text, log
     # retraining fitted every QM-called geometry of the screw relaxation, not its end alone
-    report = json.loads((res / "iter_1" / "retrain.json").read_text())
-    assert report["hard_residual_max"] <= 1e-9
-    assert report["n_target_frames"] == n_qm_points["screw_initial.xyz"]
+    for i in (0, 1):
+        report = json.loads((res / f"iter_{i + 1}" / "retrain.json").read_text())
+        assert report["hard_residual_max"] <= 1e-9
+        assert report["n_target_frames"] == n_qm_points[f"iter_{i}", "screw_initial.xyz"]
     assert "hard set" in report["descriptor_cache"]["read"]
-    table = pd.read_csv(res / "iter_1" / "binding.csv")
+    # iteration 1 relaxed the same screw with Θ1, seeded with iteration 0's QM points: all
+    # replayed from the cache (new QM calls only after them), starting from the best
+    earlier = read(res / "iter_0" / "qmml" / "screw_initial.qm_frames.xyz", index=":")
+    points = read(res / "iter_1" / "qmml" / "screw_initial.qm_frames.xyz", index=":")
+    seeds = [p for p in points if p.info["qm_point_seed"]]
+    assert len(seeds) == len(earlier)
+    assert [p.info["qm_point_seed"] for p in points[:len(seeds)]] == [True] * len(seeds)
+    for seed, old in zip(seeds, earlier):
+        np.testing.assert_allclose(seed.positions, old.positions, atol=1e-7)
+        qm = seed.arrays["region"] == "QM"  # QM forces do not depend on Θ
+        np.testing.assert_allclose(seed.get_forces()[qm], old.get_forces()[qm], atol=1e-6)
+    new = len(points) - len(seeds)
+    assert read(frames[1]).info["n_qm_real_calls"] == new
+    assert f"{len(seeds)} of {len(seeds)} seed QM points replayed" in logs[1].read_text()
+    print(f"QM calls of the screw relaxation: iteration 0 {len(earlier)}, iteration 1 {new} "
+          f"new after {len(seeds)} seeds")
+    # measured: iteration 0 takes 3 QM calls, iteration 1 none: iteration 0's end point is
+    # within fmax with Θ1 as well (0.0056 eV/Å against 0.02), so it is the result
+    assert new <= 1
+    if new == 0:
+        best = min(seeds, key=lambda p: p.info["qm_point_fmax"])
+        np.testing.assert_array_equal(read(frames[1]).positions, best.positions)
+    table = pd.read_csv(res / "iter_2" / "binding.csv")
     assert len(table) == 2 and np.isfinite(table["E_b_qmml"]).all()

@@ -88,6 +88,26 @@ def qm_frames_flag(wildcards, output):
     return f"--qm-frames {output.qm_frames}" if ACCELERATED else ""
 
 
+def seed_frames(path, earlier_iterations_run=True):
+    """Input function: the previous iteration's QM points of the same relaxation
+    (``path`` with {i} and other wildcards), whose cached QM results seed this one
+    (``qmml relax/neb --seed-frames``: none recomputed, the run starts from the best).
+    Only with the accelerated optimiser, and only where the previous iteration runs this
+    relaxation anyway (``earlier_iterations_run``): seeding must never add QM work."""
+
+    def previous(w):
+        i = int(w.i)
+        if not (ACCELERATED and earlier_iterations_run and i > 0):
+            return []
+        return [qm_frames_of(path.format(**dict(w.items(), i=i - 1)))]
+
+    return previous
+
+
+def seed_flag(wildcards, input):
+    return f"--seed-frames {' '.join(input.seeds)}" if input.seeds else ""
+
+
 def training_frames(files):
     """The QM/ML files retraining reads for these outputs (see ACCELERATED)."""
     return [qm_frames_of(f) for f in files] if ACCELERATED else files

@@ -28,12 +28,16 @@ rule qmml_3d_defect:
         engine=rules.engine_config.output[0],
         potential=potential_files("{i}"),
         hard=accelerated_hard_sets,
+        # earlier iterations relax 3D configurations only when retraining uses them
+        seeds=seed_frames(f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz",
+                          config["retrain"]["use_3d"]),
     output:
         **qmml_rule_output(f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz"),
     params:
         prefix=lambda w: potential(w.i),
         hard=hard_flag,
         qm_frames=qm_frames_flag,
+        seeds=seed_flag,
         q=config["qmml"],
         buffer=config["three_d"]["buffer"],
         cache=QM_CACHE,
@@ -48,7 +52,8 @@ rule qmml_3d_defect:
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.buffer} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} {params.qm_frames} {ALLOW_UNCONVERGED} --output {output.frame} "
+        "{params.hard} {params.qm_frames} {params.seeds} {ALLOW_UNCONVERGED} "
+        "--output {output.frame} "
         "> {log} 2>&1"
 
 

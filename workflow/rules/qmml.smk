@@ -9,12 +9,14 @@ rule qmml_relax:
         engine=rules.engine_config.output[0],
         potential=potential_files("{i}"),
         hard=accelerated_hard_sets,
+        seeds=seed_frames(f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz"),
     output:
         **qmml_rule_output(f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz"),
     params:
         prefix=lambda w: potential(w.i),
         hard=hard_flag,
         qm_frames=qm_frames_flag,
+        seeds=seed_flag,
         q=config["qmml"],
         cache=QM_CACHE,
     conda:
@@ -28,7 +30,8 @@ rule qmml_relax:
         "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
         "--fmax {params.q[fmax]} --buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} {params.qm_frames} {ALLOW_UNCONVERGED} --output {output.frame} "
+        "{params.hard} {params.qm_frames} {params.seeds} {ALLOW_UNCONVERGED} "
+        "--output {output.frame} "
         "> {log} 2>&1"
 
 
@@ -39,12 +42,14 @@ rule qmml_neb:
         engine=rules.engine_config.output[0],
         potential=potential_files("{i}"),
         hard=accelerated_hard_sets,
+        seeds=seed_frames(f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz"),
     output:
         **qmml_rule_output(f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz"),
     params:
         prefix=lambda w: potential(w.i),
         hard=hard_flag,
         qm_frames=qm_frames_flag,
+        seeds=seed_flag,
         q=config["qmml"],
         images=lambda w: config["dislocations"][w.case]["glide_images"],
         cache=QM_CACHE,
@@ -60,7 +65,8 @@ rule qmml_neb:
         "--optimizer {params.q[optimizer]} --fmax {params.q[neb_fmax]} "
         "--buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
         "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} {params.qm_frames} {ALLOW_UNCONVERGED} --output {output.frame} "
+        "{params.hard} {params.qm_frames} {params.seeds} {ALLOW_UNCONVERGED} "
+        "--output {output.frame} "
         "> {log} 2>&1"
 
 
