@@ -490,6 +490,18 @@ def test_accelerated_neb_converges_on_true_forces(milady, tmp_path):
         np.testing.assert_array_equal(frame.positions, im.positions)
         np.testing.assert_allclose(frame.get_forces(), im.get_forces(apply_constraint=False),
                                    atol=1e-9)
+    # the same NEB seeded with those frames (as the next iteration's is): every QM point
+    # replayed from the cache, no new QM call, the path is the converged one
+    seeds = seed_points(frames, images, [1, 2], "neb.qm_frames.xyz")
+    assert len(seeds) == len(stats.qm_points) and seeds[0].shape == (2, len(ini), 3)
+    calls_before = qm.n_real_calls
+    again, seeded, _ = neb(ini, fin, 4, qm, milady.calculator, milady.cutoff,
+                           optimizer="accelerated", fmax=0.05, steps=50, log=None,
+                           seeds=seeds)
+    assert qm.n_real_calls == calls_before
+    assert seeded.converged and seeded.n_seeds == len(seeds) and seeded.outer_steps == 0
+    for im, done in zip(again[1:3], images[1:3]):
+        np.testing.assert_array_equal(im.positions, done.positions)
 
 
 def test_bad_settings_are_one_line_errors(start, milady, tmp_path):
