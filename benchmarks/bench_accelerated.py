@@ -12,6 +12,12 @@ dominates, so QM calls is the number that matters; wall time is reported as meas
     python benchmarks/bench_accelerated.py --engine tblite --radius 14 --qm-radius 3.5
     python benchmarks/bench_accelerated.py --neb 5 --radius 16 --qm-radius 4.0 --fmax 0.05
 
+``--seed-frames F --seed-cache DIR``: the next iteration's relaxation of the same structure
+(``--potential`` Θ1): every optimiser's cache starts as a copy of DIR (the earlier run's QM
+cache), the accelerated run is seeded with the QM points in F (the earlier run's
+``accelerated.qm_frames.xyz``) and the others start from the earlier run's end point in F;
+QM calls count only the new ones.
+
 ``--neb N``: a glide NEB of N images (end points included) instead of a relaxation; the end
 points are relaxed first (accelerated, shared cache, not counted), then every optimiser
 starts the NEB from the same interpolated path with its own copy of that cache.
@@ -69,6 +75,9 @@ def main() -> None:
     ap.add_argument("--ml-start", action="store_true",
                     help="relax the start with the ML potential alone first (no QM call), "
                     "for every optimiser")
+    ap.add_argument("--seed-frames", metavar="F",
+                    help="QM points of an earlier accelerated run of this structure")
+    ap.add_argument("--seed-cache", metavar="DIR", help="that run's QM cache (copied)")
     ap.add_argument("--neb", type=int, default=0, metavar="N",
                     help="glide NEB with N images (end points included) instead of a relaxation")
     args = ap.parse_args()
@@ -81,6 +90,14 @@ def main() -> None:
     counts = cylinder_region(start, None, args.qm_radius, args.buffer, pot.cutoff)
     if args.ml_start:  # every optimiser starts from the ML (Θ_i) minimum
         start = ml_minimum(start, pot)
+    seeds, seed_start = [], None
+    if args.seed_frames:
+        from qmml.accelerated import seed_points
+        from qmml.io import read_frames
+
+        frames = read_frames(args.seed_frames)
+        seeds = seed_points(frames, [start], [0], args.seed_frames)
+        seed_start = next(f for f in frames if f.info["qm_point_final"]).positions
     cfg = {"engine": args.engine, "kpts_line": args.kpts_line}
     print(f"{args.kind} cylinder R={args.radius} Å: {len(start)} atoms, regions {counts}, "
           f"QM engine: {engine_label(cfg)}, buffer {args.buffer} Å, fmax {args.fmax} eV/Å\n")
@@ -92,6 +109,10 @@ def main() -> None:
     for name in args.optimizers:
         atoms = start.copy()
         with tempfile.TemporaryDirectory() as cache_dir:
+            if args.seed_cache:
+                import shutil
+
+                shutil.copytree(args.seed_cache, cache_dir, dirs_exist_ok=True)
             qm = CachedQMCalculator.from_config(cfg, cache_dir)
             t0 = time.perf_counter()
             try:
@@ -99,8 +120,10 @@ def main() -> None:
                     st = relax_accelerated(atoms, qm, pot, args.buffer, fmax=args.fmax,
                                            steps=args.steps,
                                            log=print if args.log else None,
-                                           settings=settings)
+                                           settings=settings, seeds=seeds)
                 else:
+                    if seed_start is not None:  # warm start: the earlier run's end point
+                        atoms.positions = seed_start
                     st = relax(atoms, qm, pot.calculator(), args.buffer, optimizer=name,
                                fmax=args.fmax, steps=args.steps, log=None)
             except Exception as err:  # report, keep benchmarking the others
