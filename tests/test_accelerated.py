@@ -384,7 +384,7 @@ def test_seeded_rerun_reuses_cached_qm_points(start, milady, accelerated_run, tm
     qm = cached(cache)
     atoms = start.copy()
     tight = relax_accelerated(atoms, qm, milady, BUFFER, fmax=FMAX / 5, seeds=seeds,
-                              log=messages.append)
+                              checkpoint=tmp_path / "seeded.ckpt", log=messages.append)
     assert tight.converged and tight.fmax <= FMAX / 5
     assert tight.n_seeds == len(seeds) - 1
     assert any(f"{len(seeds) - 1} of {len(seeds)} seed QM points replayed from the cache "
@@ -402,6 +402,12 @@ def test_seeded_rerun_reuses_cached_qm_points(start, milady, accelerated_run, tm
     assert [f.info["qm_point_seed"] for f in out] == \
         [True] * tight.n_seeds + [False] * new_calls
     np.testing.assert_array_equal(out[-1].positions, atoms.positions)
+    # run again (as a killed job would be): resumed, seeds still known as seeds, no QM call
+    qm = cached(cache)
+    again = relax_accelerated(start.copy(), qm, milady, BUFFER, fmax=FMAX / 5, seeds=seeds,
+                              checkpoint=tmp_path / "seeded.ckpt", log=None)
+    assert again.resumed_from_step == tight.outer_steps and qm.n_real_calls == 0
+    assert again.n_seeds == tight.n_seeds and len(again.qm_points) == len(tight.qm_points)
     # frames of another structure are refused with a one-line error naming the file
     from qmml import QmmlError
 
