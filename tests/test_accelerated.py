@@ -408,6 +408,13 @@ def test_seeded_rerun_reuses_cached_qm_points(start, milady, accelerated_run, tm
                               checkpoint=tmp_path / "seeded.ckpt", log=None)
     assert again.resumed_from_step == tight.outer_steps and qm.n_real_calls == 0
     assert again.n_seeds == tight.n_seeds and len(again.qm_points) == len(tight.qm_points)
+    # with none of them cached (another cache) the run starts as if unseeded: ML minimum,
+    # one QM call there (steps=0: no outer step)
+    messages, qm = [], cached(tmp_path / "other_cache")
+    cold = relax_accelerated(start.copy(), qm, milady, BUFFER, fmax=FMAX, seeds=seeds,
+                             steps=0, log=messages.append)
+    assert cold.n_seeds == 0 and qm.n_real_calls == 1 and qm.n_cache_hits == 0
+    assert f"accelerated: none of the {len(seeds)} seed QM points is cached" in messages
     # frames of another structure are refused with a one-line error naming the file
     from qmml import QmmlError
 
