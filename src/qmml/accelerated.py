@@ -544,13 +544,15 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
     data = _ForceDifferences(len(system.moving), k)
     stats.seconds_fit += time.perf_counter() - t0
 
-    def add_data(ev: _Evaluation) -> None:
+    evals: list[_Evaluation] = []   # every QM-called geometry, in order
+
+    def record(ev: _Evaluation) -> None:
+        """A QM-called geometry: kept, and its QM forces join the surrogate's data."""
+        evals.append(ev)
         t = time.perf_counter()
         data.add(system.descriptor_rows(ev.positions), ev.qm_forces, ev.positions)
         stats.seconds_fit += time.perf_counter() - t
 
-    points: list[np.ndarray] = []   # every QM-called geometry, in order
-    evals: list[_Evaluation] = []
     current = 0
     trust = settings.trust_radius
     rejects = 0
@@ -561,9 +563,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
     if saved:
         for x in saved["points"]:  # replay through the QM cache: no real QM call
             ev = system.evaluate_true(x)
-            evals.append(ev)
-            points.append(ev.positions)
-            add_data(ev)
+            record(ev)
         current, trust, rejects = saved["current"], saved["trust"], saved["rejects"]
         last_error, pending = saved["last_error"], saved["pending"]
         for key in _STATE_KEYS:
@@ -571,7 +571,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
         stats.resumed_from_step = stats.outer_steps
         if log:
             log(f"accelerated: resumed from {checkpoint} at outer step {stats.outer_steps} "
-                f"({len(points)} QM geometries replayed from the cache)")
+                f"({len(evals)} QM geometries replayed from the cache)")
     else:
         for x in seeds:
             try:
@@ -579,9 +579,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
                     ev = system.evaluate_true(x)
             except NotCached:
                 continue
-            evals.append(ev)
-            points.append(ev.positions)
-            add_data(ev)
+            record(ev)
         stats.n_seeds = len(evals)
         if evals:
             current = int(np.argmin([ev.fmax for ev in evals]))
@@ -602,16 +600,15 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
                 if log:
                     log(f"accelerated: relaxed with the ML potential alone ({n} steps, no QM)")
             ev = system.evaluate_true()
-            evals.append(ev)
-            points.append(ev.positions)
-            add_data(ev)
+            record(ev)
         stats.fmax_history.append(evals[current].fmax)
         if log:
             log(f"accelerated: start    QM calls {qm.n_calls:4d}  true fmax "
                 f"{evals[current].fmax:.5f}")
 
     def save() -> None:
-        _save(checkpoint, {"fingerprint": fingerprint, "points": points, "current": current,
+        _save(checkpoint, {"fingerprint": fingerprint,
+                           "points": [ev.positions for ev in evals], "current": current,
                            "trust": trust, "rejects": rejects, "last_error": last_error,
                            "pending": pending,
                            "stats": {key: getattr(stats, key) for key in _STATE_KEYS}})
@@ -629,9 +626,7 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
                 ev = system.evaluate_true()
                 if opt.nsteps == 0 and np.array_equal(ev.positions, anchor.positions):
                     continue  # the starting point, already known
-                evals.append(ev)
-                points.append(ev.positions)
-                add_data(ev)
+                record(ev)
                 stats.fallback_steps += 1
             current = len(evals) - 1
             rejects = 0
@@ -679,10 +674,8 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
         n_inner, hit = pending["steps"], pending["hit"]
         residual = stats.surrogate_hard_residuals[-1]
         ev = system.evaluate_true(x_new)
-        evals.append(ev)
-        points.append(ev.positions)
         pending = None
-        add_data(ev)
+        record(ev)
         free = system.free
         error = float(np.sqrt(((predicted - ev.forces)[:, free] ** 2).sum(axis=2)).max())
         stats.prediction_errors.append(error)
@@ -831,25 +824,22 @@ def seed_points(frames: Sequence[Atoms], images: Sequence[Atoms], moving: Sequen
     return seeds
 
 
-def _seeds_id(seeds: Sequence[np.ndarray]) -> tuple[str, ...]:
-    """Part of the run fingerprint (nothing without seeds: unseeded checkpoints stay valid)."""
-    if not len(seeds):
-        return ()
+def _digest(arrays) -> str:
+    """Short hash of a sequence of float arrays (part of a run fingerprint)."""
     import hashlib
 
     h = hashlib.sha256()
-    for x in seeds:
+    for x in arrays:
         h.update(np.ascontiguousarray(x, dtype=float).tobytes())
-    return ("seeds", h.hexdigest()[:16])
+    return h.hexdigest()[:16]
+
+
+def _seeds_id(seeds: Sequence[np.ndarray]) -> tuple[str, ...]:
+    """Part of the run fingerprint (nothing without seeds: unseeded checkpoints stay valid)."""
+    return ("seeds", _digest(seeds)) if len(seeds) else ()
 
 
 def _hard_id(hard: Sequence[Atoms] | None) -> str:
     if not hard:
         return "default-strain-set"
-    import hashlib
-
-    h = hashlib.sha256()
-    for a in hard:
-        h.update(np.ascontiguousarray(a.positions).tobytes())
-        h.update(np.ascontiguousarray(a.cell.array).tobytes())
-    return h.hexdigest()[:16]
+    return _digest(x for a in hard for x in (a.positions, a.cell.array))
