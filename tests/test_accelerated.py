@@ -167,7 +167,7 @@ def test_secant_fit_sees_force_changes_only(milady):
         offset = offset_scale * rng.standard_normal(3 * mask.sum())
         for positions, rows in frames:
             data.add([rows], [(rows @ theta_star + offset).reshape(-1, 3)], positions)
-        gtg, gtf = data.normal_equations(anchor=2)
+        gtg, gtf = data.normal_equations(anchor=2, force_weight=0.0)
         np.testing.assert_allclose(gtg @ theta_star, gtf, rtol=1e-9,
                                    atol=1e-9 * np.abs(gtf).max())
         fits.append((gtg, gtf))
@@ -175,7 +175,41 @@ def test_secant_fit_sees_force_changes_only(milady):
     positions, rows = frames[0]
     one = _ForceDifferences(1, milady.theta.size)
     one.add([rows], [(rows @ theta_star).reshape(-1, 3)], positions)
-    assert not one.normal_equations(anchor=0)[0].any()
+    assert not one.normal_equations(anchor=0, force_weight=0.0)[0].any()
+
+
+def test_absolute_force_rows_join_the_secants(milady):
+    """With force_weight w the absolute QM forces are fitted too: forces = G·Θ* → Θ* still
+    solves the normal equations, which add w²·GᵀG per geometry; one geometry alone gives
+    a fit (secants alone give none); a constant offset, invisible to the secants, is seen."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(5)
+    base = bulk("W", "bcc", a=MILADY["a0"], cubic=True).repeat(3)
+    mask = np.zeros(len(base), bool)
+    mask[:5] = True
+    theta_star = milady.theta * (1 + 0.05 * rng.standard_normal(milady.theta.size))
+    offset = rng.standard_normal(3 * mask.sum())
+    data, shifted = (_ForceDifferences(1, milady.theta.size) for _ in range(2))
+    absolute = np.zeros((milady.theta.size,) * 2)
+    for _ in range(3):
+        a = base.copy()
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        rows = compute_descriptors(a, milady, force_mask=mask).forces
+        data.add([rows], [(rows @ theta_star).reshape(-1, 3)], a.positions[None])
+        shifted.add([rows], [(rows @ theta_star + offset).reshape(-1, 3)], a.positions[None])
+        absolute += rows.T @ rows
+    w = 0.5
+    gtg, gtf = data.normal_equations(anchor=0, force_weight=w)
+    secants_only = data.normal_equations(anchor=0, force_weight=0.0)[0]
+    np.testing.assert_allclose(gtg, secants_only + w ** 2 * absolute, rtol=1e-12,
+                               atol=1e-12 * np.abs(gtg).max())
+    np.testing.assert_allclose(gtg @ theta_star, gtf, rtol=1e-9, atol=1e-9 * np.abs(gtf).max())
+    _, gtf_shifted = shifted.normal_equations(anchor=0, force_weight=w)
+    assert np.abs(gtf_shifted - gtf).max() > 1e-3 * np.abs(gtf).max()
+    one = _ForceDifferences(1, milady.theta.size)
+    one.add([data.rows[0][0]], [data.forces[0][0]], data.positions[0])
+    assert one.normal_equations(anchor=0, force_weight=w)[0].any()
 
 
 def test_linear_term_makes_surrogate_exact_at_every_geometry(milady):

@@ -13,10 +13,11 @@ The outer loop (one QM call per image per outer step):
 1. evaluate the TRUE QM/ML forces at the current geometry x_k (through the QM cache);
    converged when they are below ``fmax`` (the only convergence test ever used);
 2. retrain a surrogate Θ_k on the raw QM forces of the QM atoms at EVERY QM-called
-   geometry of this relaxation, as secants: the force change from the anchor x_k to each
-   geometry, divided by its distance from x_k (:class:`_ForceDifferences`); hard rows =
-   energy rows of the hard set (exact, residual recorded per surrogate), Tikhonov towards
-   the iteration's potential Θ_i (``qmml.fitting.solve_constrained``);
+   geometry of this relaxation (:class:`_ForceDifferences`): as secants, the force change
+   from the anchor x_k to each geometry divided by its distance from x_k, and as the
+   absolute forces themselves (weight ``force_weight``, from the first call on); hard
+   rows = energy rows of the hard set (exact, residual recorded per surrogate), Tikhonov
+   towards the iteration's potential Θ_i (``qmml.fitting.solve_constrained``);
 3. surrogate force field = force mixing with the surrogate in place of QM: QM atoms get
    Θ_k forces + a constant per-atom offset δ = F_QM(x_k) − F_Θk(x_k) (the Δ-correction:
    the surrogate reproduces the true QM/ML forces exactly at x_k, so a QM/ML stationary
@@ -96,6 +97,8 @@ class AcceleratedSettings:
 
     space: str = "quadratic"         # surrogate descriptor space: linear | quadratic
     lambda0: float = 1e-4            # Tikhonov weight towards Θ_i (per unit GᵀG scale)
+    force_weight: float = 0.1        # 1/Å: absolute QM-force rows next to the secants
+                                     # (0: secants only, Θ_i until the second QM call)
     trust_radius: float = 0.3        # Å: initial max atomic displacement per outer step
     trust_min: float = 0.01
     trust_max: float = 0.3           # 1 Å let an edge core jump to another minimum
@@ -121,6 +124,8 @@ class AcceleratedSettings:
             # ODE12r has no single step to take
             raise QmmlError(f"accelerated: inner_optimizer must be one of "
                             f"{', '.join(INNER_OPTIMIZERS)}, got '{self.inner_optimizer}'")
+        if self.force_weight < 0:
+            raise QmmlError(f"accelerated: force_weight must be >= 0, got {self.force_weight}")
         if self.lambda0 <= 0:
             raise QmmlError("accelerated: lambda0 must be > 0 (the fit is underdetermined "
                             "after the first QM call)")
@@ -452,14 +457,18 @@ _STATE_KEYS = ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
 class _ForceDifferences:
     """Training data of the surrogate: QM-atom force rows at every QM-called geometry.
 
-    The fit sees force CHANGES relative to the anchor (the geometry the next step starts
-    from), each divided by how far that geometry is from the anchor: secant conditions,
-    as in a quasi-Newton method, but satisfied by a physical (constrained SNAP) model.
-    The absolute force level at the anchor is the Δ-correction's job, so fitting absolute
-    forces would spend the few coefficients on an offset that is then replaced; and a
-    geometry far from the anchor says little about the local curvature that decides the
-    next step, so its secant weighs less.  With one geometry there is nothing to fit and
-    the surrogate is Θ_i plus the Δ-correction.
+    Secants: force CHANGES relative to the anchor (the geometry the next step starts
+    from), each divided by how far that geometry is from the anchor, as in a quasi-Newton
+    method but satisfied by a physical (constrained SNAP) model; a geometry far from the
+    anchor says little about the local curvature that decides the next step, so its secant
+    weighs less.  Absolute forces: the QM forces themselves at every geometry, weighted
+    ``force_weight`` (1/Å, so that a force error of 1 eV/Å counts as a secant error of
+    1 eV/Å² at weight 1).  Secants alone leave Θ_i's curvature in every direction no step
+    has explored, and Θ_i is softer than the QM engine along the core modes, so the first
+    steps overshoot; fitted to the QM forces of the QM atoms' own environments, as the
+    pipeline's retraining is, the surrogate carries the QM curvature there from the first
+    QM call on (benchmarks/README.md §12).  The Δ-correction still makes it exact at the
+    anchor.
     """
 
     def __init__(self, n_images: int, n_coefficients: int) -> None:
@@ -504,12 +513,20 @@ class _ForceDifferences:
         m = np.linalg.pinv(s @ s.T, rcond=1e-10, hermitian=True) @ s
         return cluster, self.positions[anchor][image][cluster].copy(), m, y
 
-    def normal_equations(self, anchor: int) -> tuple[np.ndarray, np.ndarray]:
+    def normal_equations(self, anchor: int, force_weight: float
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """GᵀG, GᵀF of the secants from ``anchor`` plus the absolute-force rows."""
         gtg, gtf = np.zeros((self.k, self.k)), np.zeros(self.k)
         for _, _, step, d_rows, d_forces in self.secants(anchor):
             d = d_rows / step
             gtg += d.T @ d
             gtf += d.T @ (d_forces / step)
+        w2 = force_weight ** 2
+        if w2:
+            for rows_of_image, forces_of_image in zip(self.rows, self.forces):
+                for rows, forces in zip(rows_of_image, forces_of_image):
+                    gtg += w2 * rows.T @ rows
+                    gtf += w2 * rows.T @ forces
         return gtg, gtf
 
 
@@ -639,9 +656,9 @@ def _run(system: _System, hard: Sequence[Atoms] | None, fmax: float, max_qm_step
         if pending is None:
             # ---- retrain the surrogate on every QM geometry so far ----------------------
             t = time.perf_counter()
-            gtg, gtf = data.normal_equations(current)
+            gtg, gtf = data.normal_equations(current, settings.force_weight)
             theta, residual = system.theta_i, 0.0
-            if gtg.any():  # at least one secant (a single geometry has none)
+            if gtg.any():  # force rows, or at least one secant (one geometry has none)
                 # λ0 relative to the data's own scale: one setting suits any descriptor space
                 scale = max(float(np.trace(gtg)) / k, 1e-300)
                 fit = solve_constrained(system.theta_i, gtg, gtf, hard=hard_rows,
