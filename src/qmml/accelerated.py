@@ -476,12 +476,19 @@ class _ForceDifferences:
         self.forces: list[list[np.ndarray]] = [[] for _ in range(n_images)]
         self.positions: list[np.ndarray] = []
         self.k = n_coefficients
+        # GᵀG, GᵀF of the absolute-force rows: independent of the anchor, so summed once
+        # per geometry here instead of at every outer step
+        self.absolute_gtg = np.zeros((n_coefficients, n_coefficients))
+        self.absolute_gtf = np.zeros(n_coefficients)
 
     def add(self, rows_per_image: list[np.ndarray], qm_forces: np.ndarray,
             positions: np.ndarray) -> None:
         for j, (rows, f) in enumerate(zip(rows_per_image, qm_forces)):
+            f = np.asarray(f, float).ravel()
             self.rows[j].append(rows)
-            self.forces[j].append(np.asarray(f, float).ravel())
+            self.forces[j].append(f)
+            self.absolute_gtg += rows.T @ rows
+            self.absolute_gtf += rows.T @ f
         self.positions.append(np.asarray(positions, float))
 
     def secants(self, anchor: int):
@@ -522,12 +529,7 @@ class _ForceDifferences:
             gtg += d.T @ d
             gtf += d.T @ (d_forces / step)
         w2 = force_weight ** 2
-        if w2:
-            for rows_of_image, forces_of_image in zip(self.rows, self.forces):
-                for rows, forces in zip(rows_of_image, forces_of_image):
-                    gtg += w2 * rows.T @ rows
-                    gtf += w2 * rows.T @ forces
-        return gtg, gtf
+        return gtg + w2 * self.absolute_gtg, gtf + w2 * self.absolute_gtf
 
 
 # ---- checkpoint -----------------------------------------------------------------------
