@@ -96,6 +96,22 @@ def resolved_settings(cfg: dict) -> dict:
     return settings
 
 
+def read_engine_config(path) -> dict:
+    """The engine config in the YAML file ``path``, checked (one-line QmmlError naming the file).
+
+    The one reader of engine-config files: the CLI, the workflow scripts and the bulk
+    reference all come through here.
+    """
+    from qmml.io import read_mapping
+
+    cfg = read_mapping(path, required=["engine"])
+    try:
+        resolved_settings(cfg)
+    except QmmlError as err:
+        raise QmmlError(f"{path}: {str(err).removeprefix('engine config: ')}") from None
+    return cfg
+
+
 def engine_settings_hash(cfg: dict) -> str:
     """Hash of everything that changes a QM result (not run directories or commands).
 

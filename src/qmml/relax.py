@@ -91,9 +91,9 @@ def configure_neb(parser: argparse.ArgumentParser) -> None:
 def load_engine_config(args: argparse.Namespace) -> dict:
     """The engine config of :func:`add_engine_arguments`' options."""
     if args.engine_config:
-        from qmml.io import read_mapping
+        from qmml.engines import read_engine_config
 
-        cfg = read_mapping(args.engine_config, required=["engine"])
+        cfg = read_engine_config(args.engine_config)
     else:
         cfg = {"engine": args.engine}
     if args.kpts_line is not None:

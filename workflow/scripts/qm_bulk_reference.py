@@ -1,9 +1,9 @@
 """a0, C11, C12, C44 targets: from the config, or measured with the QM engine."""
 import json
-import yaml
 from qmml.bulk import qm_bulk_reference
+from qmml.engines import read_engine_config
 
-qm = yaml.safe_load(open(snakemake.input.engine))
+qm = read_engine_config(snakemake.input.engine)
 with open(snakemake.log[0], "w") as log:
     ref = qm_bulk_reference(snakemake.params.elastic, qm, snakemake.params.cache,
                             log=lambda line: print(line, file=log, flush=True))
