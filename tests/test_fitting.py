@@ -79,3 +79,40 @@ def test_infeasible_and_full_rank_hard_sets(problem):
         solve_constrained(theta0, hard=doubled, hard_rhs=np.array([0.0, 1.0]))
     with pytest.raises(QmmlError, match="full rank"):
         solve_constrained(theta0[:5], hard=np.eye(5))
+
+
+def _rows_with_singular_values(s: np.ndarray, n_rows: int, n_cols: int, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.normal(size=(n_rows, n_rows)))[0]
+    v = np.linalg.qr(rng.normal(size=(n_cols, n_cols)))[0]
+    full = np.zeros(n_rows)
+    full[: s.size] = s
+    return (u * full) @ v[:n_rows]
+
+
+def test_rank_by_the_standard_numerical_convention():
+    """Singular values a few ε·max(m, n) above the cut count, as in numpy's matrix_rank."""
+    m, n = 40, 200
+    cut = max(m, n) * np.finfo(float).eps
+    s = np.concatenate([np.logspace(0, -8, 30), [5 * cut, 4 * cut, 3 * cut]])
+    rows = _rows_with_singular_values(s, m, n)
+    theta0 = np.linspace(-1, 1, n)
+    res = solve_constrained(theta0, hard=rows, lambda0=1.0)
+    assert res.hard_rank == 33 == np.linalg.matrix_rank(rows)
+    spectrum = res.diagnostics["hard_spectrum"]
+    assert spectrum["rank"] == 33 and spectrum["candidate_ranks"] == [33]
+    assert spectrum["cut_relative"] == pytest.approx(cut)
+    assert spectrum["singular_values_relative"]["33"] == pytest.approx(3 * cut, rel=1e-2)
+    assert spectrum["ratio_across_cut"] > 100  # the rest is round-off, far below the cut
+
+
+def test_an_ambiguous_cut_warns_with_both_ranks():
+    m, n = 40, 200
+    cut = max(m, n) * np.finfo(float).eps
+    s = np.concatenate([np.logspace(0, -8, 30), [2 * cut, 0.5 * cut]])
+    rows = _rows_with_singular_values(s, m, n)
+    with pytest.warns(UserWarning, match=r"rank 31 .* 4(\.\d+)?x; rank 30 is also plausible"):
+        res = solve_constrained(np.zeros(n), hard=rows, lambda0=1.0)
+    assert res.hard_rank == 31
+    assert res.diagnostics["hard_spectrum"]["candidate_ranks"] == [31, 30]
+    assert res.hard_residual_max <= 1e-12

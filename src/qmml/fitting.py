@@ -4,7 +4,8 @@ Minimise   ||GΘ − F||² + λS ||A_S(Θ − Θ0)||² + λ0 ||Θ − Θref||²
 subject to A_H Θ = b   (exactly; b = A_H Θ0 when the hard rows only preserve properties).
 
 Hard rows may be rank deficient (the paper's 115 rows have rank 37): they are reduced to an
-orthonormal basis of their row space by an SVD.  Θ = Θp + N y with Θp the minimum-change
+orthonormal basis of their row space by an SVD, with the usual numerical rank (singular
+values above ε·max(m, n)·σ_max, as ``numpy.linalg.matrix_rank``).  Θ = Θp + N y with Θp the minimum-change
 particular solution and N an orthonormal basis of the null space of A_H, so every Θ this
 returns satisfies the hard rows to machine precision.  This is the projector form of
 method.md (Θ = Θ0 + Q_H x) written in the null-space basis, which is smaller and better
@@ -13,6 +14,7 @@ conditioned; ``kkt_solve`` is the independent check.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,18 +33,55 @@ class FitResult:
     diagnostics: dict = field(default_factory=dict)
 
 
-def hard_row_space(hard: np.ndarray, rtol: float | None = None):
-    """SVD of the hard rows: (U_r, s_r, V_r, V_null) with the numerical rank r.
+RANK_GAP_WARNING = 10.0  # a cut between singular values closer than this is ambiguous
 
-    Singular values below ``rtol``·s_max count as zero; the default is the numerical noise
-    level of the rows (max(m, K)·ε·10).
+
+def rank_cut(shape: tuple[int, int]) -> float:
+    """Relative singular-value cut of the hard rows: ε·max(m, n), the convention of
+    ``numpy.linalg.matrix_rank`` and ``scipy.linalg.orth``."""
+    return max(shape) * np.finfo(float).eps
+
+
+def hard_row_space(hard: np.ndarray, rtol: float | None = None):
+    """SVD of the hard rows: (U_r, s_r, V_r, V_null, s) with the numerical rank r and all
+    singular values s.
+
+    Singular values at or below ``rtol``·s_max count as zero; the default is
+    :func:`rank_cut`.
     """
-    m, k = hard.shape
     u, s, vt = np.linalg.svd(hard, full_matrices=True)
-    if rtol is None:
-        rtol = max(m, k) * np.finfo(float).eps * 10
-    rank = int(np.sum(s > rtol * s[0])) if s.size and s[0] > 0 else 0
-    return u[:, :rank], s[:rank], vt[:rank].T, vt[rank:].T
+    rank = numerical_rank(s, rank_cut(hard.shape) if rtol is None else rtol)
+    return u[:, :rank], s[:rank], vt[:rank].T, vt[rank:].T, s
+
+
+def numerical_rank(s: np.ndarray, rtol: float) -> int:
+    """Number of singular values (descending) above ``rtol``·s_max."""
+    return int(np.sum(s > rtol * s[0])) if s.size and s[0] > 0 else 0
+
+
+def rank_spectrum(s: np.ndarray, rtol: float, width: int = 3) -> dict:
+    """The singular values around the rank cut, relative to the largest, and the ratio
+    across the cut (last kept / first dropped; None when nothing is dropped).
+
+    ``candidate_ranks`` names the cut's rank and, when that ratio is below
+    ``RANK_GAP_WARNING``, the rank at the widest gap within ``width`` values of the cut:
+    the rank is then a judgement call, and both are reported.
+    """
+    s = np.asarray(s, dtype=float)
+    rank = numerical_rank(s, rtol)
+    rel = s / s[0] if s.size and s[0] > 0 else s
+    lo, hi = max(rank - width, 0), min(rank + width, rel.size)
+    gap = float(rel[rank - 1] / rel[rank]) if 0 < rank < rel.size and rel[rank] > 0 \
+        else None
+    candidates = [rank]
+    if gap is not None and gap < RANK_GAP_WARNING:
+        ratios = {j: rel[j - 1] / rel[j] if rel[j] > 0 else np.inf
+                  for j in range(max(lo, 1), hi) if j != rank}
+        if ratios:
+            candidates.append(int(max(ratios, key=ratios.get)))
+    return {"cut_relative": float(rtol), "rank": rank,
+            "singular_values_relative": {str(j + 1): float(rel[j]) for j in range(lo, hi)},
+            "ratio_across_cut": gap, "candidate_ranks": candidates}
 
 
 def solve_constrained(theta0: np.ndarray, gtg: np.ndarray | None = None,
@@ -70,14 +109,22 @@ def solve_constrained(theta0: np.ndarray, gtg: np.ndarray | None = None,
     null = np.eye(k)
     rank = 0
     n_hard = 0
+    spectrum = None
     if hard is not None and len(hard):
         hard = np.atleast_2d(np.asarray(hard, dtype=float))
         n_hard = hard.shape[0]
         if hard.shape[1] != k:
             raise QmmlError(f"hard rows have {hard.shape[1]} columns, Θ has {k}")
         rhs = hard @ theta0 if hard_rhs is None else np.asarray(hard_rhs, dtype=float)
-        u, s, v, null = hard_row_space(hard, rtol)
+        cut = rank_cut(hard.shape) if rtol is None else rtol
+        u, s, v, null, s_all = hard_row_space(hard, cut)
         rank = s.size
+        spectrum = rank_spectrum(s_all, cut)
+        if len(spectrum["candidate_ranks"]) > 1:
+            warnings.warn(f"hard rows: rank {rank} by the cut ε·max(m, n)·σ_max, but the "
+                          f"singular values across the cut differ by only "
+                          f"{spectrum['ratio_across_cut']:.3g}x; rank "
+                          f"{spectrum['candidate_ranks'][1]} is also plausible", stacklevel=2)
         if rank == k:
             raise QmmlError(f"hard constraints have full rank {k}: no freedom left to fit")
         theta_p = theta0 + v @ ((u.T @ (rhs - hard @ theta0)) / s)
@@ -106,7 +153,7 @@ def solve_constrained(theta0: np.ndarray, gtg: np.ndarray | None = None,
     if n_hard:
         residual = float(np.abs(hard @ theta - rhs).max())
     return FitResult(theta, rank, residual, n_hard, time.perf_counter() - start,
-                     {"null_space_dim": null.shape[1]})
+                     {"null_space_dim": null.shape[1], "hard_spectrum": spectrum})
 
 
 def kkt_solve(theta0: np.ndarray, gtg: np.ndarray, gtf: np.ndarray, hard: np.ndarray,
