@@ -87,11 +87,9 @@ def bucket_key(atoms: Atoms, settings_hash: str) -> str:
 
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
+    if isinstance(err, _BadEntry):
+        return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class QMCache:
@@ -116,12 +114,10 @@ class QMCache:
 
     # -- reading and verifying entries ------------------------------------------------
 
-    def _entry(self, path: Path) -> tuple[dict, tuple]:
-        """The verified content of an entry and the identity of the file it came from."""
-        with open(path, "rb") as fh:
-            identity = _identity(os.fstat(fh.fileno()))
-            with np.load(fh) as data:
-                entry = {name: data[name].copy() for name in _ENTRY_FIELDS}
+    def _entry(self, path: Path) -> dict:
+        """The verified content of an entry; raises if it is unusable."""
+        with open(path, "rb") as fh, np.load(fh) as data:  # our handle: closed on any error
+            entry = {name: data[name].copy() for name in _ENTRY_FIELDS}
         stored = Atoms(numbers=entry["numbers"], positions=entry["positions"],
                        cell=entry["cell"], pbc=entry["pbc"])
         if str(entry["settings_hash"]) != self.settings_hash:
@@ -137,13 +133,12 @@ class QMCache:
         if entry["energy"].shape != () or not np.isfinite(float(entry["energy"])):
             raise _BadEntry("energy is not one finite number")
         return {"forces": forces, "energy": float(entry["energy"]),
-                "positions": stored.positions, "cell": np.asarray(stored.cell)}, identity
+                "positions": stored.positions, "cell": np.asarray(stored.cell)}
 
     def _read(self, path: Path) -> dict | None:
         """A verified entry, or None (missing, or unusable and now quarantined)."""
         try:
-            entry, _ = self._entry(path)
-            return entry
+            return self._entry(path)
         except FileNotFoundError:  # moved aside or never written: a miss
             return None
         except PermissionError as err:  # the user's to fix; moving it would not help
