@@ -37,12 +37,15 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 def dry_run(*args: str) -> dict[str, set[str]]:
     """Dislocation cases and defect names of the jobs a dry run from the repository root
-    plans (from the jobs' wildcards), and its number of retraining jobs."""
+    plans (from the jobs' wildcards), its number of retraining jobs, and the --fmax and
+    --buffer of its relaxations (with --printshellcmds)."""
     proc = run([str(BIN / "snakemake"), "-n", *args], cwd=ROOT)
     text = proc.stdout + proc.stderr
     return {"cases": set(re.findall(r"wildcards:.*\bcase=(\w+)", text)),
             "defects": set(re.findall(r"wildcards:.*\bname=(\w+)", text)),
-            "retrain_jobs": {int(n) for n in re.findall(r"^retrain\s+(\d+)$", text, re.M)}}
+            "retrain_jobs": {int(n) for n in re.findall(r"^retrain\s+(\d+)$", text, re.M)},
+            "fmax": set(re.findall(r"qmml\.cli relax .*--fmax (\S+)", text)),
+            "buffer": set(re.findall(r"qmml\.cli relax .*--buffer (\S+)", text))}
 
 
 def written_engine_config(tmp_path: Path, *args: str, overrides: tuple[str, ...] = ()) -> dict:
@@ -88,9 +91,12 @@ def test_no_configfile_runs_the_embedded_demo(tmp_path):
 def test_command_line_config_overrides_keys(tmp_path):
     """--config KEY=VALUE alone overrides the demo's key; a qm naming another engine
     replaces the whole qm section of the user's file."""
-    planned = dry_run("--config", "iterations=3")
+    planned = dry_run("--printshellcmds", "--config", "iterations=3", "qmml={fmax: 0.02}")
     assert planned["retrain_jobs"] == {3}
     assert planned["cases"] == {"screw", "edge"}
+    # a nested value is a number as in a config file (Snakemake hands it over as '0.02'),
+    # and the demo's other buffers stay
+    assert planned["fmax"] == {"0.02"} and planned["buffer"] == {"5.0", "4.7"}  # qmml, three_d
     vasp = ROOT / "config" / "examples" / "vasp.yaml"
     engine = written_engine_config(tmp_path, "--configfile", str(vasp.relative_to(ROOT)),
                                    overrides=("qm={engine: reference}",))

@@ -83,9 +83,26 @@ def pipeline_config(configfiles: Sequence[str | Path] = (), overrides: Mapping |
         settings = merge_config(settings, read_config_file(path))
     source = " + ".join(str(f) for f in files)
     if overrides:
-        settings = merge_config(settings, overrides)
+        settings = merge_config(settings, {key: _yaml_scalars(value, nested=False)
+                                           for key, value in overrides.items()})
         source += " + --config"
     return validate_config(settings, source=source, check_potential=check_potential)
+
+
+def _yaml_scalars(value, nested: bool = True):
+    """``--config`` values as a config file would give them: Snakemake parses nested
+    values with YAML's base loader, which leaves every scalar a string ('0.02')."""
+    if isinstance(value, Mapping):
+        return {key: _yaml_scalars(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_yaml_scalars(item) for item in value]
+    if nested and isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if isinstance(parsed, (int, float, bool)) else value
+    return value
 
 
 def load_config(path: str | Path, check_potential: bool = True) -> dict:
@@ -136,7 +153,9 @@ def validate_config(config: dict, schema: dict | None = None, source: str = "con
     config = copy.deepcopy(dict(config))
     _check_finite(config, "", source)
     _fill_defaults(config, schema)
-    error = best_match(Draft202012Validator(schema).iter_errors(config))
+    errors = list(Draft202012Validator(schema).iter_errors(config))
+    # a wrong value the user wrote first, then what is missing
+    error = best_match([e for e in errors if e.validator != "required"] or errors)
     if error is not None:
         where = _where(error)
         prefix = "" if where == "(top level)" else f"{where}."
