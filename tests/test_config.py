@@ -143,7 +143,8 @@ def test_missing_keys_get_schema_defaults_not_demo_values(tmp_path):
      "defects:\n  he: {defect: He_tet, dislocation: s, distances: [0.0]}\n"
      "three_d: {qm_radius: 4.0}\n",
      "key 'three_d.qm_radius': 4 Å is smaller than the ML cutoff 4.7 Å"),
-    ("start_potential: nowhere/W\n", "key 'start_potential': nowhere/W.snapcoeff: potential file not found"),
+    ("start_potential: nowhere/W\n",
+     "key 'start_potential': nowhere/W.snapcoeff: potential file not found"),
     ("", "file is empty"),
     ("# settings to come\n", "file is empty"),
 ], ids=["no-radius", "nan", "inf-engine", "inf-list", "buffer", "buffer-3d", "he-qm-radius",
