@@ -15,10 +15,16 @@ QMML = "python -m qmml.cli" if _CONDA else f"{sys.executable} -m qmml.cli"
 ENV = "../../envs/qmml.yaml"  # relative to workflow/rules/
 
 from qmml import QmmlError
-from qmml.config import validate_config
+from qmml.config import pipeline_config
 
+# The settings qmml.config.pipeline_config decides on (also `qmml check-config --show`):
+# the --configfile files (else the embedded config/config.yaml), --config overrides on
+# top, schema defaults; Snakemake's own merge into `config` is replaced.
 try:
-    _validated = validate_config(dict(config), source="config")
+    _validated = pipeline_config(
+        workflow.config_settings.configfiles,
+        dict(workflow.config_settings.config),
+        default=Path(workflow.basedir) / "config" / "config.yaml")
 except QmmlError as err:
     raise WorkflowError(str(err))
 config.clear()
