@@ -1,4 +1,4 @@
-"""Benchmarks of the potential core (issue 2, "Performance").
+"""Benchmarks of the potential core: ML calculator overhead and retraining time.
 
     python benchmarks/bench_core.py calculator [--cells 20] [--repeats 3]
     python benchmarks/bench_core.py retrain [--workers 2]
