@@ -616,6 +616,32 @@ def test_failed_surrogate_step_is_a_rejected_step_not_a_crash(start, milady, tmp
           f"{stats.n_qm_real_calls}, outer steps {stats.outer_steps}")
 
 
+def test_fixed_point_search_losing_atoms_ends_without_a_step(start, milady, tmp_path,
+                                                            monkeypatch):
+    """Newton's trial points can lie far from the anchor (measured on a 7-image glide NEB:
+    0.52 Å at a trust radius of 0.075 Å).  One that throws an atom 10 Å along the line
+    makes LAMMPS lose it: the search ends with no fixed point (no crash), and the
+    surrogate, on fresh LAMMPS instances, is again exact at the anchor."""
+    system = MixedSystem([start.copy()], [0], cached(tmp_path), milady.calculator, milady,
+                         AcceleratedSettings(), BUFFER, 5.0, None)
+    ev = system.evaluate_true()
+    system.set_surrogate(system.theta_i, ev.positions, ev.qm_forces)
+    thrown = int(np.flatnonzero(system.qm_mask)[0])
+    real = MixedSystem.set_positions
+
+    def far(self, x, which="true"):
+        if which == "sur" and not np.array_equal(x, ev.positions):
+            x = x.copy()
+            x[0, thrown, 2] += 10.0
+        return real(self, x, which)
+
+    monkeypatch.setattr(MixedSystem, "set_positions", far)
+    assert system.nearest_fixed_point(ev.positions, 0.3, 0.001) is None
+    monkeypatch.undo()
+    system.set_positions(ev.positions, "sur")
+    np.testing.assert_allclose(system.surrogate_forces(), ev.forces, rtol=0, atol=1e-9)
+
+
 def test_old_and_foreign_checkpoints_resume_or_restart_from_the_cache(start, milady,
                                                                      accelerated_run,
                                                                      tmp_path):
