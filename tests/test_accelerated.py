@@ -15,9 +15,9 @@ import pytest
 from ase.io import read, write
 
 from conftest import MILADY
-from qmml.accelerated import (AcceleratedSettings, SurrogateMixing, _ForceDifferences,
-                              _System, default_hard_set, qm_point_frames, relax_accelerated,
-                              seed_points)
+from qmml.accelerated import (AcceleratedSettings, ForceDifferences, MixedSystem,
+                              SurrogateMixing, default_hard_set, qm_point_frames,
+                              relax_accelerated, seed_points)
 from qmml.descriptors import DescriptorCache, compute_descriptors, energy_rows
 from qmml.engines import engine_settings_hash
 from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
@@ -164,7 +164,7 @@ def test_secant_fit_sees_force_changes_only(milady):
         frames.append((a.positions[None], compute_descriptors(a, milady, force_mask=mask).forces))
     fits = []
     for offset_scale in (0.0, 3.0):
-        data = _ForceDifferences(1, milady.theta.size)
+        data = ForceDifferences(1, milady.theta.size)
         offset = offset_scale * rng.standard_normal(3 * mask.sum())
         for positions, rows in frames:
             data.add([rows], [(rows @ theta_star + offset).reshape(-1, 3)], positions)
@@ -174,7 +174,7 @@ def test_secant_fit_sees_force_changes_only(milady):
         fits.append((gtg, gtf))
     np.testing.assert_allclose(fits[0][1], fits[1][1], rtol=1e-9, atol=1e-9)
     positions, rows = frames[0]
-    one = _ForceDifferences(1, milady.theta.size)
+    one = ForceDifferences(1, milady.theta.size)
     one.add([rows], [(rows @ theta_star).reshape(-1, 3)], positions)
     assert not one.normal_equations(anchor=0, force_weight=0.0)[0].any()
 
@@ -191,7 +191,7 @@ def test_absolute_force_rows_join_the_secants(milady):
     mask[:5] = True
     theta_star = milady.theta * (1 + 0.05 * rng.standard_normal(milady.theta.size))
     offset = rng.standard_normal(3 * mask.sum())
-    data, shifted = (_ForceDifferences(1, milady.theta.size) for _ in range(2))
+    data, shifted = (ForceDifferences(1, milady.theta.size) for _ in range(2))
     absolute = np.zeros((milady.theta.size,) * 2)
     for _ in range(3):
         a = base.copy()
@@ -208,7 +208,7 @@ def test_absolute_force_rows_join_the_secants(milady):
     np.testing.assert_allclose(gtg @ theta_star, gtf, rtol=1e-9, atol=1e-9 * np.abs(gtf).max())
     _, gtf_shifted = shifted.normal_equations(anchor=0, force_weight=w)
     assert np.abs(gtf_shifted - gtf).max() > 1e-3 * np.abs(gtf).max()
-    one = _ForceDifferences(1, milady.theta.size)
+    one = ForceDifferences(1, milady.theta.size)
     one.add([data.rows[0][0]], [data.forces[0][0]], data.positions[0])
     assert one.normal_equations(anchor=0, force_weight=w)[0].any()
 
@@ -226,7 +226,7 @@ def test_linear_term_makes_surrogate_exact_at_every_geometry(milady):
     cluster = np.zeros(len(base), bool)
     cluster[:20] = True
     theta_star = milady.theta * (1 + 0.05 * rng.standard_normal(milady.theta.size))
-    data = _ForceDifferences(1, milady.theta.size)
+    data = ForceDifferences(1, milady.theta.size)
     truth = []
     for _ in range(5):
         a = base.copy()
@@ -293,7 +293,7 @@ def test_fixed_point_step_stays_where_a_minimiser_leaves(start, milady, tmp_path
     """At a saddle of the surrogate the inner LBFGS runs to the trust radius; Newton-Krylov
     finds the fixed point next to the anchor (benchmarks/README.md §9)."""
     atoms = start.copy()
-    system = _System([atoms], [0], cached(tmp_path), milady.calculator, milady,
+    system = MixedSystem([atoms], [0], cached(tmp_path), milady.calculator, milady,
                      AcceleratedSettings(), BUFFER, 5.0, None)
     x, _ = system.relax_ml(0.002, "LBFGS", 3000, 0.3)
     ev = system.evaluate_true(x)
@@ -565,6 +565,124 @@ def test_bad_settings_are_one_line_errors(start, milady, tmp_path):
         relax_accelerated(start.copy(), qm, milady, BUFFER,
                           settings=AcceleratedSettings(inner_optimizer="ODE12r"), log=None)
     assert qm.n_real_calls == 0
+
+
+def test_failed_surrogate_step_is_a_rejected_step_not_a_crash(start, milady, tmp_path,
+                                                               monkeypatch):
+    """A wrong surrogate is a rejected step, never a crash.  After the first QM call, one
+    surrogate evaluation throws a QM atom 10 Å along the periodic dislocation line (a real
+    LAMMPS error: lost atoms, which leaves that LAMMPS instance unusable), the next
+    surrogate step returns NaN forces: each is one rejected step without a QM call, logged
+    in one line; the run falls back to plain steps, goes on and converges on the true
+    forces."""
+    qm = cached(tmp_path / "cache")
+    real = SurrogateMixing.raw_surrogate_qm_forces
+    evaluations = []
+
+    def faulty(self, atoms):
+        if qm.n_calls != 1:  # the ML pre-relaxation, and every step after the injections
+            return real(self, atoms)
+        evaluations.append(1)
+        if len(evaluations) == 3:  # inside the first surrogate relaxation
+            thrown = atoms.copy()
+            thrown.positions[np.flatnonzero(self.qm_mask)[0], 2] += 10.0
+            return real(self, thrown)
+        if len(evaluations) == 6:  # inside the second one (anchor offset = evaluation 4)
+            return np.full_like(real(self, atoms), np.nan)
+        return real(self, atoms)
+
+    monkeypatch.setattr(SurrogateMixing, "raw_surrogate_qm_forces", faulty)
+    messages = []
+    atoms = start.copy()
+    stats = relax_accelerated(atoms, qm, milady, BUFFER, fmax=FMAX,
+                              checkpoint=tmp_path / "run.ckpt", log=messages.append)
+    failed = [m for m in messages if "surrogate step failed" in m]
+    assert len(failed) == 2 and stats.surrogate_failures == 2
+    assert "(ERROR: Lost atoms: original" in failed[0]
+    assert "(non-finite surrogate forces)" in failed[1]
+    assert all("rejected without a QM call" in m for m in failed)
+    assert stats.rejected_steps >= 2 and stats.fallback_steps >= 1
+    # the two failed steps made no QM call: every QM call is a stored QM point, none twice
+    assert stats.n_qm_real_calls == stats.n_qm_calls == len(stats.qm_points)
+    assert stats.trust_history[:2] == pytest.approx([0.075, 0.01875])
+    assert stats.converged and stats.fmax <= FMAX
+    check = atoms.copy()  # the true QM/ML forces, fresh calculator and empty cache
+    check.calc = make_force_qmmm(check, cached(tmp_path / "fresh"), milady.calculator(),
+                                 BUFFER)
+    free = ~check.arrays["fix_mask"]
+    assert np.linalg.norm(check.get_forces()[free], axis=1).max() <= FMAX
+    print(f"failed surrogate steps: {stats.surrogate_failures}, rejected "
+          f"{stats.rejected_steps}, fallback steps {stats.fallback_steps}, QM calls "
+          f"{stats.n_qm_real_calls}, outer steps {stats.outer_steps}")
+
+
+def test_fixed_point_search_losing_atoms_ends_without_a_step(start, milady, tmp_path,
+                                                            monkeypatch):
+    """Newton's trial points can lie far from the anchor (measured on a 7-image glide NEB:
+    0.52 Å at a trust radius of 0.075 Å).  One that throws an atom 10 Å along the line
+    makes LAMMPS lose it: the search ends with no fixed point (no crash), and the
+    surrogate, on fresh LAMMPS instances, is again exact at the anchor."""
+    system = MixedSystem([start.copy()], [0], cached(tmp_path), milady.calculator, milady,
+                         AcceleratedSettings(), BUFFER, 5.0, None)
+    ev = system.evaluate_true()
+    system.set_surrogate(system.theta_i, ev.positions, ev.qm_forces)
+    thrown = int(np.flatnonzero(system.qm_mask)[0])
+    real = MixedSystem.set_positions
+
+    def far(self, x, which="true"):
+        if which == "sur" and not np.array_equal(x, ev.positions):
+            x = x.copy()
+            x[0, thrown, 2] += 10.0
+        return real(self, x, which)
+
+    monkeypatch.setattr(MixedSystem, "set_positions", far)
+    assert system.nearest_fixed_point(ev.positions, 0.3, 0.001) is None
+    monkeypatch.undo()
+    system.set_positions(ev.positions, "sur")
+    np.testing.assert_allclose(system.surrogate_forces(), ev.forces, rtol=0, atol=1e-9)
+
+
+def test_old_and_foreign_checkpoints_resume_or_restart_from_the_cache(start, milady,
+                                                                     accelerated_run,
+                                                                     tmp_path):
+    """A checkpoint in the layout that kept the counters under "stats" still resumes; one
+    whose content is not a loop state (same run fingerprint) is foreign: the run starts
+    afresh, and every QM call it makes is a cache hit.  Neither crashes."""
+    import shutil
+
+    done, stats, work = accelerated_run
+    cache = tmp_path / "cache"
+    shutil.copytree(work / "cache", cache)
+    qm = cached(cache)  # the same run again: every QM call a cache hit, a new checkpoint
+    again = relax_accelerated(start.copy(), qm, milady, BUFFER, fmax=FMAX,
+                              checkpoint=tmp_path / "new.ckpt", log=None)
+    assert qm.n_real_calls == 0 and again.outer_steps == stats.outer_steps
+    with open(tmp_path / "new.ckpt", "rb") as fh:
+        new = pickle.load(fh)
+    counters = ("rejected_steps", "fallback_steps", "surrogate_hard_residuals",
+                "surrogate_thetas", "prediction_errors", "trust_history", "fmax_history",
+                "outer_steps", "surrogate_steps", "n_seeds")
+    old = {key: new[key] for key in ("fingerprint", "points", "current", "trust", "rejects",
+                                     "pending")}
+    old.update(last_error=0.0, stats={key: new[key] for key in counters})
+    with open(tmp_path / "old.ckpt", "wb") as fh:
+        pickle.dump(old, fh)
+    qm = cached(cache)
+    resumed = relax_accelerated(start.copy(), qm, milady, BUFFER, fmax=FMAX,
+                                checkpoint=tmp_path / "old.ckpt", log=None)
+    assert resumed.resumed_from_step == stats.outer_steps and qm.n_real_calls == 0
+    assert resumed.converged and len(resumed.qm_points) == len(stats.qm_points)
+    foreign = {"fingerprint": new["fingerprint"], "positions": new["points"][-1],
+               "state": {"nsteps": 3}}
+    with open(tmp_path / "foreign.ckpt", "wb") as fh:
+        pickle.dump(foreign, fh)
+    messages, qm = [], cached(cache)
+    fresh = relax_accelerated(start.copy(), qm, milady, BUFFER, fmax=FMAX,
+                              checkpoint=tmp_path / "foreign.ckpt", log=messages.append)
+    assert any("not a checkpoint of the accelerated optimiser, starting afresh" in m
+               for m in messages)
+    assert fresh.resumed_from_step is None and fresh.converged
+    assert qm.n_real_calls == 0 and qm.n_cache_hits >= len(stats.qm_points)
 
 
 def milady_prefix() -> Path:

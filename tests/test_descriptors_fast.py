@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from qmml.descriptors import (ForceSet, NormalEquations, _compute_snap_descriptors,
-                              close_workers, compute_descriptors, descriptor_sums, energy_rows)
+from qmml.descriptors import (DescriptorCache, ForceSet, NormalEquations, close_workers,
+                              compute_descriptors, descriptor_sums, energy_rows)
+from qmml.descriptors.snap import _compute_snap_descriptors
 from qmml.structures import dislocation_cylinder
 from conftest import MILADY
 
@@ -42,7 +43,7 @@ def _close(a, b, rtol=1e-10):
 def test_per_atom_path_equals_compute_snap_periodic(quadratic, run_atoms, monkeypatch):
     """Triclinic periodic cell: rows from open clusters with explicit periodic images (with
     at most 150 atoms per LAMMPS run: several clusters) equal compute snap's."""
-    import qmml.descriptors as descriptors
+    import qmml.descriptors.snap as descriptors
 
     if run_atoms:
         monkeypatch.setattr(descriptors, "_RUN_ATOMS", run_atoms)
@@ -70,7 +71,7 @@ def test_per_atom_path_open_cylinder_with_fixed_shell(quadratic, run_atoms, monk
     """Open boundaries, one-Burgers-vector periodic line, rows only for free atoms: the
     central-atom restriction must keep every atom within the cutoff of a free atom.  With
     at most 300 atoms per LAMMPS run the rows are summed from several open clusters."""
-    import qmml.descriptors as descriptors
+    import qmml.descriptors.snap as descriptors
 
     runs = []
     if run_atoms:
@@ -94,7 +95,7 @@ def test_per_atom_path_open_cylinder_with_fixed_shell(quadratic, run_atoms, monk
 
 
 def test_parallel_sums_equal_serial_compute_snap(quadratic, monkeypatch):
-    import qmml.descriptors as descriptors
+    import qmml.descriptors.sums as descriptors
 
     split = []
     real_split = descriptors._split_force_job
@@ -145,7 +146,7 @@ def test_parallel_sums_equal_serial_compute_snap(quadratic, monkeypatch):
 def test_descriptor_cache_reuses_only_identical_sets(quadratic, tmp_path, monkeypatch):
     """A set already in the cache is read, bit for bit, not computed; a set that differs in
     one coordinate by 1e-9 Å, or a damaged entry, is computed again."""
-    import qmml.descriptors as desc
+    import qmml.descriptors.sums as desc
 
     frames = []
     for seed in range(3):
@@ -156,7 +157,7 @@ def test_descriptor_cache_reuses_only_identical_sets(quadratic, tmp_path, monkey
     targets = [rng.normal(size=(len(a), 3)) for a in frames]
     keeps = [np.arange(len(a)) < 2 for a in frames]
     force_set = ForceSet(frames, None, targets, keeps)
-    cache = desc.DescriptorCache(tmp_path / "cache")
+    cache = DescriptorCache(tmp_path / "cache")
     (first,), (rows,) = descriptor_sums(quadratic, [force_set], [frames], cache=cache)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
 

@@ -138,7 +138,7 @@ def test_retrain_descriptor_cache(milady, qmml_frames, constraint_files, tmp_pat
                                   monkeypatch):
     """--descriptor-cache: the same potential as without it; a rerun with new weights reads
     the targets, hard and soft sums from the cache and computes no descriptor."""
-    import qmml.descriptors as desc
+    import qmml.descriptors.sums as desc
 
     targets, _ = qmml_frames
     hard, soft = constraint_files

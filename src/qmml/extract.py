@@ -16,6 +16,7 @@ import numpy as np
 from ase import Atoms
 
 from qmml import QmmlError
+from qmml.forcemixing import neb_moving_images
 from qmml.potential import SNAPPotential
 from qmml.io import read_frames, write_frames, write_text
 from qmml.retrain import free_mask, qm_region_mask, target_forces
@@ -26,7 +27,8 @@ def gather_frames(paths: Sequence[str | Path]) -> list[Atoms]:
     for path in paths:
         group = read_frames(path)
         if len(group) > 2 and "neb_image" in group[0].info:
-            group = group[1:-1]  # end states come from their own relaxations
+            # end states come from their own relaxations
+            group = [group[i] for i in neb_moving_images(len(group))]
         for i, atoms in enumerate(group):
             forces = target_forces(atoms, f"{path} frame {i}")
             atoms.calc = None

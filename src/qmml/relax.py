@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_neb(args: argparse.Namespace) -> int:
     from qmml.io import write_frames
-    from qmml.qmmm import neb, output_frame, provenance
+    from qmml.qmmm import neb, neb_moving_images, output_frame, provenance
 
     initial, final = _read_structure(args.initial), _read_structure(args.final)
     cfg, settings_hash, pot, qm, label, log, pot_id = _setup(args)
@@ -197,7 +197,7 @@ def run_neb(args: argparse.Namespace) -> int:
                                  steps=args.steps, k=args.spring, checkpoint=checkpoint,
                                  vacuum=args.vacuum, log=log, fingerprint_extra=pot_id,
                                  **_accelerated_options(args, [initial] * args.images,
-                                                        range(1, args.images - 1)))
+                                                        neb_moving_images(args.images)))
     info = provenance(stats, label, settings_hash, str(args.potential), args.buffer)
     info["neb_barrier_virtual_work"] = profile["barrier"]
     e_images = profile["image_energy"]
@@ -206,7 +206,7 @@ def run_neb(args: argparse.Namespace) -> int:
         frames.append(output_frame(im, dict(info, neb_image=i,
                                             neb_energy_virtual_work=float(e_images[i]))))
     write_frames(args.output, frames)
-    _write_qm_frames(args, images, range(1, len(images) - 1), stats, info)
+    _write_qm_frames(args, images, neb_moving_images(len(images)), stats, info)
     print(f"neb: {'converged' if stats.converged else 'NOT converged'} fmax {stats.fmax:.5f} "
           f"eV/A after {stats.steps} steps; virtual-work barrier {profile['barrier']:.4f} eV; "
           f"QM calls {stats.n_qm_calls} (new {stats.n_qm_real_calls}); engine {label}; "

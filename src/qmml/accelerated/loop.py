@@ -1,0 +1,399 @@
+"""The outer loop of the accelerated optimiser (:mod:`qmml.accelerated`), its checkpointed
+state, and the entry points: :func:`relax_accelerated`, :func:`neb_accelerated` and
+:class:`AcceleratedOptimizer` (the ``accelerated`` entry of :mod:`qmml.optimizers`)."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+
+from qmml.accelerated.points import hard_id, seeds_id
+from qmml.accelerated.settings import AcceleratedSettings, AcceleratedStats
+from qmml.accelerated.surrogate import (ForceDifferences, SurrogateFailure, default_hard_set,
+                                        fit_surrogate, hard_rows)
+from qmml.accelerated.system import Evaluation, MixedSystem, SurrogateStep, max_displacement
+from qmml.ase_optimizers import QMMLOptimizer
+from qmml.descriptors import DescriptorCache
+from qmml.forcemixing import neb_moving_images, run_fingerprint
+from qmml.io import read_checkpoint, write_pickle
+from qmml.potential import SNAPPotential
+from qmml.qmcache import CachedQMCalculator, NotCached
+
+Log = Callable[[str], None] | None
+
+
+@dataclass
+class LoopState:
+    """Everything the outer loop carries from one step to the next.  Checkpointed whole
+    after every step, as the plain dict of its fields (``dataclasses.asdict``); the fields
+    that :class:`AcceleratedStats` also has are what the run reports."""
+
+    points: list = field(default_factory=list)  # positions of every QM-called geometry
+    current: int = 0              # index into points of the accepted geometry
+    trust: float = 0.3            # trust radius, Å
+    rejects: int = 0              # consecutive rejected steps
+    pending: SurrogateStep | None = None  # computed, its QM call not yet recorded
+    n_seeds: int = 0              # the first n_seeds points are replayed seeds
+    outer_steps: int = 0
+    rejected_steps: int = 0
+    surrogate_failures: int = 0
+    fallback_steps: int = 0
+    surrogate_steps: int = 0
+    fmax_history: list = field(default_factory=list)
+    trust_history: list = field(default_factory=list)
+    prediction_errors: list = field(default_factory=list)
+    surrogate_hard_residuals: list = field(default_factory=list)
+    surrogate_thetas: list = field(default_factory=list)
+
+    def as_checkpoint(self, fingerprint: str) -> dict:
+        return {"fingerprint": fingerprint, **asdict(self)}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict, shape: tuple) -> "LoopState | None":
+        """The state in a checkpoint dict, or None if it holds none whose points have
+        ``shape`` (a foreign checkpoint).  Also reads the layout that kept the reported
+        counters under ``stats`` (and an unused ``last_error``)."""
+        saved = dict(saved)
+        saved.pop("fingerprint", None)
+        saved.pop("last_error", None)
+        saved.update(saved.pop("stats", None) or {})
+        try:
+            state = cls(**saved)
+            if isinstance(state.pending, dict):
+                state.pending = SurrogateStep(**state.pending)
+        except TypeError:
+            return None
+        if not (0 <= state.current < len(state.points)) or \
+                any(np.shape(x) != shape for x in state.points):
+            return None
+        return state
+
+
+class _OuterLoop:
+    """One accelerated run: the system, the surrogate's training data, the state."""
+
+    def __init__(self, system: MixedSystem, settings: AcceleratedSettings, fmax: float,
+                 hard: Sequence[Atoms] | None, descriptor_cache: DescriptorCache | None,
+                 checkpoint: Path | None, fingerprint: str, log: Log) -> None:
+        self.system, self.settings, self.fmax, self.log = system, settings, fmax, log
+        self.checkpoint, self.fingerprint = checkpoint, fingerprint
+        self.qm = system.qm
+        self.stats = AcceleratedStats("accelerated", fmax)
+        self.stats.start_counting(self.qm)
+        t0 = time.perf_counter()
+        configs = list(hard) if hard else default_hard_set(system.potential)
+        self.hard_rows = hard_rows(configs, system.space, descriptor_cache, log)
+        self.data = ForceDifferences(len(system.moving), system.theta_i.size)
+        self.stats.seconds_fit += time.perf_counter() - t0
+        self.evals: list[Evaluation] = []  # every QM-called geometry, in call order
+        self.state = LoopState(trust=settings.trust_radius)
+
+    def _log(self, message: str) -> None:
+        if self.log:
+            self.log(message)
+
+    def record(self, ev: Evaluation) -> None:
+        """A QM-called geometry: kept, and its QM forces join the surrogate's data."""
+        self.evals.append(ev)
+        t = time.perf_counter()
+        self.data.add(self.system.descriptor_rows(ev.positions), ev.qm_forces, ev.positions)
+        self.stats.seconds_fit += time.perf_counter() - t
+
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            self.state.points = [ev.positions for ev in self.evals]
+            write_pickle(self.checkpoint, self.state.as_checkpoint(self.fingerprint))
+
+    # ---- start: from a checkpoint, from seeds, or from the ML minimum ------------------
+    def start(self, seeds: Sequence[np.ndarray]) -> None:
+        if not self.resume():
+            self.start_from_seeds(seeds) or self.start_fresh()
+            self.state.fmax_history.append(self.anchor.fmax)
+            self._log(f"accelerated: start    QM calls {self.qm.n_calls:4d}  true fmax "
+                      f"{self.anchor.fmax:.5f}")
+        self.save()
+
+    def resume(self) -> bool:
+        saved = read_checkpoint(self.checkpoint, self.fingerprint, self.log)
+        if not saved:
+            return False
+        shape = (len(self.system.moving),) + self.system.images[0].positions.shape
+        state = LoopState.from_checkpoint(saved, shape)
+        if state is None:
+            self._log(f"{self.checkpoint}: not a checkpoint of the accelerated optimiser, "
+                      f"starting afresh")
+            return False
+        for x in state.points:  # replay through the QM cache: no real QM call
+            self.record(self.system.evaluate_true(x))
+        self.state = state
+        self.stats.resumed_from_step = state.outer_steps
+        self._log(f"accelerated: resumed from {self.checkpoint} at outer step "
+                  f"{state.outer_steps} ({len(self.evals)} QM geometries replayed from the "
+                  f"cache)")
+        return True
+
+    def start_from_seeds(self, seeds: Sequence[np.ndarray]) -> bool:
+        """Replay the cached seeds (never compute one); start from the best of them."""
+        for x in seeds:
+            try:
+                with self.qm.cached_only():
+                    ev = self.system.evaluate_true(x)
+            except NotCached:
+                continue
+            self.record(ev)
+        self.state.n_seeds = len(self.evals)
+        if not self.evals:
+            if seeds:
+                self._log(f"accelerated: none of the {len(seeds)} seed QM points is cached")
+            return False
+        self.state.current = int(np.argmin([ev.fmax for ev in self.evals]))
+        skipped = len(seeds) - len(self.evals)
+        self._log(f"accelerated: {len(self.evals)} of {len(seeds)} seed QM points replayed "
+                  f"from the cache{f' ({skipped} not cached, skipped)' if skipped else ''}"
+                  f"; starting from seed {self.state.current}")
+        return True
+
+    def start_fresh(self) -> None:
+        """The first QM call: at the ML minimum (``ml_prerelax``) or where the atoms are."""
+        settings = self.settings
+        if settings.ml_prerelax:
+            try:
+                x, n = self.system.relax_ml(settings.inner_fmax_ratio * self.fmax,
+                                            settings.inner_optimizer, settings.inner_steps,
+                                            settings.trust_max)
+            except SurrogateFailure as failure:
+                self._log(f"accelerated: relaxation with the ML potential alone failed "
+                          f"({failure}); first QM call at the starting geometry")
+            else:
+                self.state.surrogate_steps += n
+                self.system.set_positions(x)
+                self._log(f"accelerated: relaxed with the ML potential alone ({n} steps, "
+                          f"no QM)")
+        self.record(self.system.evaluate_true())
+
+    # ---- the outer steps ---------------------------------------------------------------
+    @property
+    def anchor(self) -> Evaluation:
+        return self.evals[self.state.current]
+
+    def run(self, max_steps: int) -> AcceleratedStats:
+        state = self.state
+        while self.anchor.fmax > self.fmax and state.outer_steps < max_steps:
+            if state.rejects >= self.settings.fallback_after:
+                self.fallback()
+            elif state.pending is not None or self.propose():
+                self.judge()
+            self.save()
+        return self.finish()
+
+    def fallback(self) -> None:
+        """Plain FIRE steps on the true forces, each a QM call, all of them training data."""
+        from ase.optimize import FIRE
+
+        state, anchor = self.state, self.anchor
+        self.system.set_positions(anchor.positions)
+        opt = FIRE(self.system.true_target, logfile=None)
+        for _ in opt.irun(fmax=self.fmax, steps=self.settings.fallback_steps):
+            ev = self.system.evaluate_true()
+            if opt.nsteps == 0 and np.array_equal(ev.positions, anchor.positions):
+                continue  # the starting point, already known
+            self.record(ev)
+            state.fallback_steps += 1
+        state.current = len(self.evals) - 1
+        state.rejects = 0
+        state.outer_steps += 1
+        state.fmax_history.append(self.anchor.fmax)
+        self._log(f"accelerated: fallback FIRE steps -> fmax {self.anchor.fmax:.5f}")
+
+    def propose(self) -> bool:
+        """Retrain the surrogate on every QM geometry so far and relax it inside the trust
+        radius: the next QM point (``state.pending``), checkpointed BEFORE its QM call, so
+        that a run killed during the call resumes with exactly this geometry (a cache hit
+        if the call had completed).  False if the surrogate failed: a rejected step."""
+        state, settings, system = self.state, self.settings, self.system
+        t = time.perf_counter()
+        theta, residual = fit_surrogate(system.theta_i, self.data, state.current,
+                                        settings.force_weight, self.hard_rows,
+                                        settings.lambda0)
+        self.stats.seconds_fit += time.perf_counter() - t
+        state.surrogate_hard_residuals.append(residual)
+        state.surrogate_thetas.append(theta)
+        try:
+            step = system.surrogate_step(theta, self.anchor, state.current, self.data,
+                                         settings, state.trust, self.fmax)
+        except SurrogateFailure as failure:
+            self.reject(failure=True)
+            self._log(f"accelerated: outer {state.outer_steps:3d}  surrogate step failed "
+                      f"({failure}): rejected without a QM call, trust {state.trust:.3f} A")
+            return False
+        state.surrogate_steps += step.steps
+        state.pending = step
+        self.save()
+        return True
+
+    def judge(self) -> None:
+        """QM call at the pending point; accept it or reject it (module docstring, step 5)."""
+        state, settings = self.state, self.settings
+        step, anchor = state.pending, self.anchor
+        ev = self.system.evaluate_true(step.positions)
+        state.pending = None
+        self.record(ev)
+        free = self.system.free
+        error = float(np.sqrt(((step.predicted - ev.forces)[:, free] ** 2).sum(axis=2)).max())
+        state.prediction_errors.append(error)
+        accept = ev.fmax < anchor.fmax or error < anchor.fmax
+        if accept:
+            state.current = len(self.evals) - 1
+            state.rejects = 0
+            if step.hit and error < 0.5 * anchor.fmax:
+                state.trust = min(2.0 * state.trust, settings.trust_max)
+            state.outer_steps += 1
+            state.trust_history.append(state.trust)
+            state.fmax_history.append(self.anchor.fmax)
+        else:
+            self.reject()
+        self._log(f"accelerated: outer {state.outer_steps:3d}  QM calls {self.qm.n_calls:4d}  "
+                  f"true fmax {ev.fmax:.5f}  prediction error {error:.5f}  "
+                  f"{'accepted' if accept else 'REJECTED'}  surrogate steps {step.steps:4d}"
+                  f"{' (trust)' if step.hit else ''}  step "
+                  f"{max_displacement(ev.positions, anchor.positions):.3f} A  trust "
+                  f"{state.trust:.3f} A  hard residual "
+                  f"{state.surrogate_hard_residuals[-1]:.1e}")
+
+    def reject(self, failure: bool = False) -> None:
+        """Stay at the anchor and shrink the trust radius (one outer step)."""
+        state = self.state
+        state.rejects += 1
+        state.rejected_steps += 1
+        state.surrogate_failures += failure
+        state.trust = max(0.25 * state.trust, self.settings.trust_min)
+        state.outer_steps += 1
+        state.trust_history.append(state.trust)
+        state.fmax_history.append(self.anchor.fmax)
+
+    def finish(self) -> AcceleratedStats:
+        """The stats of the run, the true calculators left at the accepted point."""
+        stats, state = self.stats, self.state
+        for f in fields(LoopState):
+            if hasattr(stats, f.name):
+                setattr(stats, f.name, getattr(state, f.name))
+        stats.qm_points, stats.accepted_point = self.evals, state.current
+        best = self.anchor
+        self.system.set_positions(best.positions)
+        self.system.evaluate_true()  # no QM call: the accepted point is cached
+        stats.steps = stats.outer_steps
+        stats.fmax = best.fmax
+        stats.converged = best.fmax <= self.fmax
+        stats.count(self.qm)
+        return stats
+
+
+def _run(system: MixedSystem, hard: Sequence[Atoms] | None, fmax: float, max_steps: int,
+         settings: AcceleratedSettings, checkpoint: Path | None, fingerprint: str, log: Log,
+         descriptor_cache: DescriptorCache | None = None,
+         seeds: Sequence[np.ndarray] = ()) -> AcceleratedStats:
+    settings.check()
+    loop = _OuterLoop(system, settings, fmax, hard, descriptor_cache, checkpoint, fingerprint,
+                      log)
+    loop.start(seeds)
+    return loop.run(max_steps)
+
+
+# ---- public entry points -------------------------------------------------------------
+def relax_accelerated(atoms: Atoms, qm: CachedQMCalculator, potential: SNAPPotential,
+                      buffer_width: float, fmax: float = 0.01, steps: int = 200,
+                      hard: Sequence[Atoms] | None = None,
+                      settings: AcceleratedSettings | None = None,
+                      checkpoint: str | Path | None = None, vacuum: float = 5.0,
+                      log: Log = print, fingerprint_extra=(),
+                      descriptor_cache: DescriptorCache | None = None,
+                      seeds: Sequence[np.ndarray] = ()) -> AcceleratedStats:
+    """Relax ``atoms`` in place with the accelerated QM/ML optimiser (package docstring).
+
+    ``potential`` is the iteration's Θ_i (ML forces outside QM, Tikhonov centre, descriptor
+    space); ``steps`` bounds the outer steps; ``hard`` the hard configurations (default:
+    :func:`~qmml.accelerated.surrogate.default_hard_set`).  On return ``atoms.calc`` is the
+    true ForceQMMM at the accepted geometry.  ``descriptor_cache``: where the hard rows are
+    looked up first.  ``seeds``: earlier QM points of this structure, (1, N, 3) positions
+    each (:func:`~qmml.accelerated.points.seed_points`).
+    """
+    settings = settings or AcceleratedSettings()
+    settings.check()
+    system = MixedSystem([atoms], [0], qm, potential.calculator, potential, settings,
+                         buffer_width, vacuum, None)
+    fingerprint = run_fingerprint([atoms], "accelerated", fmax, buffer_width, vacuum,
+                                  qm.cache.settings_hash, repr(settings),
+                                  hard_id(hard), *seeds_id(seeds), *fingerprint_extra)
+    return _run(system, hard, fmax, steps, settings,
+                Path(checkpoint) if checkpoint else None, fingerprint, log, descriptor_cache,
+                seeds)
+
+
+def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAPPotential,
+                    buffer_width: float, fmax: float = 0.05, steps: int = 200, k: float = 0.1,
+                    hard: Sequence[Atoms] | None = None,
+                    settings: AcceleratedSettings | None = None,
+                    checkpoint: str | Path | None = None, vacuum: float = 5.0,
+                    log: Log = print, fingerprint_extra=(),
+                    descriptor_cache: DescriptorCache | None = None,
+                    seeds: Sequence[np.ndarray] = ()
+                    ) -> tuple[AcceleratedStats, "object"]:
+    """Accelerated NEB: the surrogate NEB is converged, then QM on all moving images
+    (:func:`~qmml.forcemixing.neb_moving_images`).
+
+    ``images`` (end points included, already interpolated, region arrays set) are moved in
+    place.  Returns the stats and the true ASE NEB object (for ``integrate_forces``).
+    ``seeds``: earlier QM points of this path, (moving images, N, 3) positions each.
+    """
+    settings = settings or AcceleratedSettings()
+    settings.check()
+    system = MixedSystem(images, neb_moving_images(len(images)), qm, potential.calculator,
+                         potential, settings, buffer_width, vacuum,
+                         {"k": k, "method": "spline"})
+    fingerprint = run_fingerprint(images, "neb-accelerated", fmax, k, buffer_width, vacuum,
+                                  qm.cache.settings_hash, repr(settings), hard_id(hard),
+                                  *seeds_id(seeds), *fingerprint_extra)
+    stats = _run(system, hard, fmax, steps, settings,
+                 Path(checkpoint) if checkpoint else None, fingerprint, log, descriptor_cache,
+                 seeds)
+    return stats, system.true_target
+
+
+class AcceleratedOptimizer(QMMLOptimizer):
+    """The accelerated optimiser behind the :class:`QMMLOptimizer` interface: ``hard``,
+    ``settings``, ``descriptor_cache`` and ``seeds`` as in :func:`relax_accelerated`;
+    ``steps`` bounds the outer steps."""
+
+    name = "accelerated"
+
+    def __init__(self, hard: Sequence[Atoms] | None = None,
+                 settings: AcceleratedSettings | None = None,
+                 descriptor_cache: DescriptorCache | None = None,
+                 seeds: Sequence[np.ndarray] = ()) -> None:
+        self.hard, self.settings = hard, settings
+        self.descriptor_cache, self.seeds = descriptor_cache, seeds
+
+    def _options(self) -> dict:
+        return {"hard": self.hard, "settings": self.settings,
+                "descriptor_cache": self.descriptor_cache, "seeds": self.seeds}
+
+    def relax(self, atoms: Atoms, qm: CachedQMCalculator, ml_calc: Calculator,
+              buffer_width: float, *, fmax: float, steps: int, checkpoint: Path | None,
+              vacuum: float, log: Log, fingerprint_extra=()) -> AcceleratedStats:
+        return relax_accelerated(atoms, qm, ml_calc.potential, buffer_width, fmax=fmax,
+                                 steps=steps, checkpoint=checkpoint, vacuum=vacuum, log=log,
+                                 fingerprint_extra=fingerprint_extra, **self._options())
+
+    def neb(self, images: list[Atoms], qm: CachedQMCalculator,
+            ml_factory: Callable[[], Calculator], buffer_width: float, *, fmax: float,
+            steps: int, k: float, checkpoint: Path | None, vacuum: float, log: Log,
+            fingerprint_extra=()):
+        return neb_accelerated(images, qm, ml_factory().potential, buffer_width, fmax=fmax,
+                               steps=steps, k=k, checkpoint=checkpoint, vacuum=vacuum,
+                               log=log, fingerprint_extra=fingerprint_extra,
+                               **self._options())

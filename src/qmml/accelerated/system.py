@@ -1,0 +1,295 @@
+"""The mixed system of the accelerated optimiser: true (QM/ML) and surrogate copies of the
+moving images, one image for a relaxation or the interior images of an NEB."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from qmml import QmmlError
+from qmml.accelerated.settings import AcceleratedSettings
+from qmml.accelerated.surrogate import ForceDifferences, SurrogateFailure, SurrogateMixing
+from qmml.ase_optimizers import make_optimizer
+from qmml.descriptors import compute_descriptors
+from qmml.forcemixing import apply_fix_mask, make_force_qmmm, max_force, qm_mask_from_region
+from qmml.potential import SNAPPotential
+from qmml.qmcache import CachedQMCalculator
+
+
+class _QMTap(Calculator):
+    """Per-image proxy in front of the shared cached QM calculator: keeps this image's
+    raw QM cluster forces (ForceQMMM only returns the mixed, zero-mean-shifted ones)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, qm: CachedQMCalculator) -> None:
+        super().__init__()
+        self.qm = qm
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        cluster = self.atoms.copy()
+        self.results["forces"] = np.array(self.qm.get_forces(cluster))
+        self.results["energy"] = float(self.qm.results.get("energy", 0.0))
+
+
+@dataclass
+class SurrogateStep:
+    """A relaxation of the surrogate from the anchor: where it ended, the surrogate forces
+    there (the prediction the QM call is judged by), its steps, and whether it stopped at
+    the trust radius."""
+
+    positions: np.ndarray          # (n_images, N, 3)
+    predicted: np.ndarray          # surrogate mixed forces there (n_images, N, 3)
+    steps: int
+    hit: bool
+
+
+@dataclass
+class Evaluation:
+    positions: np.ndarray          # (n_images, N, 3)
+    forces: np.ndarray             # true mixed forces (n_images, N, 3), no constraints
+    qm_forces: np.ndarray          # raw QM forces of the QM atoms (n_images, n_qm, 3)
+    fmax: float                    # convergence measure (constraints/NEB projection applied)
+
+
+class MixedSystem:
+    """True and surrogate copies of the moving images plus their optimiser targets."""
+
+    def __init__(self, true_images: list[Atoms], moving: Sequence[int], qm: CachedQMCalculator,
+                 ml_factory: Callable[[], Calculator], potential: SNAPPotential,
+                 settings: AcceleratedSettings, buffer_width: float, vacuum: float,
+                 neb_kwargs: dict | None) -> None:
+        self.images, self.moving, self.qm = true_images, list(moving), qm
+        self.potential, self.ml_factory = potential, ml_factory
+        self.qm_mask = qm_mask_from_region(true_images[self.moving[0]])
+        self.free = ~np.asarray(true_images[self.moving[0]].arrays.get(
+            "fix_mask", np.zeros(len(true_images[0]), bool)), dtype=bool)
+        self.taps = {}
+        for j, im in enumerate(true_images):
+            apply_fix_mask(im)
+            if j in self.moving or neb_kwargs is not None:
+                tap = _QMTap(qm)
+                im.calc = make_force_qmmm(im, tap, ml_factory(), buffer_width, vacuum=vacuum)
+                self.taps[j] = tap
+        self.space = potential.to_quadratic() if settings.space == "quadratic" else potential
+        self.theta_i = self.space.theta
+        self.sur_images = []
+        for j, im in enumerate(true_images):
+            s = im.copy()
+            apply_fix_mask(s)
+            if j in self.moving:
+                s.calc = SurrogateMixing(self.qm_mask, ml_factory(),
+                                         self.space.with_theta(self.theta_i),
+                                         reach=2 * potential.cutoff + 2 * settings.trust_max
+                                         + 0.5)
+            else:  # NEB end points: fixed, energy only used for spline bookkeeping
+                s.calc = SinglePointCalculator(s, energy=0.0, forces=np.zeros((len(s), 3)))
+            self.sur_images.append(s)
+        self.neb_kwargs = neb_kwargs
+        if neb_kwargs is None:
+            self.true_target, self.sur_target = true_images[self.moving[0]], \
+                self.sur_images[self.moving[0]]
+        else:
+            from ase.mep import NEB
+
+            self.true_target = NEB(true_images, **neb_kwargs)
+            self.sur_target = NEB(self.sur_images, **neb_kwargs)
+
+    # positions of the moving images, (n_moving, N, 3)
+    def positions(self, which: str = "true") -> np.ndarray:
+        imgs = self.images if which == "true" else self.sur_images
+        return np.array([imgs[j].positions for j in self.moving])
+
+    def set_positions(self, x: np.ndarray, which: str = "true") -> None:
+        imgs = self.images if which == "true" else self.sur_images
+        for j, p in zip(self.moving, x):
+            imgs[j].set_positions(p, apply_constraint=False)
+
+    def evaluate_true(self, x: np.ndarray | None = None) -> Evaluation:
+        if x is not None:
+            self.set_positions(x)
+        forces, qm_forces = [], []
+        sel = None
+        for j in self.moving:
+            im = self.images[j]
+            forces.append(np.array(im.get_forces(apply_constraint=False)))
+            fq = im.calc
+            sel = fq.qm_selection_mask[fq.qm_buffer_mask]
+            qm_forces.append(np.array(self.taps[j].results["forces"])[sel])
+        return Evaluation(self.positions(), np.array(forces), np.array(qm_forces),
+                           max_force(self.true_target))
+
+    def descriptor_rows(self, x: np.ndarray) -> list[np.ndarray]:
+        rows = []
+        for j, p in zip(self.moving, x):
+            a = Atoms(self.images[j].numbers, p, cell=self.images[j].cell,
+                      pbc=self.images[j].pbc)
+            rows.append(compute_descriptors(a, self.space, force_mask=self.qm_mask,
+                                            source="QM/ML geometry").forces)
+        return rows
+
+    def set_surrogate(self, theta: np.ndarray, positions: np.ndarray,
+                      qm_forces: np.ndarray | None = None,
+                      secants: ForceDifferences | None = None, anchor_index: int = 0
+                      ) -> None:
+        """New surrogate coefficients, clusters cut at ``positions``; with the true
+        ``qm_forces`` there, offsets δ so the surrogate = truth at that point (none: plain
+        Θ); with ``secants``, the linear term that makes it the truth at every geometry."""
+        pot = self.space.with_theta(theta)
+        self.set_positions(positions, "sur")
+        for n, j in enumerate(self.moving):
+            calc = self.sur_images[j].calc
+            calc.set_potential(pot)
+            calc.offset = np.zeros_like(calc.offset)
+            if qm_forces is not None:
+                calc.offset = qm_forces[n] - calc.raw_surrogate_qm_forces(self.sur_images[j])
+            calc.secant = None
+            if secants is not None:
+                cluster = self.images[j].calc.qm_buffer_mask
+                calc.secant = secants.linear_term(anchor_index, n, theta, cluster)
+            calc.reset()
+
+    def surrogate_forces(self) -> np.ndarray:
+        return np.array([self.sur_images[j].get_forces(apply_constraint=False)
+                         for j in self.moving])
+
+    def renew_surrogates(self) -> None:
+        """Fresh LAMMPS instances behind every surrogate image (see SurrogateMixing.renew)."""
+        for j in self.moving:
+            self.sur_images[j].calc.renew(self.ml_factory())
+
+    @contextmanager
+    def _failures(self, passing: tuple = ()) -> Iterator[None]:
+        """Any error of a surrogate evaluation becomes a SurrogateFailure (one line) and
+        leaves fresh LAMMPS instances behind; errors of the program or its input, and those
+        in ``passing``, are raised as they are."""
+        try:
+            yield
+        except (QmmlError, TypeError, AttributeError, NameError) + passing:
+            raise
+        except Exception as err:
+            self.renew_surrogates()
+            if isinstance(err, SurrogateFailure):
+                raise
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            raise SurrogateFailure(lines[0]) from err
+
+    def relax_ml(self, fmax: float, optimizer: str, steps: int, leg: float
+                 ) -> tuple[np.ndarray, int]:
+        """Relax the moving images with Θ_i alone (no QM call, no offsets): the ML
+        minimum, from which the first QM call starts.  In legs of at most ``leg`` Å (the
+        surrogate clusters are exact only that far from where they were cut); at most 100
+        legs.  SurrogateFailure if an evaluation fails."""
+        x, total = self.positions(), 0
+        with self._failures():
+            for _ in range(100):
+                self.set_surrogate(self.theta_i, x)
+                x, n, hit = self.relax_surrogate(x, leg, fmax, optimizer, steps)
+                total += n
+                if not hit:
+                    break
+        return x, total
+
+    def surrogate_step(self, theta: np.ndarray, anchor: Evaluation, anchor_index: int,
+                       data: ForceDifferences, settings: AcceleratedSettings, trust: float,
+                       fmax: float) -> SurrogateStep:
+        """Surrogate Θ_k (with Δ-correction and linear term as ``settings`` say) set up at
+        the anchor and relaxed inside the trust radius (module docstring, steps 3-4).
+        SurrogateFailure if an evaluation fails: no QM call is then due."""
+        with self._failures():
+            self.set_surrogate(theta, anchor.positions,
+                               anchor.qm_forces if settings.delta_correction else None,
+                               data if settings.secant_correction else None, anchor_index)
+            inner_fmax = settings.inner_fmax_ratio * fmax
+            x, n, hit = self.relax_surrogate(anchor.positions, trust, inner_fmax,
+                                             settings.inner_optimizer, settings.inner_steps)
+            if hit and settings.fixed_point_step:
+                fixed_point = self.nearest_fixed_point(anchor.positions, trust, inner_fmax)
+                if fixed_point is not None:
+                    x, hit = fixed_point, False
+                else:
+                    self.set_positions(x, "sur")
+            return SurrogateStep(x, self.surrogate_forces(), n, hit)
+
+    def relax_surrogate(self, start: np.ndarray, trust: float, fmax: float, optimizer: str,
+                        steps: int) -> tuple[np.ndarray, int, bool]:
+        """Surrogate relaxation from ``start``, stopped at the trust radius.
+
+        Returns (positions, steps taken, hit_trust_radius).
+        """
+        self.set_positions(start, "sur")
+        opt = make_optimizer(optimizer, self.sur_target)
+        hit = False
+        n = 0
+        for _ in opt.irun(fmax=fmax, steps=steps):
+            n = opt.nsteps
+            x = self.positions("sur")
+            d = max_displacement(x, start)
+            if d > trust:  # pull back onto the trust sphere along the surrogate path
+                self.set_positions(start + (x - start) * (trust / d), "sur")
+                hit = True
+                break
+        return self.positions("sur"), n, hit
+
+    def nearest_fixed_point(self, start: np.ndarray, trust: float, fmax: float,
+                            max_evaluations: int = 100) -> np.ndarray | None:
+        """The surrogate's fixed point nearest ``start`` (Newton-Krylov on the free atoms'
+        surrogate forces), or None if the solver fails, needs more than ``max_evaluations``
+        surrogate force evaluations (converging searches took 33-65, failing ones could
+        take minutes) or the point lies beyond ``trust``.
+
+        A minimiser leaves a fixed point at which the surrogate's Jacobian has a negative
+        eigenvalue; near the QM/ML minimum the surrogate can have one along a core mode
+        that the secants have not explored, where the QM forces are stiff
+        (benchmarks/README.md §9), so its relaxation runs to the trust radius from
+        0.014–0.017 Å of the minimum.  Newton converges to the fixed point itself.
+
+        Newton's trial points can lie far from ``start`` (atoms flying apart, LAMMPS losing
+        them): a failed evaluation ends the search (None), with fresh LAMMPS instances."""
+        from scipy.optimize import root
+
+        free = self.free
+        evaluations = 0
+
+        def displaced(dx: np.ndarray) -> np.ndarray:  # dx: the free atoms' displacements
+            x = start.copy()
+            x[:, free] += dx.reshape(len(self.moving), -1, 3)
+            return x
+
+        def target_forces(dx: np.ndarray) -> np.ndarray:  # what the inner optimiser sees
+            nonlocal evaluations
+            evaluations += 1
+            if evaluations > max_evaluations:
+                raise _OutOfBudget
+            self.set_positions(displaced(dx), "sur")
+            forces = np.asarray(self.sur_target.get_forces())
+            return forces.reshape(len(self.moving), -1, 3)[:, free].ravel()
+
+        solver_failures = (_OutOfBudget, ValueError, np.linalg.LinAlgError, OverflowError)
+        try:
+            with self._failures(passing=solver_failures):
+                sol = root(target_forces, np.zeros(len(self.moving) * int(free.sum()) * 3),
+                           method="krylov", options={"fatol": fmax, "maxiter": 10,
+                                                     "jac_options": {"method": "lgmres"}})
+        except solver_failures + (SurrogateFailure,):
+            return None
+        x = displaced(sol.x)
+        if not sol.success or max_displacement(x, start) > trust:
+            return None
+        self.set_positions(x, "sur")
+        return x
+
+
+def max_displacement(x: np.ndarray, start: np.ndarray) -> float:
+    """Largest atomic distance between two (images, atoms, 3) position arrays."""
+    return float(np.sqrt(((x - start) ** 2).sum(axis=2)).max())
+
+
+class _OutOfBudget(Exception):
+    """The fixed-point search used up its surrogate evaluations."""

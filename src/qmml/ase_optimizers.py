@@ -1,0 +1,162 @@
+"""The QM/ML optimiser interface (:class:`QMMLOptimizer`) and the plain ASE optimisers behind
+it: FIRE, LBFGS (no line search), ODE12r, and PreconLBFGS with ``use_armijo=False`` (ForceQMMM
+has no energy, so only force-based optimisers make sense).
+
+Nothing is lost: after every optimiser step a checkpoint (positions + optimiser state) is
+written atomically.  A run that is killed and started again with the same inputs resumes:
+FIRE and LBFGS continue exactly from the last checkpointed step (their complete state is
+restored); ODE12r (whose state lives inside a SciPy-style closure) and PreconLBFGS
+(whose preconditioner holds references to the atoms) replay from the start, which costs
+ML calls only, because every QM result they need is already in the cache.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+
+from qmml import QmmlError
+from qmml.forcemixing import (RunStats, apply_fix_mask, make_force_qmmm, max_force,
+                              run_fingerprint)
+from qmml.io import read_checkpoint, write_pickle
+from qmml.qmcache import CachedQMCalculator
+
+OPTIMIZERS = ("FIRE", "LBFGS", "ODE12r", "PreconLBFGS")
+# optimisers whose full state we checkpoint and restore exactly
+EXACT_RESUME = ("FIRE", "LBFGS")
+_NOT_STATE = {"atoms", "logfile", "observers", "comm", "_orig_trajectory", "_master",
+              "trajectory", "optimizable", "restart", "_actual_atoms", "max_steps", "fmax"}
+
+
+class QMMLOptimizer(ABC):
+    """A force-mixed QM/ML optimiser: relaxes one structure, or the moving images
+    (:func:`~qmml.forcemixing.neb_moving_images`) of an NEB.  Both methods resume from
+    ``checkpoint`` when it belongs to the same run, and take their QM forces through the
+    QM cache ``qm``."""
+
+    name: str
+
+    @abstractmethod
+    def relax(self, atoms: Atoms, qm: CachedQMCalculator, ml_calc: Calculator,
+              buffer_width: float, *, fmax: float, steps: int, checkpoint: Path | None,
+              vacuum: float, log: Callable[[str], None] | None, fingerprint_extra=()
+              ) -> RunStats:
+        """Relax ``atoms`` in place (fixed atoms from ``fix_mask``); on return
+        ``atoms.calc`` is the true ForceQMMM."""
+
+    @abstractmethod
+    def neb(self, images: list[Atoms], qm: CachedQMCalculator,
+            ml_factory: Callable[[], Calculator], buffer_width: float, *, fmax: float,
+            steps: int, k: float, checkpoint: Path | None, vacuum: float,
+            log: Callable[[str], None] | None, fingerprint_extra=()) -> tuple[RunStats, object]:
+        """Converge the NEB of ``images`` (end points included, interpolated, region arrays
+        set) in place; returns the stats and the ASE NEB object on the true forces."""
+
+
+class ASEOptimizer(QMMLOptimizer):
+    """A plain ASE optimiser (``OPTIMIZERS``) stepping on the true QM/ML forces."""
+
+    def __init__(self, name: str) -> None:
+        if name not in OPTIMIZERS:
+            raise QmmlError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
+        self.name = name
+
+    def relax(self, atoms, qm, ml_calc, buffer_width, *, fmax, steps, checkpoint, vacuum, log,
+              fingerprint_extra=()) -> RunStats:
+        apply_fix_mask(atoms)
+        atoms.calc = make_force_qmmm(atoms, qm, ml_calc, buffer_width, vacuum=vacuum)
+        fingerprint = run_fingerprint([atoms], self.name, fmax, buffer_width, vacuum,
+                                      qm.cache.settings_hash, *fingerprint_extra)
+        return _optimise(atoms, atoms.get_positions, atoms.set_positions,
+                         lambda: max_force(atoms), qm, self.name, fmax, steps, checkpoint,
+                         fingerprint, log)
+
+    def neb(self, images, qm, ml_factory, buffer_width, *, fmax, steps, k, checkpoint,
+            vacuum, log, fingerprint_extra=()):
+        from ase.mep import NEB
+
+        for im in images:
+            apply_fix_mask(im)
+            im.calc = make_force_qmmm(im, qm, ml_factory(), buffer_width, vacuum=vacuum)
+        neb_obj = NEB(images, k=k, method="spline")
+        fingerprint = run_fingerprint(images, "neb", self.name, fmax, k, buffer_width, vacuum,
+                                      qm.cache.settings_hash, *fingerprint_extra)
+        stats = _optimise(neb_obj, neb_obj.get_positions, neb_obj.set_positions,
+                          lambda: max_force(neb_obj), qm, self.name, fmax, steps, checkpoint,
+                          fingerprint, log)
+        return stats, neb_obj
+
+
+def make_optimizer(name: str, target, logfile=None):
+    """ASE optimiser by name; PreconLBFGS without Armijo line search (no energy in QM/ML)."""
+    if name == "FIRE":
+        from ase.optimize import FIRE
+        return FIRE(target, logfile=logfile)
+    if name == "LBFGS":
+        from ase.optimize import LBFGS
+        return LBFGS(target, logfile=logfile)
+    if name == "ODE12r":
+        from ase.optimize import ODE12r
+        return ODE12r(target, logfile=logfile)
+    if name == "PreconLBFGS":
+        from ase.optimize.precon import PreconLBFGS
+        return PreconLBFGS(target, use_armijo=False, logfile=logfile)
+    raise QmmlError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
+
+
+def _optimise(target, positions_of: Callable[[], np.ndarray],
+              set_positions: Callable[[np.ndarray], None], fmax_of: Callable[[], float],
+              qm: CachedQMCalculator, optimizer: str, fmax: float, steps: int,
+              checkpoint: Path | None, fingerprint: str, log: Callable[[str], None] | None
+              ) -> RunStats:
+    """Shared driver for relax and NEB: checkpoint every step, resume if possible."""
+    stats = RunStats(optimizer, fmax)
+    opt = make_optimizer(optimizer, target)
+    stats.start_counting(qm)
+
+    saved = read_checkpoint(checkpoint, fingerprint, log)
+    if saved:
+        stats.fmax_history = list(saved["fmax_history"])
+        if optimizer in EXACT_RESUME:
+            set_positions(saved["positions"])
+            vars(opt).update(saved["state"])
+            stats.resumed_from_step = int(saved["state"]["nsteps"])
+        else:  # replay from the start; QM answers come from the cache
+            stats.resumed_from_step = 0
+            stats.fmax_history = []
+        if log:
+            log(f"resuming from {checkpoint} at step {stats.resumed_from_step}")
+
+    def observer() -> None:
+        f = fmax_of()
+        if len(stats.fmax_history) <= opt.nsteps:
+            stats.fmax_history.append(f)
+        stats.count(qm)
+        real = stats.n_qm_real_calls
+        per_call = stats.qm_seconds / real if real else 0.0
+        if log:
+            log(f"step {opt.nsteps:4d}  QM call {qm.n_calls:5d} (real {real})  "
+                f"fmax {f:.5f} eV/A  {per_call:.2f} s/QM call")
+        if checkpoint is not None:
+            state = {k: v for k, v in vars(opt).items() if k not in _NOT_STATE}
+            write_pickle(checkpoint, {
+                "fingerprint": fingerprint, "positions": positions_of().copy(),
+                "state": state if optimizer in EXACT_RESUME else {"nsteps": opt.nsteps},
+                "fmax_history": list(stats.fmax_history)})
+
+    opt.attach(observer)
+    try:
+        opt.run(fmax=fmax, steps=steps)
+    except QmmlError:
+        raise
+    except Exception as err:  # optimiser breakdowns (e.g. ODE12r step too small)
+        raise QmmlError(f"{optimizer} failed: {err}") from None
+    stats.steps = opt.nsteps
+    stats.fmax = fmax_of()
+    stats.converged = stats.fmax <= fmax
+    stats.count(qm)
+    return stats

@@ -1,0 +1,152 @@
+"""Force-mixed QM/ML building blocks: ASE ``ForceQMMM`` from the ``region`` array, fixed
+atoms, the NEB image layout, and what every QM/ML optimiser records (run statistics,
+checkpoint fingerprints, output frames).
+
+QM atoms get forces from a QM calculation on QM + buffer atoms (through the on-disk QM
+cache, so no QM call is ever repeated); every other atom gets ML (SNAP) forces.  The
+energy is undefined (ForceQMMM returns 0), so only force-based optimisers make sense.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+from ase.calculators.qmmm import ForceQMMM
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixAtoms
+
+from qmml import QmmlError
+from qmml.qmcache import CachedQMCalculator
+
+# ---- building the QM/ML calculator -------------------------------------------------------
+QM_CELL_ROUND_OFF = 3.0  # Å: the QM cluster cell in open directions is a multiple of this
+
+
+def qm_mask_from_region(atoms: Atoms) -> np.ndarray:
+    """Boolean QM mask from ``atoms.arrays['region']`` (strings QM/buffer/MM)."""
+    if "region" not in atoms.arrays:
+        raise QmmlError("input structure has no 'region' array (QM/buffer/MM per atom); "
+                        "mark the QM region first (qmml.regions)")
+    region = np.asarray(atoms.arrays["region"]).astype(str)
+    bad = sorted(set(region) - {"QM", "buffer", "MM"})
+    if bad:
+        raise QmmlError(f"'region' array: unknown labels {bad} (expected QM, buffer, MM)")
+    mask = region == "QM"
+    if not mask.any():
+        raise QmmlError("'region' array marks no atom as QM")
+    return mask
+
+
+def make_force_qmmm(atoms: Atoms, qm_calc: Calculator, ml_calc: Calculator,
+                    buffer_width: float, vacuum: float = 5.0) -> ForceQMMM:
+    """ASE ForceQMMM (zero-mean forces) for ``atoms`` with masks from its ``region`` array.
+
+    If the region array has buffer atoms they are used as given (ASE's
+    ``set_masks_from_region``); otherwise the buffer is every atom within ``buffer_width``
+    of a QM atom, and the region array is filled in accordingly.  The QM cluster cell is
+    fixed here, from the structure given, so a resumed run cuts identical clusters.
+    """
+    qm_mask = qm_mask_from_region(atoms)
+    calc = ForceQMMM(atoms, qm_mask, qm_calc, ml_calc, buffer_width=buffer_width,
+                     vacuum=vacuum, zero_mean=True, qm_cell_round_off=QM_CELL_ROUND_OFF)
+    region = np.asarray(atoms.arrays["region"]).astype(str)
+    if (region == "buffer").any():
+        calc.set_masks_from_region(region)
+    else:
+        calc.initialize_qm_buffer_mask(atoms)
+        atoms.arrays["region"] = calc.get_region_from_masks(atoms)
+    cluster = calc.get_qm_cluster(atoms)  # fixes qm_radius (and so the cluster cell) now
+    # ASE rounds the cluster cell (to qm_cell_round_off) on this first call only and
+    # rebuilds it unrounded from qm_radius on every later call, so a structure rebuilt
+    # from relaxed positions (an NEB end point, a relaxation's output read back) would get
+    # a cell a few 0.01 Å different and miss every cached QM result.  Pinning qm_radius
+    # to the rounded cell makes the cell the same for any nearby geometry.
+    open_dirs = ~cluster.pbc
+    calc.qm_radius = np.array(calc.qm_radius, dtype=float)
+    calc.qm_radius[open_dirs] = (cluster.cell.diagonal()[open_dirs] / 2.0
+                                 - buffer_width - vacuum)
+    return calc
+
+
+def apply_fix_mask(atoms: Atoms) -> None:
+    """FixAtoms from the bool ``fix_mask`` array (if present)."""
+    if "fix_mask" in atoms.arrays:
+        mask = np.asarray(atoms.arrays["fix_mask"], dtype=bool)
+        atoms.set_constraint(FixAtoms(mask=mask) if mask.any() else [])
+
+
+def neb_moving_images(n_images: int) -> range:
+    """Indices of the images an NEB of ``n_images`` (end points included) moves: all but
+    the two end points."""
+    return range(1, n_images - 1)
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+def run_fingerprint(images: list[Atoms], *parts) -> str:
+    """Identifies a run: starting positions, species and the settings that matter."""
+    h = hashlib.sha256()
+    for im in images:
+        h.update(im.numbers.tobytes())
+        h.update(np.ascontiguousarray(im.positions).tobytes())
+    h.update(repr(parts).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class RunStats:
+    """What a relaxation/NEB did (also written into output provenance)."""
+
+    optimizer: str
+    fmax_target: float
+    fmax: float = float("nan")
+    steps: int = 0
+    converged: bool = False
+    resumed_from_step: int | None = None
+    n_qm_calls: int = 0          # QM evaluations requested this process (real + cached)
+    n_qm_real_calls: int = 0     # engine calls actually made this process
+    qm_seconds: float = 0.0      # wall time inside the QM engine
+    wall_seconds: float = 0.0
+    fmax_history: list = field(default_factory=list)
+
+    def start_counting(self, qm: CachedQMCalculator) -> None:
+        """From now on, QM calls and time belong to this run."""
+        self._since = (qm.n_real_calls, qm.n_cache_hits, qm.qm_seconds, time.perf_counter())
+
+    def count(self, qm: CachedQMCalculator) -> None:
+        """Update the QM-call counts and timings since ``start_counting``."""
+        real0, hits0, qm_s0, start = self._since
+        self.n_qm_real_calls = qm.n_real_calls - real0
+        self.n_qm_calls = self.n_qm_real_calls + qm.n_cache_hits - hits0
+        self.qm_seconds = qm.qm_seconds - qm_s0
+        self.wall_seconds = time.perf_counter() - start
+
+
+def max_force(target) -> float:
+    """Largest atomic force of Atoms (constraints applied: fixed atoms do not count) or of
+    an NEB (projected forces of its moving images)."""
+    f = np.asarray(target.get_forces()).reshape(-1, 3)
+    return float(np.sqrt((f ** 2).sum(axis=1)).max())
+
+
+# ---- output ------------------------------------------------------------------------------
+def output_frame(atoms: Atoms, info: dict, forces: np.ndarray | None = None) -> Atoms:
+    """A copy carrying the mixed forces (``forces``), ``region``, ``fix_mask`` and info.
+
+    ``forces`` default to those of the atoms' calculator.
+    """
+    if forces is None:
+        forces = atoms.get_forces(apply_constraint=False)
+    out = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out.arrays["region"] = np.asarray(atoms.arrays["region"]).astype("<U6")
+    fix = atoms.arrays.get("fix_mask", np.zeros(len(atoms), dtype=bool))
+    out.arrays["fix_mask"] = np.asarray(fix, dtype=bool)
+    # keep what the input knew about itself (dislocation kind, core, defect, ...)
+    out.info.update({k: v for k, v in atoms.info.items()
+                     if isinstance(v, (str, int, float, bool, list, tuple, np.ndarray))})
+    out.info.update(info)
+    out.calc = SinglePointCalculator(out, forces=forces)
+    return out
