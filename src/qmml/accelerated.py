@@ -800,7 +800,7 @@ def qm_point_frames(images: Sequence[Atoms], moving: Sequence[int], stats: Accel
     surrogates stand on).  Info: ``info`` plus ``qm_point`` (call order), ``qm_point_fmax``
     (true fmax there), ``qm_point_image`` (index into ``images``), ``qm_point_final`` and
     ``qm_point_seed`` (replayed from an earlier run, no QM call made here)."""
-    from qmml.qmmm import output_frame
+    from qmml.frames import output_frame
 
     frames = []
     for g, ev in enumerate(stats.qm_points):

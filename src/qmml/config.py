@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import copy
 from pathlib import Path
 
@@ -78,18 +77,3 @@ def _check_cross_references(config: dict, source: str) -> None:
 
 def load_config(path: str | Path) -> dict:
     return validate_config(read_mapping(path), source=str(path))
-
-
-# ---- CLI ------------------------------------------------------------------------------
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("configfile", help="pipeline config (YAML)")
-    parser.add_argument("--show", action="store_true", help="print the config with defaults")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(args.configfile)
-    if args.show:
-        print(yaml.safe_dump(config, sort_keys=False))
-    else:
-        print(f"{args.configfile}: valid")
-    return 0

@@ -15,7 +15,6 @@ ML calls only, because every QM result they need is already in the cache.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,10 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.qmmm import ForceQMMM
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
 from qmml import QmmlError
+from qmml.frames import output_frame, provenance  # noqa: F401  (the frame format's owner)
 from qmml.io import read_checkpoint, write_pickle
 from qmml.qmcache import CachedQMCalculator
 
@@ -315,41 +314,3 @@ def virtual_work_profile(neb_obj) -> dict:
             "image_energy": np.interp(s_images, s, energy),
             "barrier": float(energy.max() - energy[0])}
 
-
-# ---- output ------------------------------------------------------------------------------
-def provenance(stats: RunStats, engine: str, settings_hash: str, potential: str,
-               buffer_width: float) -> dict:
-    """Info keys written with every QM/ML output frame."""
-    import socket
-
-    where = {"host": socket.gethostname()}
-    if os.environ.get("SLURM_JOB_ID"):  # which scheduler job computed it
-        where["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-    return {"qm_engine": engine, "qm_settings_hash": settings_hash, "ml_potential": potential,
-            **where,
-            "optimizer": stats.optimizer, "fmax_target": stats.fmax_target,
-            "fmax": stats.fmax, "converged": bool(stats.converged), "steps": stats.steps,
-            "n_qm_calls": stats.n_qm_calls, "n_qm_real_calls": stats.n_qm_real_calls,
-            "buffer_width": buffer_width,
-            **({"surrogate_hard_residual_max": stats.surrogate_hard_residual_max,
-                "surrogate_outer_steps": stats.outer_steps}
-               if hasattr(stats, "surrogate_hard_residual_max") else {})}
-
-
-def output_frame(atoms: Atoms, info: dict, forces: np.ndarray | None = None) -> Atoms:
-    """A copy carrying the mixed forces (``forces``), ``region``, ``fix_mask`` and info.
-
-    ``forces`` default to those of the atoms' calculator.
-    """
-    if forces is None:
-        forces = atoms.get_forces(apply_constraint=False)
-    out = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    out.arrays["region"] = np.asarray(atoms.arrays["region"]).astype("<U6")
-    fix = atoms.arrays.get("fix_mask", np.zeros(len(atoms), dtype=bool))
-    out.arrays["fix_mask"] = np.asarray(fix, dtype=bool)
-    # keep what the input knew about itself (dislocation kind, core, defect, ...)
-    out.info.update({k: v for k, v in atoms.info.items()
-                     if isinstance(v, (str, int, float, bool, list, tuple, np.ndarray))})
-    out.info.update(info)
-    out.calc = SinglePointCalculator(out, forces=forces)
-    return out
