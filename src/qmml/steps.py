@@ -532,3 +532,61 @@ def binding_path_file(far: PathLike, near: PathLike, far_structure: PathLike,
     write_output_frames(output, result.frames)  # atomic (tmp + rename)
     _say(log, json.dumps(result.summary, default=str))
     return result.summary
+
+
+# ---- figures and report --------------------------------------------------------------
+def _keyed_inputs(inputs: dict, iterations: dict) -> dict:
+    """Figure inputs with their iterations: each name in ``iterations`` becomes a list of
+    (iteration, path) pairs (the workflow gives both lists in the same order)."""
+    out = {}
+    for name, files in inputs.items():
+        files = list(files)
+        if name in iterations:
+            its = list(iterations[name])
+            if len(its) != len(files):
+                raise QmmlError(f"figure input {name}: {len(files)} files but "
+                                f"{len(its)} iterations")
+            files = list(zip(its, files))
+        out[name] = files
+    return out
+
+
+def _plain(value):
+    """numpy scalars and tuple keys (binding groups) -> JSON."""
+    if isinstance(value, dict):
+        return {" / ".join(k) if isinstance(k, tuple) else str(k): _plain(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
+def figures_file(inputs: dict, iterations: dict, outputs: dict, log: Log = None) -> dict:
+    """The paper's six figures (:func:`qmml.figures.make_all`) as PNG ``outputs`` (by
+    figure name); ``inputs``: lists of paths by input name, ``iterations``: the iteration
+    of each path of the iteration-keyed inputs.  Returns (and logs) their numbers."""
+    from qmml.figures import make_all
+
+    numbers = make_all(_keyed_inputs(inputs, iterations), outputs)
+    _say(log, json.dumps(_plain(numbers), indent=2))
+    return numbers
+
+
+def report_file(output: PathLike, figures: dict, inputs: dict, iterations: dict,
+                config: dict | None = None, captions: PathLike | None = None,
+                log: Log = None) -> Path:
+    """The self-contained HTML report (:func:`qmml.report.write_report`): ``figures`` by
+    name, ``inputs``/``iterations`` as :func:`figures_file`, captions read from the
+    ``captions`` folder (``<figure>.rst``)."""
+    from qmml.report import read_captions, write_report
+
+    keyed = _keyed_inputs(inputs, iterations)
+    text = read_captions(captions, list(figures)) if captions else {}
+    path = write_report(output, dict(figures), elastic=keyed.get("elastic", ()),
+                        retrain=keyed.get("retrain", ()),
+                        targets_summary=keyed.get("targets_summary", ()),
+                        binding=(list(keyed.get("binding", ())) or [None])[0],
+                        frames=list(keyed.get("relaxed", ())) + list(keyed.get("neb", ())),
+                        config=config, captions=text)
+    _say(log, f"wrote {output} with {len(figures)} figures")
+    return path
