@@ -229,11 +229,11 @@ def read_neb_profile(path: PathLike) -> tuple[list[Atoms], np.ndarray, np.ndarra
 
 
 def _ml_image(atoms: Atoms) -> Atoms:
+    from qmml.frames import FIX_MASK, free_mask
     from qmml.qmmm import apply_fix_mask
 
     image = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    if "fix_mask" in atoms.arrays:
-        image.arrays["fix_mask"] = np.asarray(atoms.arrays["fix_mask"], bool)
+    image.arrays[FIX_MASK] = ~free_mask(atoms)
     apply_fix_mask(image)
     return image
 

@@ -519,7 +519,8 @@ def binding_path_file(far: PathLike, near: PathLike, far_structure: PathLike,
                       ml_fmax: float | None = None, quiet: bool = False,
                       log: Log = None) -> dict:
     """QM/ML virtual-work path of one binding segment (near ← far) written as frames to
-    ``output`` (:func:`qmml.binding.compute`); returns its summary."""
+    ``output`` (:func:`qmml.binding.compute`); returns its summary.  ``ml_fmax`` of the
+    ML-only end-state relaxations: default ``qmml.binding.ML_FMAX``."""
     from qmml.binding import ML_FMAX, compute
     from qmml.frames import write_output_frames
 

@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="QM sphere radius (default: from the built structures)")
     parser.add_argument("--buffer", type=float, required=True, help="buffer width, Å")
     parser.add_argument("--vacuum", type=float, default=5.0)
-    parser.add_argument("--ml-fmax", type=float, default=ML_FMAX,
+    parser.add_argument("--ml-fmax", type=float, default=None,
                         help=f"fmax of the ML-only end-state relaxations (default {ML_FMAX})")
     parser.add_argument("--cache", required=True, help="QM cache directory")
     parser.add_argument("--output", required=True, help="path frames (extxyz)")
