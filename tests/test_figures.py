@@ -34,7 +34,8 @@ def run(tmp_path_factory):
     from qmml.potential import SNAPPotential
     from qmml.qmcache import CachedQMCalculator
     from qmml.io import write_frames
-    from qmml.qmmm import neb, output_frame, provenance, relax
+    from qmml.frames import output_frame, provenance
+    from qmml.qmmm import neb, relax
     from qmml.io import read_frames
     from qmml.retrain import retrain
 

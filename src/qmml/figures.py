@@ -223,7 +223,7 @@ def read_neb_profile(path: PathLike) -> tuple[list[Atoms], np.ndarray, np.ndarra
         raise QmmlError(f"{path} frame {missing[0]}: info key 'neb_energy_virtual_work' "
                         "missing (not a qmml neb output)")
     energy = np.array([float(im.info["neb_energy_virtual_work"]) for im in images])
-    # qmml neb stores the virtual-work energy at s = k/(n-1) (relax.run_neb)
+    # qmml neb stores the virtual-work energy at s = k/(n-1) (qmml.steps.neb_file)
     s = np.linspace(0.0, 1.0, len(images))
     return images, s, energy - energy[0]
 

@@ -27,7 +27,6 @@ from ase.calculators.qmmm import ForceQMMM
 from ase.constraints import FixAtoms
 
 from qmml import QmmlError
-from qmml.frames import output_frame, provenance  # noqa: F401  (the frame format's owner)
 from qmml.io import read_checkpoint, write_pickle
 from qmml.qmcache import CachedQMCalculator
 
