@@ -524,21 +524,26 @@ FIGURES = ("force_parity", "force_rmse", "elastic_constants", "glide_barriers", 
            "binding_energy")
 
 
-def make_all(inputs: dict, outputs: dict[str, PathLike]) -> dict[str, object]:
+def make_all(inputs: dict, outputs: dict[str, PathLike], log=None) -> dict[str, object]:
     """All six figures from the workflow's figure inputs: iteration-keyed (:data:`Keyed`)
     ``elastic``, ``potentials``, ``targets``, ``targets_summary``, ``retrain``, ``relaxed``,
-    ``neb``; ``structures`` (paths, parallel to ``relaxed``) and ``binding`` (0 or 1 path)."""
+    ``neb``; ``structures`` (paths, parallel to ``relaxed``) and ``binding`` (0 or 1 path).
+    ``log``: a line per figure as it starts (the glide barriers run ML NEBs)."""
     potentials = list(inputs.get("potentials", []))
-    return {
-        "force_parity": force_parity(inputs.get("targets", []), potentials,
-                                     outputs["force_parity"]),
-        "force_rmse": force_rmse(inputs.get("retrain", []), inputs.get("targets_summary", []),
-                                 outputs["force_rmse"]),
-        "elastic_constants": elastic_constants(inputs["elastic"], outputs["elastic_constants"]),
-        "glide_barriers": glide_barriers(inputs.get("neb", []), potentials,
-                                         outputs["glide_barriers"]),
-        "dd_maps": dd_maps(inputs.get("relaxed", []), outputs["dd_maps"],
-                           inputs.get("structures") or None),
-        "binding_energy": binding_energy((list(inputs.get("binding", [])) or [None])[0],
-                                         outputs["binding_energy"]),
+    makers = {
+        "force_parity": lambda out: force_parity(inputs.get("targets", []), potentials, out),
+        "force_rmse": lambda out: force_rmse(inputs.get("retrain", []),
+                                             inputs.get("targets_summary", []), out),
+        "elastic_constants": lambda out: elastic_constants(inputs["elastic"], out),
+        "glide_barriers": lambda out: glide_barriers(inputs.get("neb", []), potentials, out),
+        "dd_maps": lambda out: dd_maps(inputs.get("relaxed", []), out,
+                                       inputs.get("structures") or None),
+        "binding_energy": lambda out: binding_energy(
+            (list(inputs.get("binding", [])) or [None])[0], out),
     }
+    numbers = {}
+    for name, make in makers.items():
+        if log:
+            log(f"figure {name} -> {outputs[name]}")
+        numbers[name] = make(outputs[name])
+    return numbers

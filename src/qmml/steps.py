@@ -568,7 +568,7 @@ def figures_file(inputs: dict, iterations: dict, outputs: dict, log: Log = None)
     of each path of the iteration-keyed inputs.  Returns (and logs) their numbers."""
     from qmml.figures import make_all
 
-    numbers = make_all(_keyed_inputs(inputs, iterations), outputs)
+    numbers = make_all(_keyed_inputs(inputs, iterations), outputs, log=log)
     _say(log, json.dumps(_plain(numbers), indent=2))
     return numbers
 
