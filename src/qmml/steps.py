@@ -106,8 +106,9 @@ def _write_qm_frames(path: PathLike | None, images, moving, stats, info: dict) -
 def _check_converged(stats, what: str, output: PathLike, require_convergence: bool) -> None:
     if require_convergence and not stats.converged:
         raise NotConverged(f"{output}: {what} NOT converged: fmax {stats.fmax:.5f} > "
-                           f"{stats.fmax_target} eV/Å after {stats.steps} steps (output "
-                           "written; more steps, or require_convergence false, to go on)")
+                           f"{stats.fmax_target} eV/Å after {stats.steps} steps "
+                           "(checkpointed: a rerun with more steps, or with "
+                           "require_convergence false, continues from there)")
 
 
 def relax_file(input: PathLike, output: PathLike, potential: PathLike,
