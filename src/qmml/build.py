@@ -93,12 +93,12 @@ def elastic_constants(settings: dict, prefix: Path) -> dict:
         missing = [k for k in keys if k not in given]
         raise QmmlError(f"{', '.join(missing)}: give all of a0, C11, C12, C44 or none "
                         "(none: measured with --potential)")
-    from qmml.elastic import measure_cubic_elastic
+    from qmml.elastic import A0_GUESS, measure_cubic_elastic
     from qmml.potential import SNAPPotential
 
     zbl = settings["zbl"] or REFERENCE_ZBL.get(prefix.name)
     calc = SNAPPotential.read(prefix).calculator(zbl=tuple(zbl) if zbl else None)
-    return measure_cubic_elastic(calc, 3.165, symbol=settings["symbol"])
+    return measure_cubic_elastic(calc, A0_GUESS, symbol=settings["symbol"])
 
 
 def build_case(settings: dict) -> tuple[list[Atoms], dict]:

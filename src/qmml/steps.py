@@ -423,12 +423,13 @@ def retrain_file(potential: PathLike, targets: Sequence[PathLike], hard: Sequenc
 def elastic_check_file(potential: PathLike, output: PathLike, log: Log = None) -> dict:
     """a0, C11, C12, C44 of ``potential`` by finite differences, as JSON ``output``: the
     iteration's elastic constants (the structures of the iteration are built with them)."""
-    from qmml.elastic import measure_cubic_elastic
+    from qmml.elastic import A0_GUESS, measure_cubic_elastic
     from qmml.io import write_text
     from qmml.potential import SNAPPotential
 
     pot = SNAPPotential.read(potential)
-    measured = {k: float(v) for k, v in measure_cubic_elastic(pot.calculator(), 3.18).items()}
+    measured = {k: float(v) for k, v in
+                measure_cubic_elastic(pot.calculator(), A0_GUESS).items()}
     write_text(output, json.dumps(measured, indent=2) + "\n")
     _say(log, json.dumps(measured))
     return measured
