@@ -18,7 +18,8 @@ from qmml.io import write_frames
 from qmml.engines import REFERENCE_LABEL, engine_settings_hash
 from qmml.potential import SNAPPotential
 from qmml.qmcache import CachedQMCalculator, QMCache
-from qmml.qmmm import output_frame, relax
+from qmml.frames import output_frame
+from qmml.qmmm import relax
 
 MILADY = str(potential_path("W_milady_lml"))
 ENGINE = {"engine": "reference"}

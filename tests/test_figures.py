@@ -34,7 +34,8 @@ def run(tmp_path_factory):
     from qmml.potential import SNAPPotential
     from qmml.qmcache import CachedQMCalculator
     from qmml.io import write_frames
-    from qmml.qmmm import neb, output_frame, provenance, relax
+    from qmml.frames import output_frame, provenance
+    from qmml.qmmm import neb, relax
     from qmml.io import read_frames
     from qmml.retrain import retrain
 
@@ -85,12 +86,15 @@ def run(tmp_path_factory):
         "defect,dislocation,distance,E_b_qmml,E_b_qmml_path_error,E_b_ml,path_file\n"
         "vac,screw,6.0,0.05,0.004,0.02,paths/vac_1.xyz\nvac,screw,0.0,0.71,-0.01,0.52,paths/vac_0.xyz\n"
         "he,screw,0.0,0.43,0.02,0.61,paths/he_0.xyz\nhe,screw,6.0,0.0,0.0,0.0,paths/he_1.xyz\n")
-    inputs = {"elastic": [it0 / "elastic.json", it1 / "elastic.json"],
-              "potentials": [it0 / "potential.snapcoeff", it1 / "potential.snapcoeff"],
-              "targets": [it0 / "targets.xyz"], "targets_summary": [it0 / "targets.json"],
-              "retrain": [it1 / "retrain.json"], "relaxed": [it0 / "qmml/screw_initial.xyz"],
+    # iteration-keyed, as the workflow gives them: (iteration, path) pairs
+    inputs = {"elastic": [(0, it0 / "elastic.json"), (1, it1 / "elastic.json")],
+              "potentials": [(0, it0 / "potential.snapcoeff"), (1, it1 / "potential.snapcoeff")],
+              "targets": [(0, it0 / "targets.xyz")],
+              "targets_summary": [(0, it0 / "targets.json")],
+              "retrain": [(1, it1 / "retrain.json")],
+              "relaxed": [(0, it0 / "qmml/screw_initial.xyz")],
               "structures": [it0 / "structures/screw_initial.xyz"],
-              "neb": [it0 / "qmml/screw_neb.xyz"], "binding": [R / "binding.csv"]}
+              "neb": [(0, it0 / "qmml/screw_neb.xyz")], "binding": [R / "binding.csv"]}
     outputs = {name: R / "figures" / f"{name}.png" for name in F.FIGURES}
     numbers = F.make_all(inputs, outputs)
     return {"R": R, "inputs": inputs, "outputs": outputs, "numbers": numbers}
@@ -155,14 +159,14 @@ def test_elastic_constants_stay_fixed_and_deviation_is_relative(run, tmp_path):
     bad.parent.mkdir()
     bad.write_text('{"a0": 3.18, "C11": 500, "C12": 200}')
     with pytest.raises(QmmlError, match=r"elastic.json: required key 'C44' missing"):
-        F.elastic_constants([bad], tmp_path / "e.png")
+        F.elastic_constants({0: bad}, tmp_path / "e.png")
 
 
 def test_glide_barriers_profiles(run, tmp_path):
     case = run["numbers"]["glide_barriers"]["screw"]
     qmml = case["qmml"][0]
     e_file = [im.info["neb_energy_virtual_work"]
-              for im in F.read_neb_profile(run["inputs"]["neb"][0])[0]]
+              for im in F.read_neb_profile(run["inputs"]["neb"][0][1])[0]]
     np.testing.assert_allclose(qmml["energy"], np.array(e_file) - e_file[0])
     assert qmml["barrier"] == pytest.approx(max(qmml["energy"]))
     assert set(case["ml"]) == {"ML Θ0 (iteration 0)", "ML retrained (iteration 1)"}
@@ -194,7 +198,7 @@ def test_dd_reference_bulk_and_burgers_circuit(run):
     from ase.io import read
 
     structure = read(run["inputs"]["structures"][0], format="extxyz")
-    relaxed = read(run["inputs"]["relaxed"][0], format="extxyz")
+    relaxed = read(run["inputs"]["relaxed"][0][1], format="extxyz")
     bulk, info = F.reference_bulk(relaxed, structure)
     b = np.asarray(info["burgers"])
     pairs, dd = F.differential_displacements(bulk, bulk, b, info["a0"])
@@ -258,14 +262,15 @@ def test_report_embeds_figures_and_tables(run):
     assert engine == "reference (classical stand-in, not QM)"
 
     elastic = _table(doc, "elastic")
-    for row, path in zip(elastic, inputs["elastic"]):
+    for row, (i, path) in zip(elastic, inputs["elastic"]):
+        assert row[0] == str(i)
         values = json.loads(path.read_text())
         assert row[1:5] == [format_value(float(values[k])) for k in F.ELASTIC_KEYS]
-    report = json.loads(inputs["retrain"][0].read_text())
+    report = json.loads(inputs["retrain"][0][1].read_text())
     (retrain_row,) = _table(doc, "retrain")
     assert retrain_row[:3] == ["1", format_value(report["qm_force_rmse_before"]),
                                format_value(report["qm_force_rmse_after"])]
-    summary = json.loads(inputs["targets_summary"][0].read_text())
+    summary = json.loads(inputs["targets_summary"][0][1].read_text())
     (force_row,) = _table(doc, "qm-force-errors")
     assert force_row[:2] == ["0", format_value(summary["qm_force_rmse"])]
     assert force_row[4] == str(summary["n_qm_atoms"])
@@ -274,7 +279,9 @@ def test_report_embeds_figures_and_tables(run):
     assert "paths/vac_0.xyz" not in doc  # path files stay in the CSV
     runs = _table(doc, "runs")
     assert [r[1] for r in runs] == ["reference (classical stand-in, not QM)"] * 2
-    assert runs[0][-1] == "—" and runs[1][-1] == format_value(profile_barrier(inputs["neb"][0]))
+    assert [r[0] for r in runs] == ["iter_0/screw_initial.xyz", "iter_0/screw_neb.xyz"]
+    neb_barrier = format_value(profile_barrier(inputs["neb"][0][1]))
+    assert runs[0][-1] == "—" and runs[1][-1] == neb_barrier
     assert dict((r[0], r[1]) for r in _table(doc, "provenance"))["qmml"]
 
 

@@ -11,7 +11,8 @@ from conftest import MILADY
 from qmml.engines import REFERENCE_LABEL
 from qmml.qmcache import CachedQMCalculator
 from qmml.io import write_frames
-from qmml.qmmm import make_force_qmmm, neb, output_frame, provenance, relax
+from qmml.frames import output_frame, provenance
+from qmml.qmmm import make_force_qmmm, neb, relax
 from qmml.regions import cylinder_region
 from qmml.structures import dislocation_cylinder, glide_endpoints, perfect_sites
 

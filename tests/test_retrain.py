@@ -19,7 +19,7 @@ from ase.optimize import FIRE
 from qmml.cli import main
 from qmml.elastic import strained
 from qmml.potential import SNAPPotential
-from qmml.retrain import target_forces
+from qmml.frames import forces_of as target_forces
 from conftest import MILADY
 
 

@@ -30,6 +30,18 @@ def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True):
     return proc
 
 
+def dry_run_jobs(proc) -> list[dict]:
+    """Rule, input and output files of every job a dry run lists."""
+    jobs = []
+    for line in (proc.stdout + proc.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("rule", "localrule") and parts[1].endswith(":"):
+            jobs.append({"rule": parts[1][:-1], "input": [], "output": []})
+        elif jobs and line.startswith("    ") and parts and parts[0] in ("input:", "output:"):
+            jobs[-1][parts[0][:-1]] = [p.rstrip(",") for p in parts[1:]]
+    return jobs
+
+
 def planned_jobs(proc) -> dict[str, int]:
     """Rule -> job count from the 'Job stats' table of a dry run."""
     jobs, table = {}, False
@@ -69,20 +81,21 @@ def test_dry_run_builds_full_dag(configfile, tmp_path):
 @pytest.mark.parametrize("use_3d", [False, True])
 def test_accelerated_runs_are_seeded_by_the_previous_iteration(tmp_path, use_3d):
     """With the accelerated optimiser each relaxation from iteration 1 on gets the previous
-    iteration's QM points of the same structure (--seed-frames); the 3D ones only when
+    iteration's QM points of the same structure (seed_frames); the 3D ones only when
     retraining uses the 3D runs (otherwise earlier iterations do not run them): seeding
     adds no job."""
     tiny = (ROOT / "tests" / "data" / "tiny.yaml").read_text()
     config = tmp_path / "accelerated.yaml"
     config.write_text(tiny.replace("optimizer: FIRE", "optimizer: accelerated")
                       .replace("use_3d: false", f"use_3d: {str(use_3d).lower()}"))
-    proc = snakemake(tmp_path, config, "-n", "--printshellcmds")
+    proc = snakemake(tmp_path, config, "-n")
     jobs = planned_jobs(proc)
     assert jobs["qmml_relax"] == 2 and jobs["qmml_3d_defect"] == (6 if use_3d else 2)
-    commands = [line for line in proc.stdout.splitlines() if "qmml.cli relax" in line]
-    assert len(commands) == jobs["qmml_relax"] + jobs["qmml_3d_defect"]
-    seeded = {c.split("--output ")[1].split()[0]: c.split("--seed-frames ")[1].split()[0]
-              for c in commands if "--seed-frames" in c}
+    runs = [job for job in dry_run_jobs(proc) if job["rule"] in ("qmml_relax", "qmml_3d_defect")]
+    assert len(runs) == jobs["qmml_relax"] + jobs["qmml_3d_defect"]
+    # seed_frames of the relaxation: the .qm_frames.xyz inputs
+    seeded = {next(o for o in job["output"] if not o.endswith(".qm_frames.xyz")): seed
+              for job in runs for seed in job["input"] if seed.endswith(".qm_frames.xyz")}
     expected = {"results/iter_1/qmml/screw_initial.xyz":
                 "results/iter_0/qmml/screw_initial.qm_frames.xyz"}
     if use_3d:

@@ -67,8 +67,6 @@ Caveats (read before trusting a number):
 """
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,7 +301,8 @@ def binding_path(far: Atoms, near: Atoms, far_built: Atoms, near_built: Atoms,
     correspondence and the defect centres.  `qm`: a :class:`CachedQMCalculator`;
     `ml_calc`: the iteration potential's calculator.  Frames use the atom order of `far`.
     """
-    from qmml.qmmm import make_force_qmmm, output_frame
+    from qmml.frames import output_frame
+    from qmml.qmmm import make_force_qmmm
 
     _check_pair(far, far_built, "far")
     _check_pair(near, near_built, "near")
@@ -398,13 +397,9 @@ COLUMNS = ("defect", "defect_type", "dislocation", "distance_requested", "distan
 
 
 def _read_summary(path: Path) -> dict:
-    from qmml.io import read_frame
+    from qmml.frames import read_info_with
 
-    info = read_frame(path, 0).info
-    missing = [k for k in SUMMARY_KEYS if k not in info]
-    if missing:
-        raise QmmlError(f"{path}: not a binding path file (info lacks {', '.join(missing)})")
-    return info
+    return read_info_with(path, SUMMARY_KEYS, "binding path")
 
 
 def binding_table(path_files: list[str | Path], configured: dict | None = None):
@@ -469,35 +464,13 @@ def binding_table(path_files: list[str | Path], configured: dict | None = None):
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-# ---- CLI: qmml binding ---------------------------------------------------------------
-def configure(parser: argparse.ArgumentParser) -> None:
-    from qmml.relax import add_engine_arguments
-
-    parser.add_argument("--far", required=True, help="QM/ML-relaxed far state (extxyz)")
-    parser.add_argument("--near", required=True, help="QM/ML-relaxed near state (extxyz)")
-    parser.add_argument("--far-structure", required=True,
-                        help="the far state as built (qmml build: info with defect_position)")
-    parser.add_argument("--near-structure", required=True, help="the near state as built")
-    parser.add_argument("--potential", required=True, help="ML potential prefix")
-    add_engine_arguments(parser)
-    parser.add_argument("--images", type=int, default=7,
-                        help="path images incl. end points (odd: Simpson)")
-    parser.add_argument("--qm-radius", type=float, default=None,
-                        help="QM sphere radius (default: from the built structures)")
-    parser.add_argument("--buffer", type=float, required=True, help="buffer width, Å")
-    parser.add_argument("--vacuum", type=float, default=5.0)
-    parser.add_argument("--ml-fmax", type=float, default=ML_FMAX,
-                        help=f"fmax of the ML-only end-state relaxations (default {ML_FMAX})")
-    parser.add_argument("--cache", required=True, help="QM cache directory")
-    parser.add_argument("--output", required=True, help="path frames (extxyz)")
-    parser.add_argument("--quiet", action="store_true")
-
-
+# ---- files -------------------------------------------------------------------------
 def compute(far: str, near: str, far_structure: str, near_structure: str, potential: str,
             engine_cfg: dict, cache: str, images: int, buffer_width: float,
             vacuum: float = 5.0, qm_radius: float | None = None, ml_fmax: float = ML_FMAX,
             log=None) -> BindingPath:
-    """File-level entry point shared by the CLI and the Snakemake script."""
+    """:func:`binding_path` of the structures in these files, QM calls through `cache`
+    (``qmml.steps.binding_path_file`` writes its frames)."""
     from qmml.engines import engine_label
     from qmml.io import read_frame
     from qmml.potential import SNAPPotential
@@ -512,27 +485,15 @@ def compute(far: str, near: str, far_structure: str, near_structure: str, potent
                         ml_cutoff=pot.cutoff, ml_fmax=ml_fmax, log=log)
 
 
-def run(args: argparse.Namespace) -> int:
-    from qmml.io import write_frames
-    from qmml.relax import load_engine_config
-
-    log = None if args.quiet else (lambda line: print(line, flush=True))
-    result = compute(args.far, args.near, args.far_structure, args.near_structure,
-                     args.potential, load_engine_config(args), args.cache, args.images,
-                     args.buffer, args.vacuum, args.qm_radius, ml_fmax=args.ml_fmax, log=log)
-    write_frames(args.output, result.frames)
-    print(json.dumps({k: v for k, v in result.summary.items()}, default=str))
-    return 0
-
-
 # ---- building the configured structures ------------------------------------------------
 def build_defect(name: str, defect: dict, dislocation: dict, three_d: dict, potential: str,
-                 k: int) -> tuple[Atoms, dict]:
+                 k: int, elastic: dict | None = None) -> tuple[Atoms, dict]:
     """Distance ``k`` of configured defect `name` on a long 3D dislocation cylinder.
 
     `defect`: the config entry (``defect``, ``dislocation``, ``distances``, ``direction``);
     `dislocation`: its dislocation case (``kind``); `three_d`: the ``three_d`` section.
-    Elastic constants are measured with `potential` (:func:`qmml.build.build_case`); the
+    `elastic`: a0, C11, C12, C44 of `potential` (the iteration's elastic.json); without
+    them they are measured with `potential` (:func:`qmml.build.build_case`).  The
     QM region is a sphere of ``three_d.qm_radius`` around the defect.  ``info`` gains
     ``defect_name``, ``dislocation_name`` and ``distance_index`` for the binding table.
     """
@@ -548,7 +509,9 @@ def build_defect(name: str, defect: dict, dislocation: dict, three_d: dict, pote
         potential=str(potential), qm_radius=float(three_d["qm_radius"]),
         buffer=float(three_d["buffer"]), region="sphere", defect=defect["defect"],
         distance=float(distances[k]),
-        direction=[float(x) for x in defect.get("direction", (1.0, 0.0))])
+        direction=[float(x) for x in defect.get("direction", (1.0, 0.0))],
+        **{key: float(value) for key, value in (elastic or {}).items()
+           if key in ("a0", "C11", "C12", "C44")})
     try:
         states, summary = build_case(settings)
     except QmmlError as err:

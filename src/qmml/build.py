@@ -1,24 +1,21 @@
-"""``qmml build``: a dislocation case (cylinder or glide end points, optional point defect,
+"""Dislocation cases (cylinder or glide end points, optional point defect,
 QM/buffer/MM regions) written as extended XYZ with ``region`` and ``fix_mask`` arrays.
 
-Settings come from ``--config`` (YAML or JSON mapping; keys = the long options with
-underscores, e.g. ``fixed_width``) and/or command-line flags; flags win.
+Settings: a mapping of SETTINGS keys (:func:`load_settings`: defaults < a YAML/JSON file
+< explicit values), e.g. ``fixed_width``.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 
 from qmml import QmmlError
-from qmml.io import read_mapping, write_frames
+from qmml.io import read_mapping
 from qmml.potential import resolve_prefix
 from qmml.regions import cylinder_region, sphere_region
-from qmml.structures import KINDS, add_point_defect, dislocation_cylinder, glide_endpoints
+from qmml.structures import add_point_defect, dislocation_cylinder, glide_endpoints
 
 DEFAULT_POTENTIAL = "W_milady_lml"  # Θ0 of the paper: its cutoff sets the minimum buffer
 REFERENCE_ZBL = {"W_2940_2017_2": (4.0, 4.8)}  # this SNAP needs its ZBL overlay
@@ -42,41 +39,14 @@ def default_settings(**overrides) -> dict:
     return settings
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML/JSON file with the settings below")
-    parser.add_argument("--kind", choices=list(KINDS), help="dislocation kind")
-    parser.add_argument("--radius", type=float, help="cylinder radius (Å)")
-    parser.add_argument("--fixed-width", type=float, help="outer fixed shell (Å, default 10)")
-    parser.add_argument("--n-line", type=int, help="lattice repeats along the line (default 1)")
-    parser.add_argument("--symbol", help="host element (default W)")
-    parser.add_argument("--potential", help="SNAP prefix (ML cutoff; elastic constants if "
-                        f"--a0/--C11/--C12/--C44 are omitted); default {DEFAULT_POTENTIAL}")
-    parser.add_argument("--zbl", type=float, nargs=2, metavar=("INNER", "OUTER"),
-                        help="ZBL overlay of the potential (auto for W_2940_2017_2)")
-    for key in ("a0", "C11", "C12", "C44"):
-        parser.add_argument(f"--{key}", type=float,
-                            help="lattice constant (Å)" if key == "a0" else f"{key} (GPa)")
-    parser.add_argument("--qm-radius", type=float, help="QM radius (Å); no regions if omitted")
-    parser.add_argument("--buffer", type=float, help="buffer width (Å, default 12)")
-    parser.add_argument("--region", choices=["auto", "cylinder", "sphere"],
-                        help="QM shape (auto: sphere around a defect, else cylinder)")
-    parser.add_argument("--defect", help="vacancy, He_tet, He_oct or HenVm (e.g. He2V1)")
-    parser.add_argument("--distance", type=float, help="defect distance from the core (Å)")
-    parser.add_argument("--direction", type=float, nargs=2, metavar=("DX", "DY"),
-                        help="defect direction from the core in xy (default 1 0: glide plane)")
-    parser.add_argument("--z", type=float, help="defect height along the line (default mid-cell)")
-    parser.add_argument("--glide", action="store_const", const=True,
-                        help="write the glide end points (2 frames: initial, final)")
-    parser.add_argument("--output", help="output .xyz (extended XYZ)")
-
-
-def load_settings(args: argparse.Namespace) -> dict:
-    """Defaults < config file < command-line flags, with types checked."""
+def load_settings(config: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Defaults < ``config`` file (YAML/JSON mapping) < ``overrides`` (None values are
+    not given), with types checked."""
     settings = default_settings()
-    if args.config:
-        settings.update(_read_config(Path(args.config)))
+    if config:
+        settings.update(_read_config(Path(config)))
     for key in SETTINGS:
-        value = getattr(args, key, None)
+        value = (overrides or {}).get(key)
         if value is not None:
             settings[key] = value
     for key in ("kind", "radius", "output"):
@@ -123,12 +93,12 @@ def elastic_constants(settings: dict, prefix: Path) -> dict:
         missing = [k for k in keys if k not in given]
         raise QmmlError(f"{', '.join(missing)}: give all of a0, C11, C12, C44 or none "
                         "(none: measured with --potential)")
-    from qmml.elastic import measure_cubic_elastic
+    from qmml.elastic import A0_GUESS, measure_cubic_elastic
     from qmml.potential import SNAPPotential
 
     zbl = settings["zbl"] or REFERENCE_ZBL.get(prefix.name)
     calc = SNAPPotential.read(prefix).calculator(zbl=tuple(zbl) if zbl else None)
-    return measure_cubic_elastic(calc, 3.165, symbol=settings["symbol"])
+    return measure_cubic_elastic(calc, A0_GUESS, symbol=settings["symbol"])
 
 
 def build_case(settings: dict) -> tuple[list[Atoms], dict]:
@@ -175,15 +145,3 @@ def build_case(settings: dict) -> tuple[list[Atoms], dict]:
                               ml_cutoff=ml_cutoff, region_shape=shape)
         summary.update(counts, region_shape=shape, ml_cutoff=ml_cutoff)
     return states, summary
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
-    states, summary = build_case(settings)
-    output = Path(settings["output"])
-    write_frames(output, states)
-    summary["output"] = str(output)
-    summary["frames"] = len(states)
-    json.dump(summary, sys.stdout)
-    print()
-    return 0

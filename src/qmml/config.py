@@ -19,7 +19,6 @@ between sections, and the buffers against the start potential's ML cutoff.  Erro
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 from collections.abc import Mapping, Sequence
@@ -210,19 +209,3 @@ def _check_buffers(config: dict, source: str) -> None:
         raise QmmlError(f"{source}: key 'three_d.qm_radius': {qm_radius:g} Å is smaller than "
                         f"{of}: He defects (defects.{helium[0]}) need every W atom within "
                         "the cutoff of the He in the QM region")
-
-
-# ---- CLI ------------------------------------------------------------------------------
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("configfile", help="pipeline config (YAML)")
-    parser.add_argument("--show", action="store_true",
-                        help="print the settings the pipeline would run (defaults filled in)")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(args.configfile)
-    if args.show:
-        print(yaml.safe_dump(config, sort_keys=False))
-    else:
-        print(f"{args.configfile}: valid")
-    return 0

@@ -12,10 +12,8 @@ recomputes descriptors, energies and forces from the configurations).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -258,59 +256,3 @@ def write_set(path: str | Path, configs: list[Atoms]) -> Path:
     """A constraint set as one extxyz file (positions, cell, info only), atomically."""
     return write_frames(path, [Atoms(a.get_chemical_symbols(), a.positions, cell=a.cell,
                                      pbc=a.pbc, info=dict(a.info)) for a in configs])
-
-
-# ---- CLI ----------------------------------------------------------------------------------
-QUICK = dict(n_cells=3, n_strains=5, n_images=5, neb_fmax=0.05, md_steps=20, md_snapshots=2)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--potential", required=True,
-                        help="Θ0: SNAP prefix (P.snapcoeff + P.snapparam) or a shipped name")
-    parser.add_argument("--strain", type=Path, help="output extxyz: strained cells")
-    parser.add_argument("--neb", type=Path, help="output extxyz: vacancy-migration NEB images")
-    parser.add_argument("--md", type=Path, help="output extxyz: NVE MD snapshots")
-    parser.add_argument("--a0", type=float, help="lattice constant (Å); default: Θ0's own")
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 1000.0, 3000.0],
-                        help="MD temperatures in K (runs start at 2T)")
-    parser.add_argument("--seed", type=int, default=20231, help="MD velocity seed")
-    parser.add_argument("--quick", action="store_true",
-                        help="small cells and short runs (smoke test, not for production)")
-
-
-def run(args: argparse.Namespace) -> int:
-    if not (args.strain or args.neb or args.md):
-        raise QmmlError("nothing to do: give at least one of --strain, --neb, --md")
-    bad = [t for t in args.temperatures if not (t > 0 and math.isfinite(t))]
-    if bad:
-        raise QmmlError(f"--temperatures: must be positive, got {bad[0]:g} K")
-    if args.a0 is not None and not args.a0 > 0:
-        raise QmmlError(f"--a0: must be positive, got {args.a0:g} Å")
-    potential = SNAPPotential.read(args.potential)
-    q = QUICK if args.quick else {}
-    t0 = time.perf_counter()
-    a0 = args.a0 if args.a0 is not None else lattice_constant(potential)
-    print(f"a0 = {a0:.6f} Å" + ("" if args.a0 else " (zero pressure, from the potential)"))
-    if args.strain:
-        configs = strain_set(potential, a0=a0, n_cells=q.get("n_cells", 5),
-                             n_strains=q.get("n_strains", 17))
-        write_set(args.strain, configs)
-        print(f"strain: {len(configs)} configurations × {len(configs[0])} atoms -> {args.strain}")
-    if args.neb:
-        t = time.perf_counter()
-        images = vacancy_neb(potential, a0=a0, n_cells=q.get("n_cells", 5),
-                             n_images=q.get("n_images", 13), fmax=q.get("neb_fmax", 0.01))
-        write_set(args.neb, images)
-        print(f"vacancy NEB: {len(images)} images × {len(images[0])} atoms, barrier "
-              f"{images[0].info['barrier']:.4f} eV ({time.perf_counter() - t:.1f} s) -> {args.neb}")
-    if args.md:
-        t = time.perf_counter()
-        snaps = md_snapshots(potential, temperatures=args.temperatures, a0=a0, seed=args.seed,
-                             n_cells=q.get("n_cells", 5), n_steps=q.get("md_steps", 200),
-                             n_snapshots=q.get("md_snapshots", 10))
-        write_set(args.md, snaps)
-        drift = max(s.info["etotal_drift"] for s in snaps)
-        print(f"MD: {len(snaps)} snapshots × {len(snaps[0])} atoms, max energy drift "
-              f"{drift:.2e} eV/atom ({time.perf_counter() - t:.1f} s) -> {args.md}")
-    print(f"done in {time.perf_counter() - t0:.1f} s")
-    return 0

@@ -7,8 +7,6 @@ QM atoms: the error retraining is meant to remove.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -18,19 +16,18 @@ from ase import Atoms
 from qmml import QmmlError
 from qmml.forcemixing import neb_moving_images
 from qmml.potential import SNAPPotential
-from qmml.io import read_frames, write_frames, write_text
-from qmml.retrain import free_mask, qm_region_mask, target_forces
+from qmml.frames import forces_of, free_mask, qm_region_mask, read_output_frames
 
 
 def gather_frames(paths: Sequence[str | Path]) -> list[Atoms]:
     frames = []
     for path in paths:
-        group = read_frames(path)
+        group = read_output_frames(path)
         if len(group) > 2 and "neb_image" in group[0].info:
             # end states come from their own relaxations
             group = [group[i] for i in neb_moving_images(len(group))]
         for i, atoms in enumerate(group):
-            forces = target_forces(atoms, f"{path} frame {i}")
+            forces = forces_of(atoms, f"{path} frame {i}")
             atoms.calc = None
             atoms.arrays["forces"] = forces
             atoms.info["source_file"] = str(path)
@@ -51,7 +48,7 @@ def qm_atom_forces(frames: Sequence[Atoms], potential: SNAPPotential,
         qm = qm_region_mask(atoms) & free_mask(atoms)
         probe = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         probe.calc = calc
-        ref.append(target_forces(atoms, f"{source} frame {k}")[qm])
+        ref.append(forces_of(atoms, f"{source} frame {k}")[qm])
         ml.append(probe.get_forces()[qm])
     ref_all, ml_all = np.concatenate(ref), np.concatenate(ml)
     if not len(ref_all):
@@ -67,21 +64,3 @@ def qm_force_errors(frames: Sequence[Atoms], potential: SNAPPotential) -> dict:
             "qm_force_max_error": float(np.abs(d).max()),
             "qm_force_rms": float(np.sqrt(np.mean(ref ** 2))),
             "n_qm_atoms": int(len(d)), "n_frames": len(frames)}
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("frames", nargs="+", help="QM/ML extxyz files (qmml relax/neb output)")
-    parser.add_argument("--potential", required=True, help="the iteration's potential prefix")
-    parser.add_argument("--output", required=True, help="targets extxyz")
-    parser.add_argument("--summary", help="JSON summary")
-
-
-def run(args: argparse.Namespace) -> int:
-    frames = gather_frames(args.frames)
-    summary = qm_force_errors(frames, SNAPPotential.read(args.potential))
-    summary["files"] = [str(p) for p in args.frames]
-    write_frames(args.output, frames)
-    if args.summary:
-        write_text(args.summary, json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
-    return 0

@@ -10,9 +10,8 @@ Figures: ``force_parity``, ``force_rmse``, ``elastic_constants``, ``glide_barrie
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -25,6 +24,9 @@ from qmml import QmmlError  # noqa: E402
 from qmml.io import atomic_writer, read_mapping  # noqa: E402
 
 PathLike = str | Path
+# iteration-keyed inputs: {iteration: path}, or (iteration, path) pairs where an iteration
+# has several files (one per dislocation case); the workflow gives the iterations
+Keyed = Mapping[int, PathLike] | Sequence[tuple[int, PathLike]]
 ELASTIC_KEYS = ("a0", "C11", "C12", "C44")
 ELASTIC_UNITS = {"a0": "Å", "C11": "GPa", "C12": "GPa", "C44": "GPa"}
 BINDING_COLUMNS = ("defect", "dislocation", "distance", "E_b_qmml", "E_b_ml")
@@ -32,14 +34,25 @@ DPI = 110
 
 
 # ---- small helpers ------------------------------------------------------------------------
-def iteration_of(path: PathLike, default: int) -> int:
-    """Iteration number from an ``iter_<i>`` path component, else `default`."""
-    found = re.findall(r"iter_(\d+)", str(path))
-    return int(found[-1]) if found else default
+def keyed(items: Keyed) -> list[tuple[int, Path]]:
+    """(iteration, path) pairs of an iteration-keyed input, in the given order."""
+    pairs = items.items() if isinstance(items, Mapping) else items
+    out = []
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise QmmlError(f"{pair}: expected an (iteration, path) pair")
+        out.append((int(pair[0]), Path(pair[1])))
+    return out
 
 
-def _by_iteration(paths: Sequence[PathLike]) -> dict[int, Path]:
-    return {iteration_of(p, k): Path(p) for k, p in enumerate(paths)}
+def by_iteration(items: Keyed, what: str = "inputs") -> dict[int, Path]:
+    """{iteration: path} of an input with one file per iteration."""
+    files: dict[int, Path] = {}
+    for i, path in keyed(items):
+        if i in files:
+            raise QmmlError(f"{what}: two files for iteration {i} ({files[i]}, {path})")
+        files[i] = path
+    return files
 
 
 def _save(fig, output: PathLike) -> Path:
@@ -73,26 +86,22 @@ def qm_atom_forces(targets: PathLike, potential: PathLike) -> tuple[np.ndarray, 
     Arrays are (n_atoms, 3) in eV/Å, frames concatenated in file order.
     """
     from qmml.extract import qm_atom_forces as forces_on_qm_atoms
-    from qmml.io import read_frames
+    from qmml.frames import read_output_frames
     from qmml.potential import SNAPPotential
 
-    frames = read_frames(targets)
-    for k, atoms in enumerate(frames):
-        if "region" not in atoms.arrays:
-            raise QmmlError(f"{targets} frame {k}: no 'region' array (QM/buffer/MM)")
+    frames = read_output_frames(targets, require_region=True)
     return forces_on_qm_atoms(frames, SNAPPotential.read(potential), str(targets))
 
 
-def force_parity(targets: Sequence[PathLike], potentials: Sequence[PathLike],
-                 output: PathLike) -> dict[int, dict]:
+def force_parity(targets: Keyed, potentials: Keyed, output: PathLike) -> dict[int, dict]:
     """ML vs QM/ML force components on the QM atoms of each iteration's targets.
 
     Iteration i's targets are evaluated with potential i (before retraining) and, when
     present, potential i+1 (after).  Returns {i: {"rmse_before", "rmse_after", "n_qm_atoms"}}.
     """
-    pots = _by_iteration(potentials)
+    pots = by_iteration(potentials, "potentials")
     data = {}
-    for i, path in sorted(_by_iteration(targets).items()):
+    for i, path in sorted(by_iteration(targets, "targets").items()):
         if i not in pots:
             raise QmmlError(f"{path}: no potential of iteration {i} given")
         ref, before = qm_atom_forces(path, pots[i])
@@ -130,20 +139,18 @@ def force_parity(targets: Sequence[PathLike], potentials: Sequence[PathLike],
 
 
 # ---- 2. force RMSE per iteration ----------------------------------------------------------
-def force_rmse(retrain: Sequence[PathLike], targets_summary: Sequence[PathLike],
-               output: PathLike) -> dict:
-    """QM-atom force RMSE per iteration from retrain.json and targets.json.
+def force_rmse(retrain: Keyed, targets_summary: Keyed, output: PathLike) -> dict:
+    """QM-atom force RMSE per iteration from retrain.json (keyed by the iteration of the
+    potential it wrote) and targets.json.
 
     Returns {"own": {i: rmse of potential i on iteration i's QM/ML data},
     "before": {j: retrain j's RMSE of potential j-1}, "after": {j: of potential j}}, both
     retrain values on the targets of iteration j-1.
     """
     own = {i: float(read_mapping(p, ["qm_force_rmse"])["qm_force_rmse"])
-           for i, p in _by_iteration(targets_summary).items()}
+           for i, p in by_iteration(targets_summary, "targets_summary").items()}
     before, after = {}, {}
-    for j, p in _by_iteration(retrain).items():
-        if iteration_of(p, -1) < 0:
-            j += 1  # positional fallback: the first retrain report makes potential 1
+    for j, p in by_iteration(retrain, "retrain").items():
         r = read_mapping(p, ["qm_force_rmse_before", "qm_force_rmse_after"])
         before[j], after[j] = float(r["qm_force_rmse_before"]), float(r["qm_force_rmse_after"])
     if not (own or before):
@@ -170,12 +177,12 @@ def force_rmse(retrain: Sequence[PathLike], targets_summary: Sequence[PathLike],
 
 
 # ---- 3. elastic constants -----------------------------------------------------------------
-def elastic_constants(elastic: Sequence[PathLike], output: PathLike) -> dict:
+def elastic_constants(elastic: Keyed, output: PathLike) -> dict:
     """a0, C11, C12, C44 per iteration and their relative deviation from iteration 0.
 
     Returns {"iterations": [...], "values": {key: [...]}, "relative_deviation": {key: [...]}}.
     """
-    files = _by_iteration(elastic)
+    files = by_iteration(elastic, "elastic")
     if not files:
         raise QmmlError("elastic_constants: no elastic.json files given")
     iters = sorted(files)
@@ -206,9 +213,9 @@ def elastic_constants(elastic: Sequence[PathLike], output: PathLike) -> dict:
 # ---- 4. glide barriers --------------------------------------------------------------------
 def read_neb_profile(path: PathLike) -> tuple[list[Atoms], np.ndarray, np.ndarray]:
     """QM/ML NEB images and their virtual-work profile (s in [0, 1], energy in eV)."""
-    from qmml.io import read_frames
+    from qmml.frames import read_output_frames
 
-    images = read_frames(path)
+    images = read_output_frames(path)
     if len(images) < 3:
         raise QmmlError(f"{path}: an NEB needs ≥ 3 images, found {len(images)}")
     missing = [k for k, im in enumerate(images) if "neb_energy_virtual_work" not in im.info]
@@ -216,17 +223,17 @@ def read_neb_profile(path: PathLike) -> tuple[list[Atoms], np.ndarray, np.ndarra
         raise QmmlError(f"{path} frame {missing[0]}: info key 'neb_energy_virtual_work' "
                         "missing (not a qmml neb output)")
     energy = np.array([float(im.info["neb_energy_virtual_work"]) for im in images])
-    # qmml neb stores the virtual-work energy at s = k/(n-1) (relax.run_neb)
+    # qmml neb stores the virtual-work energy at s = k/(n-1) (qmml.steps.neb_file)
     s = np.linspace(0.0, 1.0, len(images))
     return images, s, energy - energy[0]
 
 
 def _ml_image(atoms: Atoms) -> Atoms:
+    from qmml.frames import FIX_MASK, free_mask
     from qmml.qmmm import apply_fix_mask
 
     image = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    if "fix_mask" in atoms.arrays:
-        image.arrays["fix_mask"] = np.asarray(atoms.arrays["fix_mask"], bool)
+    image.arrays[FIX_MASK] = ~free_mask(atoms)
     apply_fix_mask(image)
     return image
 
@@ -265,8 +272,7 @@ def ml_neb_profile(initial: Atoms, final: Atoms, potential: PathLike, n_images: 
     return s / s[-1], energy - energy[0], converged
 
 
-def glide_barriers(neb_files: Sequence[PathLike], potentials: Sequence[PathLike],
-                   output: PathLike, fmax: float = 0.05, steps: int = 300) -> dict:
+def glide_barriers(neb_files: Keyed, potentials: Keyed, output: PathLike, fmax: float = 0.05, steps: int = 300) -> dict:
     """QM/ML virtual-work glide profiles vs ML-only NEBs with Θ0 and the last potential.
 
     `potentials`: all iteration potentials (the first and last are used).  Files of the same
@@ -278,14 +284,14 @@ def glide_barriers(neb_files: Sequence[PathLike], potentials: Sequence[PathLike]
         _message_figure(output, "Glide barriers",
                         "no glide cases configured (glide_images = 0 for every dislocation)")
         return {}
-    pots = _by_iteration(potentials)
+    pots = by_iteration(potentials, "potentials")
     if not pots:
         raise QmmlError("glide_barriers: no potentials given")
     first, last = min(pots), max(pots)
     cases: dict[str, dict[int, Path]] = {}
-    for k, path in enumerate(neb_files):
-        case = Path(path).name.removesuffix(".xyz").removesuffix("_neb")
-        cases.setdefault(case, {})[iteration_of(path, k)] = Path(path)
+    for i, path in keyed(neb_files):
+        case = path.name.removesuffix(".xyz").removesuffix("_neb")
+        cases.setdefault(case, {})[i] = path
     result = {}
     fig, axes = plt.subplots(1, len(cases), figsize=(5.2 * len(cases), 4), squeeze=False)
     for ax, (case, files) in zip(axes[0], cases.items()):
@@ -363,7 +369,7 @@ def differential_displacements(dislo: Atoms, bulk: Atoms, burgers: Sequence[floa
     return np.stack([i, j], axis=1), dd
 
 
-def dd_maps(relaxed: Sequence[PathLike], output: PathLike,
+def dd_maps(relaxed: Keyed, output: PathLike,
             structures: Sequence[PathLike | None] | None = None, window: float = 10.0,
             ) -> dict[str, dict]:
     """Differential-displacement (Vitek) maps of relaxed dislocation cores.
@@ -378,6 +384,7 @@ def dd_maps(relaxed: Sequence[PathLike], output: PathLike,
     """
     from qmml.io import read_frame
 
+    relaxed = keyed(relaxed)
     if not relaxed:
         _message_figure(output, "Differential-displacement maps", "no relaxed cores")
         return {}
@@ -389,8 +396,7 @@ def dd_maps(relaxed: Sequence[PathLike], output: PathLike,
     nrow = -(-n // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 5 * nrow), squeeze=False)
     summary = {}
-    for ax, path, spath in zip(axes.ravel(), relaxed, structures):
-        path = Path(path)
+    for ax, (iteration, path), spath in zip(axes.ravel(), relaxed, structures):
         atoms = read_frame(path)
         structure = read_frame(spath) if spath else None
         bulk, info = reference_bulk(atoms, structure)
@@ -400,7 +406,7 @@ def dd_maps(relaxed: Sequence[PathLike], output: PathLike,
         a0, burgers = float(info["a0"]), np.asarray(info["burgers"], float)
         blen = float(np.linalg.norm(burgers))
         core = np.asarray(info["core_position"], float)
-        label = f"{path.stem.removesuffix('_initial')} (iteration {iteration_of(path, 0)})"
+        label = f"{path.stem.removesuffix('_initial')} (iteration {iteration})"
         if label in summary:  # same case and iteration twice: keep both panels apart
             label += f" [{len(summary) + 1}]"
         pairs, dd = differential_displacements(dislo, bulk, burgers, a0)
@@ -518,19 +524,26 @@ FIGURES = ("force_parity", "force_rmse", "elastic_constants", "glide_barriers", 
            "binding_energy")
 
 
-def make_all(inputs: dict, outputs: dict[str, PathLike]) -> dict[str, object]:
-    """All six figures from the ``figure_inputs`` dict of the workflow (lists of paths)."""
+def make_all(inputs: dict, outputs: dict[str, PathLike], log=None) -> dict[str, object]:
+    """All six figures from the workflow's figure inputs: iteration-keyed (:data:`Keyed`)
+    ``elastic``, ``potentials``, ``targets``, ``targets_summary``, ``retrain``, ``relaxed``,
+    ``neb``; ``structures`` (paths, parallel to ``relaxed``) and ``binding`` (0 or 1 path).
+    ``log``: a line per figure as it starts (the glide barriers run ML NEBs)."""
     potentials = list(inputs.get("potentials", []))
-    return {
-        "force_parity": force_parity(inputs.get("targets", []), potentials,
-                                     outputs["force_parity"]),
-        "force_rmse": force_rmse(inputs.get("retrain", []), inputs.get("targets_summary", []),
-                                 outputs["force_rmse"]),
-        "elastic_constants": elastic_constants(inputs["elastic"], outputs["elastic_constants"]),
-        "glide_barriers": glide_barriers(inputs.get("neb", []), potentials,
-                                         outputs["glide_barriers"]),
-        "dd_maps": dd_maps(inputs.get("relaxed", []), outputs["dd_maps"],
-                           inputs.get("structures") or None),
-        "binding_energy": binding_energy((list(inputs.get("binding", [])) or [None])[0],
-                                         outputs["binding_energy"]),
+    makers = {
+        "force_parity": lambda out: force_parity(inputs.get("targets", []), potentials, out),
+        "force_rmse": lambda out: force_rmse(inputs.get("retrain", []),
+                                             inputs.get("targets_summary", []), out),
+        "elastic_constants": lambda out: elastic_constants(inputs["elastic"], out),
+        "glide_barriers": lambda out: glide_barriers(inputs.get("neb", []), potentials, out),
+        "dd_maps": lambda out: dd_maps(inputs.get("relaxed", []), out,
+                                       inputs.get("structures") or None),
+        "binding_energy": lambda out: binding_energy(
+            (list(inputs.get("binding", [])) or [None])[0], out),
     }
+    numbers = {}
+    for name, make in makers.items():
+        if log:
+            log(f"figure {name} -> {outputs[name]}")
+        numbers[name] = make(outputs[name])
+    return numbers

@@ -16,7 +16,6 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.qmmm import ForceQMMM
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
 from qmml import QmmlError
@@ -130,23 +129,3 @@ def max_force(target) -> float:
     an NEB (projected forces of its moving images)."""
     f = np.asarray(target.get_forces()).reshape(-1, 3)
     return float(np.sqrt((f ** 2).sum(axis=1)).max())
-
-
-# ---- output ------------------------------------------------------------------------------
-def output_frame(atoms: Atoms, info: dict, forces: np.ndarray | None = None) -> Atoms:
-    """A copy carrying the mixed forces (``forces``), ``region``, ``fix_mask`` and info.
-
-    ``forces`` default to those of the atoms' calculator.
-    """
-    if forces is None:
-        forces = atoms.get_forces(apply_constraint=False)
-    out = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    out.arrays["region"] = np.asarray(atoms.arrays["region"]).astype("<U6")
-    fix = atoms.arrays.get("fix_mask", np.zeros(len(atoms), dtype=bool))
-    out.arrays["fix_mask"] = np.asarray(fix, dtype=bool)
-    # keep what the input knew about itself (dislocation kind, core, defect, ...)
-    out.info.update({k: v for k, v in atoms.info.items()
-                     if isinstance(v, (str, int, float, bool, list, tuple, np.ndarray))})
-    out.info.update(info)
-    out.calc = SinglePointCalculator(out, forces=forces)
-    return out

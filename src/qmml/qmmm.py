@@ -2,12 +2,11 @@
 (:mod:`qmml.optimizers`): ASE ``ForceQMMM`` built from the ``region`` array
 (:mod:`qmml.forcemixing`), QM forces through the on-disk QM cache.
 
-The building blocks are importable from here too (``make_force_qmmm``, ``output_frame``,
+The building blocks are importable from here too (``make_force_qmmm``,
 ``RunStats``, ...).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -18,14 +17,14 @@ from ase.calculators.calculator import Calculator
 from qmml import QmmlError
 from qmml.ase_optimizers import EXACT_RESUME, OPTIMIZERS, QMMLOptimizer, make_optimizer
 from qmml.forcemixing import (QM_CELL_ROUND_OFF, RunStats, apply_fix_mask, make_force_qmmm,
-                              max_force, neb_moving_images, output_frame,
+                              max_force, neb_moving_images,
                               qm_mask_from_region, run_fingerprint)
 from qmml.optimizers import get_optimizer
 from qmml.qmcache import CachedQMCalculator
 
 __all__ = ["EXACT_RESUME", "OPTIMIZERS", "QM_CELL_ROUND_OFF", "RunStats", "apply_fix_mask",
            "make_force_qmmm", "make_optimizer", "max_force", "neb", "neb_moving_images",
-           "output_frame", "provenance", "qm_mask_from_region", "relax", "run_fingerprint",
+           "qm_mask_from_region", "relax", "run_fingerprint",
            "virtual_work_profile"]
 
 
@@ -111,22 +110,3 @@ def virtual_work_profile(neb_obj) -> dict:
             "image_energy": np.interp(s_images, s, energy),
             "barrier": float(energy.max() - energy[0])}
 
-
-# ---- output ------------------------------------------------------------------------------
-def provenance(stats: RunStats, engine: str, settings_hash: str, potential: str,
-               buffer_width: float) -> dict:
-    """Info keys written with every QM/ML output frame."""
-    import socket
-
-    where = {"host": socket.gethostname()}
-    if os.environ.get("SLURM_JOB_ID"):  # which scheduler job computed it
-        where["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-    return {"qm_engine": engine, "qm_settings_hash": settings_hash, "ml_potential": potential,
-            **where,
-            "optimizer": stats.optimizer, "fmax_target": stats.fmax_target,
-            "fmax": stats.fmax, "converged": bool(stats.converged), "steps": stats.steps,
-            "n_qm_calls": stats.n_qm_calls, "n_qm_real_calls": stats.n_qm_real_calls,
-            "buffer_width": buffer_width,
-            **({"surrogate_hard_residual_max": stats.surrogate_hard_residual_max,
-                "surrogate_outer_steps": stats.outer_steps}
-               if hasattr(stats, "surrogate_hard_residual_max") else {})}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from qmml import QmmlError, __version__
-from qmml.figures import ELASTIC_KEYS, iteration_of, read_binding
+from qmml.figures import ELASTIC_KEYS, Keyed, by_iteration, keyed, read_binding
 from qmml.io import atomic_writer, read_mapping
 
 PathLike = str | Path
@@ -92,10 +92,9 @@ def read_captions(directory: PathLike, names: Iterable[str]) -> dict[str, str]:
 
 
 # ---- tables ----------------------------------------------------------------------------
-def elastic_rows(paths: Sequence[PathLike]) -> list[list]:
-    files = sorted((iteration_of(p, k), p) for k, p in enumerate(paths))
+def elastic_rows(paths: Keyed) -> list[list]:
     rows, first = [], None
-    for i, path in files:
+    for i, path in sorted(by_iteration(paths, "elastic").items()):
         values = read_mapping(path, ELASTIC_KEYS)
         first = first or values
         deviation = max(abs(float(values[k]) - float(first[k])) / abs(float(first[k]))
@@ -104,33 +103,35 @@ def elastic_rows(paths: Sequence[PathLike]) -> list[list]:
     return rows
 
 
-def retrain_rows(paths: Sequence[PathLike]) -> list[list]:
+def retrain_rows(paths: Keyed) -> list[list]:
+    """One row per retraining, keyed by the iteration of the potential it wrote."""
     rows = []
-    for k, path in enumerate(paths):
+    for j, path in by_iteration(paths, "retrain").items():
         report = read_mapping(path, ("qm_force_rmse_before", "qm_force_rmse_after"))
-        rows.append([iteration_of(path, k + 1), *(report.get(c) for c in RETRAIN_COLUMNS)])
+        rows.append([j, *(report.get(c) for c in RETRAIN_COLUMNS)])
     return sorted(rows, key=lambda r: r[0])
 
 
-def target_rows(paths: Sequence[PathLike]) -> list[list]:
+def target_rows(paths: Keyed) -> list[list]:
     rows = []
-    for k, path in enumerate(paths):
+    for i, path in by_iteration(paths, "targets_summary").items():
         summary = read_mapping(path, ("qm_force_rmse",))
-        rows.append([iteration_of(path, k), *(summary.get(c) for c in TARGET_COLUMNS)])
+        rows.append([i, *(summary.get(c) for c in TARGET_COLUMNS)])
     return sorted(rows, key=lambda r: r[0])
 
 
-def run_infos(frames: Sequence[PathLike]) -> dict[Path, dict]:
-    """The provenance each QM/ML output records (info of its last frame), by file."""
-    from qmml.io import read_frame
+def run_infos(frames: Keyed) -> dict[tuple[int, Path], dict]:
+    """The provenance each QM/ML output records (info of its last frame), by
+    (iteration, file)."""
+    from qmml.frames import read_run_info
 
-    return {Path(path): read_frame(path).info for path in frames}
+    return {(i, path): read_run_info(path) for i, path in keyed(frames)}
 
 
-def run_rows(infos: dict[Path, dict]) -> list[list]:
+def run_rows(infos: dict[tuple[int, Path], dict]) -> list[list]:
     """One row of recorded provenance per QM/ML output (``infos`` of :func:`run_infos`)."""
-    return [[f"iter_{iteration_of(path, 0)}/{path.name}", *(info.get(k) for k in RUN_KEYS)]
-            for path, info in infos.items()]
+    return [[f"iter_{i}/{path.name}", *(info.get(k) for k in RUN_KEYS)]
+            for (i, path), info in infos.items()]
 
 
 def qm_engine_name(config: dict | None, infos: Iterable[dict] = ()) -> tuple[str, list[str]]:
@@ -178,13 +179,15 @@ def _git_commit() -> str:
 
 # ---- the report --------------------------------------------------------------------------
 def write_report(output: PathLike, figures: dict[str, PathLike], *,
-                 elastic: Sequence[PathLike] = (), retrain: Sequence[PathLike] = (),
-                 targets_summary: Sequence[PathLike] = (), binding: PathLike | None = None,
-                 frames: Sequence[PathLike] = (), config: dict | None = None,
+                 elastic: Keyed = (), retrain: Keyed = (), targets_summary: Keyed = (),
+                 binding: PathLike | None = None, frames: Keyed = (),
+                 config: dict | None = None,
                  captions: dict[str, str] | None = None, title: str = "qmml run report"
                  ) -> Path:
     """Write the HTML report; `figures` maps figure name -> PNG, `frames` are the QM/ML
-    outputs (relaxations, NEBs) whose recorded provenance is tabulated."""
+    outputs (relaxations, NEBs) whose recorded provenance is tabulated.  `elastic`,
+    `retrain` (by the iteration it wrote), `targets_summary` and `frames` are
+    iteration-keyed (:data:`qmml.figures.Keyed`)."""
     captions = captions or {}
     runs = run_infos(frames)  # each output file read once
     engine, recorded = qm_engine_name(config, runs.values())

@@ -9,35 +9,19 @@ approximately, weight λS).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from ase import Atoms
 
 from qmml import QmmlError
 from qmml.descriptors import (DescriptorCache, ForceSet, ForceSums, NormalEquations,
-                              descriptor_sums, start_workers)
+                              descriptor_sums)
 from qmml.fitting import solve_constrained
-from qmml.io import read_frames, write_text
+from qmml.frames import forces_of, free_mask, qm_region_mask
 from qmml.potential import SNAPPotential
-
-
-def target_forces(atoms: Atoms, source: str) -> np.ndarray:
-    if "forces" in atoms.arrays:
-        return np.asarray(atoms.arrays["forces"], dtype=float)
-    if atoms.calc is not None and "forces" in getattr(atoms.calc, "results", {}):
-        return np.asarray(atoms.calc.results["forces"], dtype=float)
-    raise QmmlError(f"{source}: no 'forces' array (targets need QM/ML forces)")
-
-
-def free_mask(atoms: Atoms) -> np.ndarray:
-    if "fix_mask" in atoms.arrays:
-        return ~np.asarray(atoms.arrays["fix_mask"], dtype=bool)
-    return np.ones(len(atoms), dtype=bool)
 
 
 @dataclass
@@ -55,19 +39,11 @@ class TargetData:
         return float(np.sqrt(np.mean((rows @ theta - forces) ** 2)))
 
 
-def qm_region_mask(atoms: Atoms) -> np.ndarray:
-    """Atoms whose target forces are QM forces: ``region == "QM"``, or every atom of a
-    frame without a ``region`` array (a plain QM calculation has no ML part)."""
-    if "region" not in atoms.arrays:
-        return np.ones(len(atoms), dtype=bool)
-    return np.asarray(atoms.arrays["region"]).astype(str) == "QM"
-
-
 def target_set(frames: Sequence[tuple[str, Atoms]]) -> ForceSet:
     """Free atoms' force rows with their target forces; QM-region rows kept explicitly."""
     atoms = [a for _, a in frames]
     return ForceSet(atoms, [free_mask(a) for a in atoms],
-                    [target_forces(a, s) for s, a in frames],
+                    [forces_of(a, s) for s, a in frames],
                     [qm_region_mask(a) for a in atoms], source="targets",
                     sources=[s for s, _ in frames])
 
@@ -109,10 +85,12 @@ def collect(targets: Sequence[tuple[str, Atoms]], hard: Sequence[Atoms],
 def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
             hard: Sequence[Atoms], soft: Sequence[Atoms], lambda0: float = 500.0,
             lambda_soft: float = 1.0, quadratic: bool = False, workers: int = 1,
-            cache: DescriptorCache | None = None) -> tuple[SNAPPotential, dict]:
+            cache: DescriptorCache | None = None,
+            log: Callable[[str], None] | None = None) -> tuple[SNAPPotential, dict]:
     """Retrain Θ on target forces; returns the new potential and the report dict.
 
     ``cache``: descriptor sums of sets computed before are read from it (new ones stored).
+    ``log``: progress lines (the descriptors take most of the time).
     """
     start = time.perf_counter()
     pot0 = potential.to_quadratic() if quadratic else potential
@@ -123,8 +101,16 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
         raise QmmlError("hard set is empty: retraining without hard constraints would not "
                         "preserve elastic properties")
     t0 = time.perf_counter()
+    if log:
+        log(f"retrain: descriptors of {len(targets)} target, {len(hard)} hard and "
+            f"{len(soft)} soft configurations ({pot0.n_coefficients} coefficients, "
+            f"{workers} worker{'s' if workers != 1 else ''})")
     data, hard_rows, soft_ne = collect(targets, hard, soft, pot0, workers, cache)
     t_desc = time.perf_counter() - t0
+    if log:
+        log(f"retrain: descriptors done in {t_desc:.1f} s"
+            + (f" (cache: {cache.read} read, {cache.computed} computed)" if cache else "")
+            + "; solving the constrained least squares")
     soft_ata = soft_ne.matrix() if soft_ne.n_rows else None
     result = solve_constrained(theta0, data.normal.matrix(), data.normal.gtf, hard=hard_rows,
                                soft_ata=soft_ata, lambda_soft=lambda_soft, lambda0=lambda0)
@@ -156,44 +142,3 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
         "rmse_definition": "root mean square of force-component errors (eV/Å)",
     }
     return pot0.with_theta(theta), report
-
-
-# ---- CLI ------------------------------------------------------------------------------
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--potential", required=True, help="Θ0 prefix (P.snapcoeff+P.snapparam)")
-    parser.add_argument("--targets", nargs="+", required=True, help="extxyz with forces")
-    parser.add_argument("--hard", nargs="+", required=True, help="hard-constraint extxyz")
-    parser.add_argument("--soft", nargs="*", default=[], help="soft-constraint extxyz")
-    parser.add_argument("--lambda0", type=float, default=500.0)
-    parser.add_argument("--lambda-soft", type=float, default=1.0)
-    parser.add_argument("--quadratic", action="store_true",
-                        help="retrain in the quadratic descriptor space (Θ0 embedded)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes for the descriptors (each runs its own LAMMPS)")
-    parser.add_argument("--descriptor-cache", metavar="DIR",
-                        help="folder of descriptor sums by content: sets seen before "
-                             "(same frames, same descriptor parameters) are not recomputed")
-    parser.add_argument("--output", required=True, help="output potential prefix")
-    parser.add_argument("--report", required=True, help="JSON report")
-
-
-def run(args: argparse.Namespace) -> int:
-    start_workers(args.workers)  # their start-up overlaps reading the inputs
-    potential = SNAPPotential.read(args.potential)
-    targets = [(f"{path} frame {i}", a) for path in args.targets
-               for i, a in enumerate(read_frames(path))]
-    hard = [a for path in args.hard for a in read_frames(path)]
-    soft = [a for path in args.soft for a in read_frames(path)]
-    new, report = retrain(potential, targets, hard, soft, args.lambda0, args.lambda_soft,
-                          args.quadratic, workers=args.workers,
-                          cache=DescriptorCache(args.descriptor_cache)
-                          if args.descriptor_cache else None)
-    report.update(potential=str(args.potential), targets=list(args.targets),
-                  hard=list(args.hard), soft=list(args.soft), output=str(args.output))
-    new.write(args.output, comment=f"qmml retrain of {args.potential} on "
-              f"{report['n_target_atoms']} target atoms; hard rank {report['hard_rank']}")
-    write_text(args.report, json.dumps(report, indent=2) + "\n")
-    print(f"qmml retrain: QM-atom force RMSE {report['qm_force_rmse_before']:.4f} -> "
-          f"{report['qm_force_rmse_after']:.4f} eV/Å, hard residual "
-          f"{report['hard_residual_max']:.2e} eV/atom, {report['seconds']:.1f} s")
-    return 0

@@ -1,17 +1,12 @@
 # Config validation (qmml.config: JSON schema + defaults, one-line errors) and path helpers.
-import json
 import os
-import sys
 from pathlib import Path
 
-# jobs (local, SLURM, or in the conda env of --sdm conda) import qmml from this checkout
+# jobs (local, SLURM, or in the conda env of --sdm conda) import qmml from this checkout;
+# envs/qmml.yaml installs it (editable) from QMML_ROOT
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(Path(workflow.basedir) / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
-# the CLI through the Python that runs Snakemake (the venv's, also inside SLURM jobs),
-# or the job env's own python under --sdm conda
-_CONDA = "conda" in str(getattr(getattr(workflow, "deployment_settings", None),
-                                "deployment_method", "")).lower()
-QMML = "python -m qmml.cli" if _CONDA else f"{sys.executable} -m qmml.cli"
+os.environ["QMML_ROOT"] = str(Path(workflow.basedir).resolve())
 ENV = "../../envs/qmml.yaml"  # relative to workflow/rules/
 
 from qmml import QmmlError
@@ -90,14 +85,11 @@ def qmml_rule_output(path):
     return {"frame": path, **({"qm_frames": qm_frames_of(path)} if ACCELERATED else {})}
 
 
-def qm_frames_flag(wildcards, output):
-    return f"--qm-frames {output.qm_frames}" if ACCELERATED else ""
-
-
 def seed_frames(path, earlier_iterations_run=True):
     """Input function: the previous iteration's QM points of the same relaxation
     (``path`` with {i} and other wildcards), whose cached QM results seed this one
-    (``qmml relax/neb --seed-frames``: none recomputed, the run starts from the best).
+    (``seed_frames`` of qmml.steps.relax_file/neb_file: none recomputed, the run starts
+    from the best).
     Only with the accelerated optimiser, and only where the previous iteration runs this
     relaxation anyway (``earlier_iterations_run``): seeding must never add QM work."""
 
@@ -108,10 +100,6 @@ def seed_frames(path, earlier_iterations_run=True):
         return [qm_frames_of(path.format(**dict(w.items(), i=i - 1)))]
 
     return previous
-
-
-def seed_flag(wildcards, input):
-    return f"--seed-frames {' '.join(input.seeds)}" if input.seeds else ""
 
 
 def training_frames(files):
@@ -135,22 +123,12 @@ def defect_outputs(i):
 
 
 def accelerated_hard_sets(w):
-    """The iteration's hard constraint sets, for the accelerated optimiser's surrogates."""
+    """The iteration's hard constraint sets, for the accelerated optimiser's surrogates;
+    their rows are read from the descriptor cache when constraint_descriptors (or another
+    relaxation) has already computed them."""
     if config["qmml"]["optimizer"] != "accelerated":
         return []
     return [f"{R}/iter_{w.i}/constraints/strain.xyz", f"{R}/iter_{w.i}/constraints/neb.xyz"]
-
-
-def hard_flag(wildcards, input):
-    """Hard sets of the accelerated optimiser; their rows are read from the descriptor cache
-    when constraint_descriptors (or another relaxation) has already computed them."""
-    if not input.hard:
-        return ""
-    return f"--hard {' '.join(input.hard)} --descriptor-cache {DESCRIPTOR_CACHE}"
-
-
-# `qmml relax/neb` exit 1 when max_steps run out before fmax, unless told to go on
-ALLOW_UNCONVERGED = "" if config["qmml"]["require_convergence"] else "--allow-unconverged"
 
 
 def final_targets():

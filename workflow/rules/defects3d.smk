@@ -5,6 +5,7 @@
 rule build_defect:
     input:
         potential_files("{i}"),
+        elastic=f"{R}/iter_{{i}}/elastic.json",
     output:
         f"{R}/iter_{{i}}/3d/structures/{{name}}_{{k}}.xyz",
     params:
@@ -35,26 +36,18 @@ rule qmml_3d_defect:
         **qmml_rule_output(f"{R}/iter_{{i}}/3d/{{name}}_{{k}}.xyz"),
     params:
         prefix=lambda w: potential(w.i),
-        hard=hard_flag,
-        qm_frames=qm_frames_flag,
-        seeds=seed_flag,
         q=config["qmml"],
         buffer=config["three_d"]["buffer"],
         cache=QM_CACHE,
+        descriptor_cache=DESCRIPTOR_CACHE,
     conda:
         ENV
     log:
         f"{R}/logs/iter_{{i}}/qmml_3d_defect_{{name}}_{{k}}.log",
     benchmark:
         f"{R}/benchmarks/iter_{{i}}/qmml_3d_defect_{{name}}_{{k}}.tsv"
-    shell:
-        "{QMML} relax --input {input.structure} --potential {params.prefix} "
-        "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
-        "--fmax {params.q[fmax]} --buffer {params.buffer} --vacuum {params.q[vacuum]} "
-        "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} {params.qm_frames} {params.seeds} {ALLOW_UNCONVERGED} "
-        "--output {output.frame} "
-        "> {log} 2>&1"
+    script:
+        "../scripts/qmml_relax.py"
 
 
 def path_start(name, k):

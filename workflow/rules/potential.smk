@@ -145,16 +145,12 @@ rule retrain:
         previous=lambda w: potential(int(w.j) - 1),
         prefix=lambda w: potential(w.j),
         r=config["retrain"],
-        quadratic="--quadratic" if config["retrain"]["quadratic"] else "",
+        descriptor_cache=DESCRIPTOR_CACHE,
     conda:
         ENV
     log:
         f"{R}/logs/iter_{{j}}/retrain.log",
     benchmark:
         f"{R}/benchmarks/iter_{{j}}/retrain.tsv"
-    shell:
-        "{QMML} retrain --potential {params.previous} --targets {input.targets} "
-        "--hard {input.strain} {input.neb} --soft {input.md} "
-        "--lambda0 {params.r[lambda0]} --lambda-soft {params.r[lambda_soft]} "
-        "{params.quadratic} --workers {threads} --descriptor-cache {DESCRIPTOR_CACHE} "
-        "--output {params.prefix} --report {output.report} > {log} 2>&1"
+    script:
+        "../scripts/retrain.py"

@@ -1,4 +1,4 @@
-# Force-mixed QM/ML: the DFT-heavy rules. Every QM call goes through the shared cache
+# Force-mixed QM/ML: the DFT-heavy rules (qmml.steps.relax_file / neb_file). Every QM call goes through the shared cache
 # (results/qm_cache) and every optimiser step is checkpointed, so a killed or rerun job
 # repeats no QM call.
 
@@ -14,25 +14,18 @@ rule qmml_relax:
         **qmml_rule_output(f"{R}/iter_{{i}}/qmml/{{case}}_{{state}}.xyz"),
     params:
         prefix=lambda w: potential(w.i),
-        hard=hard_flag,
-        qm_frames=qm_frames_flag,
-        seeds=seed_flag,
         q=config["qmml"],
+        buffer=config["qmml"]["buffer"],
         cache=QM_CACHE,
+        descriptor_cache=DESCRIPTOR_CACHE,
     conda:
         ENV
     log:
         f"{R}/logs/iter_{{i}}/qmml_relax_{{case}}_{{state}}.log",
     benchmark:
         f"{R}/benchmarks/iter_{{i}}/qmml_relax_{{case}}_{{state}}.tsv"
-    shell:
-        "{QMML} relax --input {input.structure} --potential {params.prefix} "
-        "--engine-config {input.engine} --optimizer {params.q[optimizer]} "
-        "--fmax {params.q[fmax]} --buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
-        "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} {params.qm_frames} {params.seeds} {ALLOW_UNCONVERGED} "
-        "--output {output.frame} "
-        "> {log} 2>&1"
+    script:
+        "../scripts/qmml_relax.py"
 
 
 rule qmml_neb:
@@ -47,27 +40,18 @@ rule qmml_neb:
         **qmml_rule_output(f"{R}/iter_{{i}}/qmml/{{case}}_neb.xyz"),
     params:
         prefix=lambda w: potential(w.i),
-        hard=hard_flag,
-        qm_frames=qm_frames_flag,
-        seeds=seed_flag,
         q=config["qmml"],
         images=lambda w: config["dislocations"][w.case]["glide_images"],
         cache=QM_CACHE,
+        descriptor_cache=DESCRIPTOR_CACHE,
     conda:
         ENV
     log:
         f"{R}/logs/iter_{{i}}/qmml_neb_{{case}}.log",
     benchmark:
         f"{R}/benchmarks/iter_{{i}}/qmml_neb_{{case}}.tsv"
-    shell:
-        "{QMML} neb --initial {input.initial} --final {input.final} --images {params.images} "
-        "--potential {params.prefix} --engine-config {input.engine} "
-        "--optimizer {params.q[optimizer]} --fmax {params.q[neb_fmax]} "
-        "--buffer {params.q[buffer]} --vacuum {params.q[vacuum]} "
-        "--steps {params.q[max_steps]} --cache {params.cache} "
-        "{params.hard} {params.qm_frames} {params.seeds} {ALLOW_UNCONVERGED} "
-        "--output {output.frame} "
-        "> {log} 2>&1"
+    script:
+        "../scripts/qmml_neb.py"
 
 
 rule extract_forces:
@@ -85,6 +69,5 @@ rule extract_forces:
         f"{R}/logs/iter_{{i}}/extract_forces.log",
     benchmark:
         f"{R}/benchmarks/iter_{{i}}/extract_forces.tsv"
-    shell:
-        "{QMML} extract-forces {input.frames} --potential {params.prefix} "
-        "--output {output.targets} --summary {output.summary} > {log} 2>&1"
+    script:
+        "../scripts/extract_forces.py"

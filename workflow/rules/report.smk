@@ -1,24 +1,36 @@
 # Figures (matplotlib) and the HTML report; figures are also registered for `snakemake --report`.
 
 
-def figure_inputs(w=None):
+def keyed_figure_inputs():
+    """Inputs of the figures and the report as (iteration, path) pairs by name; the
+    iterations go to the jobs as params, so nothing is parsed back from paths."""
     iters = range(N + 1)
-    inputs = {
-        "elastic": [f"{R}/iter_{i}/elastic.json" for i in iters],
-        "potentials": [f"{potential(i)}.snapcoeff" for i in iters],
-        "targets": [f"{R}/iter_{i}/targets.xyz" for i in range(N)],
-        "targets_summary": [f"{R}/iter_{i}/targets.json" for i in range(N)],
-        "retrain": [f"{R}/iter_{j}/retrain.json" for j in range(1, N + 1)],
-        "relaxed": [f"{R}/iter_{i}/qmml/{case}_initial.xyz" for i in range(N) for case in CASES],
+    return {
+        "elastic": [(i, f"{R}/iter_{i}/elastic.json") for i in iters],
+        "potentials": [(i, f"{potential(i)}.snapcoeff") for i in iters],
+        "targets": [(i, f"{R}/iter_{i}/targets.xyz") for i in range(N)],
+        "targets_summary": [(i, f"{R}/iter_{i}/targets.json") for i in range(N)],
+        # retrain.json of the potential it wrote (iterations 1..N)
+        "retrain": [(j, f"{R}/iter_{j}/retrain.json") for j in range(1, N + 1)],
+        "relaxed": [(i, f"{R}/iter_{i}/qmml/{case}_initial.xyz") for i in range(N)
+                    for case in CASES],
         # unrelaxed inputs of "relaxed" (same order): the DD maps' perfect reference lattice
         # comes from their structure info, which the QM/ML outputs do not carry
-        "structures": [f"{R}/iter_{i}/structures/{case}_initial.xyz" for i in range(N)
+        "structures": [(i, f"{R}/iter_{i}/structures/{case}_initial.xyz") for i in range(N)
                        for case in CASES],
-        "neb": [f"{R}/iter_{i}/qmml/{case}_neb.xyz" for i in range(N) for case in CASES
+        "neb": [(i, f"{R}/iter_{i}/qmml/{case}_neb.xyz") for i in range(N) for case in CASES
                 if glide(case)],
-        "binding": [f"{R}/iter_{N}/binding.csv"] if DEFECTS else [],
+        "binding": [(N, f"{R}/iter_{N}/binding.csv")] if DEFECTS else [],
     }
-    return inputs
+
+
+def figure_inputs(w=None):
+    return {name: [path for _, path in pairs] for name, pairs in keyed_figure_inputs().items()}
+
+
+# the iteration of every figure input (same order); "structures" and "binding" are plain
+FIGURE_ITERATIONS = {name: [i for i, _ in pairs] for name, pairs in keyed_figure_inputs().items()
+                     if name not in ("structures", "binding")}
 
 
 FIGURES = ["force_parity", "force_rmse", "elastic_constants", "glide_barriers",
@@ -34,6 +46,8 @@ rule figures:
                          category="qmml")
             for name in FIGURES
         },
+    params:
+        iterations=FIGURE_ITERATIONS,
     conda:
         ENV
     log:
@@ -51,6 +65,7 @@ rule report:
     output:
         f"{R}/report.html",
     params:
+        iterations=FIGURE_ITERATIONS,
         config=config,
     conda:
         ENV

@@ -1,11 +1,12 @@
 # Dislocation cylinders (and glide end points) with QM/buffer/MM regions, per iteration:
-# elastic constants come from the iteration's potential (they are the same in every
-# iteration: retraining keeps them exactly).
+# elastic constants are the iteration potential's, measured once (elastic_check) and read
+# here (they are the same in every iteration: retraining keeps them exactly).
 
 
 rule build_dislocation:
     input:
         potential_files("{i}"),
+        elastic=f"{R}/iter_{{i}}/elastic.json",
     output:
         f"{R}/iter_{{i}}/structures/{{case}}_{{state}}.xyz",
     params:

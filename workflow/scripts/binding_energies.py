@@ -1,9 +1,7 @@
-"""binding.csv: one row per configured (defect, dislocation, distance), E_b > 0 = attraction."""
-from pathlib import Path
-from qmml.binding import binding_table
-from qmml.io import atomic_writer
+"""binding.csv: one row per configured (defect, dislocation, distance), E_b > 0 = attraction
+(qmml.steps.binding_table_file)."""
+from qmml.steps import binding_table_file, log_file
 
-table = binding_table(list(snakemake.input.paths), configured=dict(snakemake.params.defects))
-with atomic_writer(snakemake.output[0]) as fh:  # no half-written table
-    table.to_csv(fh, index=False)
-Path(snakemake.log[0]).write_text(table.to_string() + "\n")
+with log_file(snakemake.log[0]) as log:
+    binding_table_file(list(snakemake.input.paths), snakemake.output[0],
+                       configured=dict(snakemake.params.defects), log=log)

@@ -1,10 +1,5 @@
-"""Write the QM engine config (config key `qm`) for `qmml relax/neb --engine-config`."""
-import yaml
-from qmml.engines import engine_label, resolved_settings
+"""The QM engine config (config key `qm`) as a file (qmml.steps.engine_config_file)."""
+from qmml.steps import engine_config_file, log_file
 
-qm = dict(snakemake.params.qm)
-resolved_settings(qm)  # unknown engine / missing key -> one-line error before any QM work
-with open(snakemake.output[0], "w") as fh:
-    yaml.safe_dump(qm, fh, sort_keys=True)
-with open(snakemake.log[0], "w") as fh:
-    print(f"QM engine: {engine_label(qm)}", file=fh)
+with log_file(snakemake.log[0]) as log:
+    engine_config_file(dict(snakemake.params.qm), snakemake.output[0], log=log)

@@ -1,16 +1,13 @@
-"""Self-contained HTML report (qmml.report): embedded figures, tables, provenance."""
+"""Self-contained HTML report: embedded figures, tables, provenance
+(qmml.steps.report_file)."""
 from pathlib import Path
-from qmml.figures import FIGURES
-from qmml.report import read_captions, write_report
 
-inp = snakemake.input
-figures = {Path(p).stem: p for p in inp.figures}
-figures = {name: figures[name] for name in FIGURES}
-captions = read_captions(Path(snakemake.scriptdir).parent / "report", FIGURES)
-write_report(snakemake.output[0], figures, elastic=list(inp.elastic),
-             retrain=list(inp.retrain), targets_summary=list(inp.targets_summary),
-             binding=(list(inp.binding) or [None])[0],
-             frames=list(inp.relaxed) + list(inp.neb), config=dict(snakemake.params.config),
-             captions=captions)
-with open(snakemake.log[0], "w") as fh:
-    print(f"wrote {snakemake.output[0]} with {len(figures)} figures", file=fh)
+from qmml.figures import FIGURES
+from qmml.steps import log_file, report_file
+
+inputs = {name: list(files) for name, files in snakemake.input.items() if name != "figures"}
+figures = {Path(p).stem: p for p in snakemake.input.figures}
+with log_file(snakemake.log[0]) as log:
+    report_file(snakemake.output[0], {name: figures[name] for name in FIGURES}, inputs,
+                dict(snakemake.params.iterations), config=dict(snakemake.params.config),
+                captions=Path(snakemake.scriptdir).parent / "report", log=log)

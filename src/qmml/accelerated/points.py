@@ -9,7 +9,7 @@ from ase import Atoms
 
 from qmml import QmmlError
 from qmml.accelerated.settings import AcceleratedStats
-from qmml.forcemixing import output_frame
+from qmml.frames import output_frame
 
 
 def qm_point_frames(images: Sequence[Atoms], moving: Sequence[int], stats: AcceleratedStats,

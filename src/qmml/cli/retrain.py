@@ -1,0 +1,34 @@
+"""``qmml retrain``: Θ retrained on QM/ML forces, hard constraints exact
+(``qmml.steps.retrain_file``)."""
+from __future__ import annotations
+
+import argparse
+
+from qmml.cli._common import print_line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--potential", required=True, help="Θ0 prefix (P.snapcoeff+P.snapparam)")
+    parser.add_argument("--targets", nargs="+", required=True, help="extxyz with forces")
+    parser.add_argument("--hard", nargs="+", required=True, help="hard-constraint extxyz")
+    parser.add_argument("--soft", nargs="*", default=[], help="soft-constraint extxyz")
+    parser.add_argument("--lambda0", type=float, default=500.0)
+    parser.add_argument("--lambda-soft", type=float, default=1.0)
+    parser.add_argument("--quadratic", action="store_true",
+                        help="retrain in the quadratic descriptor space (Θ0 embedded)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes for the descriptors (each runs its own LAMMPS)")
+    parser.add_argument("--descriptor-cache", metavar="DIR",
+                        help="folder of descriptor sums by content: sets seen before "
+                             "(same frames, same descriptor parameters) are not recomputed")
+    parser.add_argument("--output", required=True, help="output potential prefix")
+    parser.add_argument("--report", required=True, help="JSON report")
+
+
+def run(args: argparse.Namespace) -> int:
+    from qmml.steps import retrain_file
+
+    retrain_file(args.potential, args.targets, args.hard, args.soft, args.output, args.report,
+                 lambda0=args.lambda0, lambda_soft=args.lambda_soft, quadratic=args.quadratic,
+                 workers=args.workers, descriptor_cache=args.descriptor_cache, log=print_line)
+    return 0
