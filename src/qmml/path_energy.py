@@ -1,0 +1,96 @@
+"""Energies along an ordered QM/ML path as linear training rows.
+
+Force mixing gives forces, not energies.  Along an ordered path (NEB images, end points
+included) the virtual work of the mixed forces,
+
+    E_k − E_0 = −Σ_{j<k} ½ (F_j + F_{j+1})·(x_{j+1} − x_j)     (free atoms, trapezoid rule),
+
+is the energy change of the QM/ML system.  A linear potential's energy change between two
+images of the same atoms is (Σ_i D(x_k)_i − Σ_i D(x_0)_i)·Θ, so every image after the
+first gives one linear row.  Retraining with these rows makes the potential's energy
+profile along the path follow the QM/ML one, which force rows constrain only indirectly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.geometry import find_mic
+
+from qmml import QmmlError
+from qmml.retrain import free_mask, target_forces
+
+
+@dataclass
+class PathRows:
+    """The energy rows of one path: ``rows @ Θ`` should equal ``targets`` (eV)."""
+
+    source: str
+    rows: np.ndarray      # (n_images − 1, K): descriptor-sum change from image 0
+    targets: np.ndarray   # (n_images − 1,): virtual-work energy change from image 0
+
+    def profile(self, theta: np.ndarray) -> np.ndarray:
+        """The potential's energy along the path, image 0 at zero."""
+        return np.concatenate([[0.0], self.rows @ theta])
+
+    def reference_profile(self) -> np.ndarray:
+        return np.concatenate([[0.0], self.targets])
+
+    def barrier_error(self, theta: np.ndarray) -> float:
+        """(max of the potential's profile − max of the QM/ML one) / the QM/ML barrier."""
+        reference = self.reference_profile().max()
+        if reference <= 0:
+            raise QmmlError(f"{self.source}: the QM/ML path has no barrier "
+                            f"(virtual-work maximum {reference:.3g} eV at the first image)")
+        return float((self.profile(theta).max() - reference) / reference)
+
+
+def ordered_images(frames: Sequence[Atoms], source: str) -> list[Atoms]:
+    """The path's images in order (by info ``neb_image`` when every frame has it), checked to
+    be the same atoms with forces."""
+    frames = list(frames)
+    if len(frames) < 2:
+        raise QmmlError(f"{source}: a path needs at least 2 images, got {len(frames)}")
+    if all("neb_image" in a.info for a in frames):
+        frames = sorted(frames, key=lambda a: int(a.info["neb_image"]))
+    numbers = frames[0].numbers
+    for k, atoms in enumerate(frames):
+        if len(atoms) != len(numbers) or (atoms.numbers != numbers).any():
+            raise QmmlError(f"{source}: image {k} has other atoms than image 0 "
+                            "(a path is one set of atoms moving)")
+        target_forces(atoms, f"{source} image {k}")
+    return frames
+
+
+def virtual_work_energies(images: Sequence[Atoms]) -> np.ndarray:
+    """E_k − E_0 of the module docstring for every image (the first is 0), eV."""
+    free = free_mask(images[0])
+    energies = [0.0]
+    for a, b in zip(images[:-1], images[1:]):
+        step, _ = find_mic(b.positions - a.positions, a.cell, a.pbc)
+        mean_force = 0.5 * (target_forces(a, "path") + target_forces(b, "path"))
+        energies.append(energies[-1] - float((mean_force[free] * step[free]).sum()))
+    return np.array(energies)
+
+
+def path_rows(frames: Sequence[Atoms], potential, source: str = "path",
+              workers: int = 1, cache=None) -> PathRows:
+    """The energy rows of an ordered QM/ML path in ``potential``'s descriptor space."""
+    from qmml.descriptors import energy_rows
+
+    images = ordered_images(frames, source)
+    sums = energy_rows(images, potential, source=source, workers=workers,
+                       cache=cache) * len(images[0])  # per-atom means -> sums
+    return PathRows(source, sums[1:] - sums[0], virtual_work_energies(images)[1:])
+
+
+def add_path_rows(gtg: np.ndarray, gtf: np.ndarray, paths: Sequence[PathRows],
+                  weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Normal equations with ``weight``·Σ_paths ‖RΘ − E‖² added (new arrays)."""
+    gtg, gtf = np.array(gtg, dtype=float), np.array(gtf, dtype=float)
+    for p in paths:
+        gtg += weight * p.rows.T @ p.rows
+        gtf += weight * p.rows.T @ p.targets
+    return gtg, gtf

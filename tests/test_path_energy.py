@@ -1,0 +1,75 @@
+"""Path energies as training rows: virtual work of the mixed forces vs descriptor sums."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from qmml import QmmlError
+from qmml.path_energy import ordered_images, path_rows, virtual_work_energies
+
+
+def _hop_path(potential, n_images: int = 11, scale: float = 1.0):
+    """A vacancy hop in a 2x2x2 bcc cell, straight line, with the potential's forces
+    times ``scale`` stored on each image (the "QM/ML" forces); also the energies."""
+    perfect = bulk("W", "bcc", 3.18551, cubic=True) * (2, 2, 2)
+    start = perfect.copy()
+    site = start.positions[0].copy()
+    del start[0]
+    mover = int(np.argmin(np.linalg.norm(start.positions - (site + 3.18551 / 2), axis=1)))
+    images, energies = [], []
+    calc = potential.calculator()
+    for t in np.linspace(0, 1, n_images):
+        atoms = start.copy()
+        atoms.positions[mover] += t * (site - start.positions[mover])
+        atoms.calc = calc
+        forces, energy = atoms.get_forces(), atoms.get_potential_energy()
+        atoms.calc = SinglePointCalculator(atoms, forces=scale * forces, energy=energy)
+        atoms.arrays["forces"] = scale * forces
+        images.append(atoms)
+        energies.append(energy)
+    return images, np.array(energies) - energies[0]
+
+
+def test_rows_give_the_potential_energy_change_exactly(milady):
+    images, energies = _hop_path(milady)
+    rows = path_rows(images, milady, source="hop")
+    assert rows.rows.shape == (len(images) - 1, milady.theta.size)
+    np.testing.assert_allclose(rows.rows @ milady.theta, energies[1:], rtol=0, atol=1e-8)
+    assert energies.max() > 0.5  # a real barrier (unrelaxed straight hop)
+
+
+def test_virtual_work_follows_the_energy_to_trapezoid_accuracy(milady):
+    images, energies = _hop_path(milady, n_images=21)
+    work = virtual_work_energies(images)
+    assert work[0] == 0.0
+    barrier = energies.max()
+    assert np.abs(work - energies).max() < 0.025 * barrier
+    # twice the image spacing: the trapezoid error grows about fourfold (second order)
+    coarse = virtual_work_energies(images[::2])
+    ratio = np.abs(coarse - energies[::2]).max() / np.abs(work[::2] - energies[::2]).max()
+    assert 3.0 < ratio < 5.0
+
+
+def test_barrier_error_of_scaled_forces(milady):
+    images, energies = _hop_path(milady, n_images=21, scale=0.8)  # "QM/ML" forces 20 % weaker
+    rows = path_rows(images, milady)
+    error = rows.barrier_error(milady.theta)
+    assert error == pytest.approx(energies.max() / virtual_work_energies(images).max() - 1,
+                                  abs=1e-9)
+    # the ML barrier is 1/0.8 of the virtual-work one, to the trapezoid error (~2 %)
+    assert error == pytest.approx(0.25, abs=0.03)
+
+
+def test_paths_are_checked(milady):
+    images, _ = _hop_path(milady, n_images=3)
+    with pytest.raises(QmmlError, match="at least 2 images"):
+        ordered_images(images[:1], "p.xyz")
+    other = images[1].copy()
+    del other[0]
+    with pytest.raises(QmmlError, match="image 1 has other atoms"):
+        ordered_images([images[0], other], "p.xyz")
+    for k, atoms in enumerate(images):
+        atoms.info["neb_image"] = 2 - k
+    assert [a.info["neb_image"] for a in ordered_images(images, "p.xyz")] == [0, 1, 2]
