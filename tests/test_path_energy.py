@@ -73,3 +73,29 @@ def test_paths_are_checked(milady):
     for k, atoms in enumerate(images):
         atoms.info["neb_image"] = 2 - k
     assert [a.info["neb_image"] for a in ordered_images(images, "p.xyz")] == [0, 1, 2]
+
+
+def test_retraining_on_path_energies_fixes_the_barrier(milady):
+    """Forces alone leave part of the barrier error; the path rows remove it, hard rows
+    stay exact."""
+    from qmml.constraints import strain_set
+    from qmml.retrain import retrain
+
+    images, _ = _hop_path(milady, n_images=9, scale=0.8)
+    hard = strain_set(milady, a0=3.18551, n_cells=2, n_strains=3)
+    targets = [(f"hop {k}", a) for k, a in enumerate(images)]
+    _, forces_only = retrain(milady, targets, hard, [], lambda0=1e-3,
+                             paths=[("hop", images)], lambda_path=0.0)
+    _, with_path = retrain(milady, targets, hard, [], lambda0=1e-3,
+                           paths=[("hop", images)], lambda_path=1e4)
+    assert with_path["lambda_path"] == 1e4
+    # lambda_path 0 only reports: the same potential as without paths
+    _, plain = retrain(milady, targets, hard, [], lambda0=1e-3)
+    assert plain["paths"] == []
+    assert forces_only["qm_force_rmse_after"] == pytest.approx(plain["qm_force_rmse_after"])
+    report = with_path["paths"][0]
+    assert report["barrier_relative_error_before"] == pytest.approx(
+        path_rows(images, milady).barrier_error(milady.theta), abs=1e-9)
+    assert abs(report["barrier_relative_error_after"]) < 0.03
+    assert report["profile_rmse_after"] < 0.2 * report["profile_rmse_before"]
+    assert with_path["hard_residual_max"] < 1e-9

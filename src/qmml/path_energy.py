@@ -20,7 +20,7 @@ from ase import Atoms
 from ase.geometry import find_mic
 
 from qmml import QmmlError
-from qmml.retrain import free_mask, target_forces
+from qmml.frames import forces_of, free_mask
 
 
 @dataclass
@@ -60,7 +60,7 @@ def ordered_images(frames: Sequence[Atoms], source: str) -> list[Atoms]:
         if len(atoms) != len(numbers) or (atoms.numbers != numbers).any():
             raise QmmlError(f"{source}: image {k} has other atoms than image 0 "
                             "(a path is one set of atoms moving)")
-        target_forces(atoms, f"{source} image {k}")
+        forces_of(atoms, f"{source} image {k}")
     return frames
 
 
@@ -70,7 +70,7 @@ def virtual_work_energies(images: Sequence[Atoms]) -> np.ndarray:
     energies = [0.0]
     for a, b in zip(images[:-1], images[1:]):
         step, _ = find_mic(b.positions - a.positions, a.cell, a.pbc)
-        mean_force = 0.5 * (target_forces(a, "path") + target_forces(b, "path"))
+        mean_force = 0.5 * (forces_of(a, "path") + forces_of(b, "path"))
         energies.append(energies[-1] - float((mean_force[free] * step[free]).sum()))
     return np.array(energies)
 

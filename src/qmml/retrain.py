@@ -21,7 +21,11 @@ from qmml.descriptors import (DescriptorCache, ForceSet, ForceSums, NormalEquati
                               descriptor_sums)
 from qmml.fitting import solve_constrained
 from qmml.frames import forces_of, free_mask, qm_region_mask
+from qmml.path_energy import PathRows, add_path_rows, path_rows
 from qmml.potential import SNAPPotential
+
+# Weight of the path-energy rows (eV⁻²) against the force rows ((eV/Å)⁻²).
+LAMBDA_PATH = 1000.0
 
 
 @dataclass
@@ -86,11 +90,16 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
             hard: Sequence[Atoms], soft: Sequence[Atoms], lambda0: float = 500.0,
             lambda_soft: float = 1.0, quadratic: bool = False, workers: int = 1,
             cache: DescriptorCache | None = None,
-            log: Callable[[str], None] | None = None) -> tuple[SNAPPotential, dict]:
+            log: Callable[[str], None] | None = None,
+            paths: Sequence[tuple[str, Sequence[Atoms]]] = (),
+            lambda_path: float = LAMBDA_PATH) -> tuple[SNAPPotential, dict]:
     """Retrain Θ on target forces; returns the new potential and the report dict.
 
     ``cache``: descriptor sums of sets computed before are read from it (new ones stored).
     ``log``: progress lines (the descriptors take most of the time).
+    ``paths``: (source, ordered images) of QM/ML paths whose virtual-work energies are
+    targets too, weighted ``lambda_path`` (eV⁻², against the force rows' (eV/Å)⁻²; see
+    :mod:`qmml.path_energy`); with ``lambda_path`` 0 they are only reported on.
     """
     start = time.perf_counter()
     pot0 = potential.to_quadratic() if quadratic else potential
@@ -106,13 +115,15 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
             f"{len(soft)} soft configurations ({pot0.n_coefficients} coefficients, "
             f"{workers} worker{'s' if workers != 1 else ''})")
     data, hard_rows, soft_ne = collect(targets, hard, soft, pot0, workers, cache)
+    path_sets = [path_rows(images, pot0, source, workers, cache) for source, images in paths]
     t_desc = time.perf_counter() - t0
     if log:
         log(f"retrain: descriptors done in {t_desc:.1f} s"
             + (f" (cache: {cache.read} read, {cache.computed} computed)" if cache else "")
             + "; solving the constrained least squares")
+    gtg, gtf = add_path_rows(data.normal.matrix(), data.normal.gtf, path_sets, lambda_path)
     soft_ata = soft_ne.matrix() if soft_ne.n_rows else None
-    result = solve_constrained(theta0, data.normal.matrix(), data.normal.gtf, hard=hard_rows,
+    result = solve_constrained(theta0, gtg, gtf, hard=hard_rows,
                                soft_ata=soft_ata, lambda_soft=lambda_soft, lambda0=lambda0)
     theta = result.theta
     delta = theta - theta0
@@ -140,5 +151,23 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
         "seconds_solve": result.seconds,
         "seconds": time.perf_counter() - start,
         "rmse_definition": "root mean square of force-component errors (eV/Å)",
+        "lambda_path": lambda_path if path_sets else None,
+        "paths": [path_report(p, theta0, theta) for p in path_sets],
     }
     return pot0.with_theta(theta), report
+
+
+def path_report(rows: PathRows, theta_before: np.ndarray, theta_after: np.ndarray) -> dict:
+    """Barrier and energy-profile errors of one path before and after retraining (eV)."""
+    reference = rows.reference_profile()
+
+    def rmse(theta):
+        return float(np.sqrt(np.mean((rows.profile(theta) - reference) ** 2)))
+
+    return {"source": rows.source, "images": int(reference.size),
+            "barrier_qmml_virtual_work": float(reference.max()),
+            "barrier_before": float(rows.profile(theta_before).max()),
+            "barrier_after": float(rows.profile(theta_after).max()),
+            "barrier_relative_error_before": rows.barrier_error(theta_before),
+            "barrier_relative_error_after": rows.barrier_error(theta_after),
+            "profile_rmse_before": rmse(theta_before), "profile_rmse_after": rmse(theta_after)}
