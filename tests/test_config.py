@@ -37,21 +37,20 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 def dry_run(*args: str) -> dict[str, set[str]]:
     """Dislocation cases and defect names of the jobs a dry run from the repository root
-    plans (from the jobs' wildcards), its number of retraining jobs, and the --fmax and
-    --buffer of its relaxations (with --printshellcmds)."""
+    plans (from the jobs' wildcards) and its number of retraining jobs."""
     proc = run([str(BIN / "snakemake"), "-n", *args], cwd=ROOT)
     text = proc.stdout + proc.stderr
     return {"cases": set(re.findall(r"wildcards:.*\bcase=(\w+)", text)),
             "defects": set(re.findall(r"wildcards:.*\bname=(\w+)", text)),
-            "retrain_jobs": {int(n) for n in re.findall(r"^retrain\s+(\d+)$", text, re.M)},
-            "fmax": set(re.findall(r"qmml\.cli relax .*--fmax (\S+)", text)),
-            "buffer": set(re.findall(r"qmml\.cli relax .*--buffer (\S+)", text))}
+            "retrain_jobs": {int(n) for n in re.findall(r"^retrain\s+(\d+)$", text, re.M)}}
 
 
-def written_engine_config(tmp_path: Path, *args: str, overrides: tuple[str, ...] = ()) -> dict:
-    """The engine config the workflow writes: its one light job, run for real from the
-    repository root (as users do), with the results folder moved to ``tmp_path``."""
-    target = f"{tmp_path}/engine.yaml"
+def written_engine_config(tmp_path: Path, *args: str, overrides: tuple[str, ...] = (),
+                          name: str = "engine.yaml") -> dict:
+    """The engine config the workflow writes (or, with ``name`` config.yaml, the settings
+    of the run): its one light job, run for real from the repository root (as users do),
+    with the results folder moved to ``tmp_path``."""
+    target = f"{tmp_path}/{name}"
     # the target first: --configfile and --config take every argument after them
     run([str(BIN / "snakemake"), target, "--cores", "1", *args,
          "--config", f"results={tmp_path}", *overrides], cwd=ROOT)
@@ -91,12 +90,17 @@ def test_no_configfile_runs_the_embedded_demo(tmp_path):
 def test_command_line_config_overrides_keys(tmp_path):
     """--config KEY=VALUE alone overrides the demo's key; a qm naming another engine
     replaces the whole qm section of the user's file."""
-    planned = dry_run("--printshellcmds", "--config", "iterations=3", "qmml={fmax: 0.02}")
+    overrides = ("iterations=3", "qmml={fmax: 0.02}")
+    planned = dry_run("--config", *overrides)
     assert planned["retrain_jobs"] == {3}
     assert planned["cases"] == {"screw", "edge"}
     # a nested value is a number as in a config file (Snakemake hands it over as '0.02'),
-    # and the demo's other buffers stay
-    assert planned["fmax"] == {"0.02"} and planned["buffer"] == {"5.0", "4.7"}  # qmml, three_d
+    # and the demo's other keys stay
+    settings = written_engine_config(tmp_path / "run", overrides=overrides, name="config.yaml")
+    assert settings["iterations"] == 3 and settings["qmml"]["fmax"] == 0.02
+    assert settings["qmml"]["buffer"] == 5.0 and settings["three_d"]["buffer"] == 4.7
+    assert settings == pipeline_config([DEMO], {"iterations": 3, "qmml": {"fmax": 0.02},
+                                                "results": str(tmp_path / "run")})
     vasp = ROOT / "config" / "examples" / "vasp.yaml"
     engine = written_engine_config(tmp_path, "--configfile", str(vasp.relative_to(ROOT)),
                                    overrides=("qm={engine: reference}",))

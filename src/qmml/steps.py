@@ -198,6 +198,17 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
 
 
 # ---- potential: QM engine, bulk targets, Θ0, constraint sets, targets, retraining ------
+def run_config_file(config: dict, output: PathLike, log: Log = None) -> None:
+    """The settings the pipeline runs (the validated config with every default filled in,
+    as ``qmml check-config --show`` prints them), kept with the results."""
+    import yaml
+
+    from qmml.io import write_text
+
+    write_text(output, yaml.safe_dump(config, sort_keys=False))
+    _say(log, f"settings of this run: {output}")
+
+
 def engine_config_file(qm: dict, output: PathLike, log: Log = None) -> dict:
     """The QM engine config (config key ``qm``) as the YAML engine-config file every QM
     step reads; an unknown engine or a missing key fails here, before any QM work."""

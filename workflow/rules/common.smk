@@ -45,6 +45,7 @@ wildcard_constraints:
 # light rules run on the login node under the SLURM profile
 localrules:
     all,
+    run_config,
     engine_config,
     elastic_check,
     build_dislocation,
@@ -132,7 +133,7 @@ def accelerated_hard_sets(w):
 
 
 def final_targets():
-    targets = potential_files(N) + [f"{R}/report.html"]
+    targets = potential_files(N) + [f"{R}/report.html", f"{R}/config.yaml"]
     if DEFECTS:
         targets.append(f"{R}/iter_{N}/binding.csv")
     return targets

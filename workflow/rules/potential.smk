@@ -1,6 +1,19 @@
 # Θ0 (elastic fit to the QM engine's bulk properties), constraint sets, retraining.
 
 
+rule run_config:
+    output:
+        f"{R}/config.yaml",
+    params:
+        settings=config,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/run_config.log",
+    script:
+        "../scripts/run_config.py"
+
+
 rule engine_config:
     output:
         f"{R}/engine.yaml",
