@@ -213,6 +213,7 @@ def _cp2k_input(s: dict, k: tuple[int, int, int], pbc) -> str:
         "      &MIXING\n        METHOD BROYDEN_MIXING\n"
         f"        ALPHA {float(s['mixing_alpha'])}\n        NBROYDEN 8\n      &END MIXING\n"
         "    &END SCF\n"
+        f"    &QS\n      EXTRAPOLATION {s['extrapolation']}\n    &END QS\n"
         f"    &POISSON\n      PERIODIC {periodic}\n      PSOLVER {psolver}\n    &END POISSON\n"
         f"{kpoints}"
         "  &END DFT\n&END FORCE_EVAL\n")
