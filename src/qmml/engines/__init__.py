@@ -44,7 +44,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
-from qmml.engines.adapter import Adapter, EngineSpec
+from qmml.engines.adapter import Adapter, EngineSpec  # noqa: F401 (public)
 from qmml.engines.errors import (EngineFailed, EngineNotRunnable, check_command,
                                  is_retryable)
 from qmml.engines.programs import SPECS, castep, cp2k, espresso, gpaw, vasp
@@ -63,7 +63,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "basis_set_file": "BASIS_MOLOPT_UZH", "potential_file": "GTH_POTENTIALS",
              "pseudo_potential": "GTH-PBE-q14", "cutoff": 400.0, "max_scf": 100,
              "eps_scf": 1e-6, "added_mos": 40, "electronic_temperature": 1000.0,
-             "mixing_alpha": 0.2, "extrapolation": "ASPC", "vacuum": 10.0,
+             "mixing_alpha": 0.2, "extrapolation": "auto", "vacuum": 10.0,
              "directory": "cp2k-run"},
     "vasp": {"xc": "PBE", "encut": 550.0, "ismear": 1, "sigma": 0.1, "ediff": 1e-6,
              "prec": "Accurate", "lreal": "Auto", "isym": 0, "vacuum": 10.0,
@@ -222,11 +222,12 @@ def make_qm_calculator(cfg: dict) -> Calculator:
         return _TBLiteEngine(settings, kpts_line)
     if name == "reference":
         return _Classical(_reference(settings), name)
+    source = command_source(cfg)
     if "command" in settings:
-        check_command(name, settings["command"], command_source(cfg))
+        check_command(name, settings["command"], source)
     if name == "gpaw":
         gpaw(settings, 1)  # built now so a missing gpaw fails at start-up, not mid-run
-    return Adapter(SPECS[name], name, kpts_line, settings)
+    return Adapter(SPECS[name], name, kpts_line, settings, command_source=source)
 
 
 # ---- engine constructors ----------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,7 +13,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
 from qmml.engines.cluster import cluster_kpts, vacuum_box
-from qmml.engines.errors import EngineFailed, output_tail
+from qmml.engines.errors import EngineFailed, check_command, output_tail
 
 KEEP_LIMIT = 50 * 2 ** 20  # bytes: bigger files (wavefunctions) are not copied on failure
 
@@ -59,8 +58,10 @@ class Adapter(Calculator):
 
     implemented_properties = ["energy", "forces"]
 
-    def __init__(self, spec: EngineSpec, name: str, kpts_line: int, settings: dict):
+    def __init__(self, spec: EngineSpec, name: str, kpts_line: int, settings: dict,
+                 command_source: str = "key 'command'"):
         super().__init__()
+        self.command_source = command_source
         self.spec, self.engine_name, self.kpts_line = spec, name, kpts_line
         self.settings = dict(settings)
         self.vacuum = float(self.settings.get("vacuum", 0.0))
@@ -78,6 +79,8 @@ class Adapter(Calculator):
 
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
+        if "command" in self.settings:  # gone since start-up: say so once, never retry
+            check_command(self.engine_name, self.settings["command"], self.command_source)
         cluster, kpts = self.program_atoms(self.atoms.copy())
         identity = _identity(cluster, kpts)
         restart = self.calc is not None and identity == self._identity
@@ -125,13 +128,13 @@ class Adapter(Calculator):
 
 
 def keep_run_folder(folder) -> Path | None:
-    """A copy of a failed run's folder (``<folder>.failed-<time>``), so a retry in the
-    same folder does not overwrite the evidence; files over KEEP_LIMIT are left out."""
+    """A copy of a failed run's folder (``<folder>.failed-<n>``, n = 1, 2, ...), so a retry
+    in the same folder does not overwrite the evidence; files over KEEP_LIMIT are left out."""
     if folder is None or not Path(folder).is_dir():
         return None
     folder = Path(folder).resolve()
-    target = folder.with_name(f"{folder.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}"
-                              f"-{time.monotonic_ns() % 10 ** 6:06d}")
+    n = 1 + len(list(folder.parent.glob(f"{folder.name}.failed-*")))
+    target = folder.with_name(f"{folder.name}.failed-{n:03d}")
 
     def big(directory, names):
         return [n for n in names if (Path(directory) / n).is_file()

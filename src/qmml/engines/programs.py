@@ -164,7 +164,7 @@ def castep(s: dict, k, pbc=FULL) -> Calculator:
         setattr(calc.param, key, value)
     calc.param.task = "SinglePoint"
     if pseudopotentials:
-        calc.cell.species_pot = "\n".join(f"{el} {f}" for el, f in pseudopotentials.items())
+        calc.cell.species_pot = list(pseudopotentials.items())
     calc.cell.kpoint_mp_grid = " ".join(map(str, _kpts(k)))
     return calc
 
@@ -199,6 +199,11 @@ def _cp2k_input(s: dict, k: tuple[int, int, int], pbc) -> str:
     periodic = "".join(a for a, p in zip("XYZ", pbc) if p) or "NONE"
     psolver = "PERIODIC" if periodic == "XYZ" else "MT"
     kpoints = ""
+    extrapolation = s["extrapolation"]
+    if extrapolation == "auto":
+        # CP2K extrapolates wavefunctions (ASPC) at Γ only; with k-points it falls back to
+        # the initial guess unless told to start from the previous density matrix
+        extrapolation = "USE_PREV_P" if max(k) > 1 else "ASPC"
     if max(k) > 1:
         kpoints = (f"      &KPOINTS\n        SCHEME MONKHORST-PACK {k[0]} {k[1]} {k[2]}\n"
                    "      &END KPOINTS\n")
@@ -213,7 +218,7 @@ def _cp2k_input(s: dict, k: tuple[int, int, int], pbc) -> str:
         "      &MIXING\n        METHOD BROYDEN_MIXING\n"
         f"        ALPHA {float(s['mixing_alpha'])}\n        NBROYDEN 8\n      &END MIXING\n"
         "    &END SCF\n"
-        f"    &QS\n      EXTRAPOLATION {s['extrapolation']}\n    &END QS\n"
+        f"    &QS\n      EXTRAPOLATION {extrapolation}\n    &END QS\n"
         f"    &POISSON\n      PERIODIC {periodic}\n      PSOLVER {psolver}\n    &END POISSON\n"
         f"{kpoints}"
         "  &END DFT\n&END FORCE_EVAL\n")
