@@ -334,15 +334,16 @@ def test_neb_through_vasp_double(programs, milady):
 
 def test_3d_defect_relaxation_through_vasp_double_uses_gamma(programs, milady):
     atoms = dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
-                                 MILADY["C44"], radius=14.0, fixed_width=5.0, n_line=7)
+                                 MILADY["C44"], radius=12.0, fixed_width=3.0, n_line=7)
     atoms = add_point_defect(atoms, "vacancy", 0.0)
     counts = sphere_region(atoms, None, 3.0, BUFFER, milady.cutoff)
     assert counts["QM"] >= 4
     qm = CachedQMCalculator.from_config(engine_config("vasp", programs, kpts_line=12),
                                         programs / "cache")
     stats = relax(atoms, qm, milady.calculator(), BUFFER, optimizer="accelerated",
-                  fmax=0.03, log=None)
-    assert stats.converged
+                  fmax=0.05, log=None)
+    assert stats.converged and stats.fmax <= 0.05
+    assert qm.engine.last_input is not None and len(qm.engine.last_input) < len(atoms)
     run = programs / "vasp-run"
     assert (run / "KPOINTS").read_text().splitlines()[3].split() == ["1", "1", "1"]
     seen = read(run / "POSCAR", format="vasp")
