@@ -85,7 +85,8 @@ class Adapter(Calculator):
         identity = _identity(cluster, kpts)
         restart = self.calc is not None and identity == self._identity
         if not restart:
-            self.calc = self.spec.build(self.settings, kpts)
+            self.calc = self.spec.build(self.settings, kpts, pbc=tuple(bool(p) for p in
+                                                                   self.atoms.pbc))
             self._identity = identity
         self.spec.prepare(self.calc, restart)
         self.n_restarts += int(restart)
@@ -124,6 +125,11 @@ class Adapter(Calculator):
         if self.engine_name == "vasp":
             self.settings.update(algo="All", nelm=200 * (attempt + 1))
             return "ALGO=All, more NELM"
+        if self.engine_name == "cp2k":
+            self.settings["max_scf"] = int(self.settings["max_scf"]) * 2
+            self.settings["mixing_alpha"] = float(self.settings["mixing_alpha"]) / 2
+            return (f"MAX_SCF {self.settings['max_scf']}, Broyden alpha "
+                    f"{self.settings['mixing_alpha']}")
         return "plain retry"
 
 

@@ -6,6 +6,8 @@ from ase import Atoms
 
 from qmml import QmmlError
 
+BOX_STEP = 2.0  # Å
+
 
 def cluster_kpts(pbc, kpts_line: int) -> tuple[int, int, int]:
     """``kpts_line`` k-points along periodic directions, one (Γ) along open ones: a slab
@@ -15,8 +17,8 @@ def cluster_kpts(pbc, kpts_line: int) -> tuple[int, int, int]:
 
 def vacuum_box(atoms: Atoms, vacuum: float, periodic: bool) -> Atoms:
     """``atoms`` in an orthorhombic box with at least ``vacuum`` Å of empty space between
-    periodic images along every open direction (the cell is widened and the atoms centred
-    there if needed; periodic directions are untouched).  ``periodic``: the box is fully
+    periodic images along every open direction (a cell too small is widened to a multiple
+    of BOX_STEP; atoms are centred along open directions; periodic ones are untouched).  ``periodic``: the box is fully
     periodic (plane-wave codes); else the open directions stay open.
 
     Forces mean the same: only whole-cluster translations and the cell in open directions
@@ -31,7 +33,9 @@ def vacuum_box(atoms: Atoms, vacuum: float, periodic: bool) -> Atoms:
     lengths = np.diag(cell).copy()
     for i in open_dirs:
         lo, hi = box.positions[:, i].min(), box.positions[:, i].max()
-        lengths[i] = max(lengths[i], hi - lo + float(vacuum))
+        if lengths[i] < hi - lo + float(vacuum):  # widened to a whole number of BOX_STEPs,
+            # so the cell (and with it the program's restart) survives small displacements
+            lengths[i] = BOX_STEP * np.ceil((hi - lo + float(vacuum)) / BOX_STEP)
         box.positions[:, i] += 0.5 * lengths[i] - 0.5 * (lo + hi)
     box.set_cell(np.diag(lengths) if open_dirs else cell)
     if periodic:
