@@ -197,7 +197,9 @@ def _cp2k_input(s: dict, k: tuple[int, int, int], pbc) -> str:
     """The &DFT additions ASE does not write: smearing, added MOs, Broyden mixing, a
     Poisson solver matching the cluster's periodicity, and k-points along periodic axes."""
     periodic = "".join(a for a, p in zip("XYZ", pbc) if p) or "NONE"
-    psolver = "PERIODIC" if periodic == "XYZ" else "MT"
+    # CP2K 2023: Martyna-Tuckerman for 0D only ("MT1D unimplemented"); the analytic
+    # Green's function handles the wire (periodic along z only) in an orthorhombic box
+    psolver = {"XYZ": "PERIODIC", "NONE": "MT"}.get(periodic, "ANALYTIC")
     kpoints = ""
     extrapolation = s["extrapolation"]
     if extrapolation == "auto":
