@@ -197,3 +197,20 @@ def test_cache_survives_an_extxyz_round_trip(tmp_path):
     moved.positions[1, 2] += 1e-5  # a genuinely different cluster is recomputed
     qm2.get_forces(moved)
     assert qm2.n_real_calls == 1
+
+
+def test_failure_quote_finds_cp2k_abort_message(tmp_path):
+    from qmml.engines.errors import output_tail
+
+    out = tmp_path / "cp2k.out"
+    out.write_text(" *******************************************************************************\n"
+                   " *   ___                                                                       *\n"
+                   " *  /   \\                                                                      *\n"
+                   " * [ABORT]                                                                     *\n"
+                   " *  \\___/                           MT1D unimplemented                         *\n"
+                   " *    |                                                                        *\n"
+                   " *******************************************************************************\n"
+                   + "".join(f"  {i} routine_{i}\n" for i in range(12, 0, -1)))
+    quote = output_tail([tmp_path / "missing.out", out])
+    assert quote.startswith("last lines of cp2k.out: CP2K ABORT: MT1D unimplemented")
+    assert "1 routine_1" in quote and "\n" not in quote

@@ -65,5 +65,21 @@ def output_tail(paths, lines: int = 6, width: int = 400) -> str:
         if path.is_file():
             text = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
             tail = " | ".join([ln for ln in text if ln][-lines:])
+            abort = _cp2k_abort(text)
+            if abort:
+                tail = f"{abort} | {tail}"
             return f"last lines of {path.name}: {tail[-width:]}"
     return "it wrote no output file"
+
+
+def _cp2k_abort(lines: list[str]) -> str:
+    """The message inside CP2K's last [ABORT] box (its stack trace follows it)."""
+    starts = [i for i, ln in enumerate(lines) if "[ABORT]" in ln]
+    if not starts:
+        return ""
+    words = []
+    for ln in lines[starts[-1] + 1:starts[-1] + 8]:
+        if set(ln) <= set("* "):
+            break
+        words.append(ln.strip("* ").replace("\\___/", "").strip(" |/O\\"))
+    return "CP2K ABORT: " + " ".join(w for w in words if w)

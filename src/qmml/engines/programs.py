@@ -116,7 +116,7 @@ def espresso(s: dict, k, pbc=FULL) -> Calculator:
     electrons = {key: s.pop(key) for key in list(s) if key in keys["electrons"]}
     system = s  # resolved_settings admits only &system and &electrons keys
     control = {"outdir": ESPRESSO_OUTDIR, "prefix": ESPRESSO_PREFIX, "tprnfor": True,
-               "tstress": all(pbc) and not np.isscalar(k) and min(_kpts(k)) > 1}
+               "tstress": all(pbc)}  # bulk cells only: a cluster's box has no stress
     return Espresso(profile=EspressoProfile(command=command, pseudo_dir=str(pseudo_dir)),
                     pseudopotentials=pseudopotentials, kpts=_kpts(k), directory=directory,
                     input_data={"control": control, "system": system,
