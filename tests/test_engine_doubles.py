@@ -348,3 +348,19 @@ def test_3d_defect_relaxation_through_vasp_double_uses_gamma(programs, milady):
     assert (run / "KPOINTS").read_text().splitlines()[3].split() == ["1", "1", "1"]
     seen = read(run / "POSCAR", format="vasp")
     assert (open_vacuum(seen, [False] * 3) >= 10.0 - 1e-6).all()  # vacuum along z too
+
+
+def test_vasp_example_config_writes_the_papers_input(programs):
+    """config/examples/vasp.yaml's qm block, with the double as the command."""
+    import yaml
+
+    example = Path(__file__).resolve().parents[1] / "config" / "examples" / "vasp.yaml"
+    qm = yaml.safe_load(example.read_text())["qm"]
+    cfg = dict(qm, command=str(DOUBLES / "vasp_double"), directory=str(programs / "vasp-run"))
+    make_qm_calculator(cfg).get_forces(slab_cluster())
+    run = programs / "vasp-run"
+    incar = dict(line.split(" = ") for line in (run / "INCAR").read_text().splitlines())
+    assert (float(incar["ENCUT"]), incar["ISMEAR"], float(incar["SIGMA"]), incar["ISYM"],
+            incar["GGA"]) == (550.0, "1", 0.1, "0", "PE")
+    assert "BULK_KPTS" not in incar and "KPTS_LINE" not in incar and "VACUUM" not in incar
+    assert (run / "KPOINTS").read_text().splitlines()[3].split() == ["1", "1", "12"]

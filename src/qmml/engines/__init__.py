@@ -44,10 +44,15 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
-from qmml.engines.adapter import Adapter, EngineSpec  # noqa: F401 (public)
+from qmml.engines.adapter import Adapter, EngineSpec
 from qmml.engines.errors import (EngineFailed, EngineNotRunnable, check_command,
                                  is_retryable)
 from qmml.engines.programs import SPECS, castep, cp2k, espresso, gpaw, vasp
+
+__all__ = ["BUILDERS", "COMMON_KEYS", "DEFAULTS", "NO_KPOINTS", "OPTIONAL", "REFERENCE_LABEL",
+           "Adapter", "EngineFailed", "EngineNotRunnable", "EngineSpec", "engine_label",
+           "engine_settings_hash", "is_retryable", "make_qm_calculator", "read_engine_config",
+           "resolved_settings"]
 
 REFERENCE_LABEL = "reference (classical stand-in, not QM)"
 
