@@ -5,7 +5,9 @@ user-facing settings are in config/examples/cp2k.yaml.  Measure the wavefunction
 saving with:
     PYTHONPATH=src python -m pytest -s tests/test_engine_cp2k.py
 which prints the SCF iterations of every CP2K call (first call from atoms, the others
-restarted from the previous call's wavefunction inside cp2k_shell).
+restarted from the previous call's wavefunction inside cp2k_shell).  Measured on 2 shared
+cores: 4 CP2K calls with 24, 8, 13, 15 SCF iterations (restarts take half the first
+call's), 486 s for the relaxation.
 """
 from __future__ import annotations
 
