@@ -7,7 +7,7 @@ saving with:
 which prints the SCF iterations of every CP2K call (first call from atoms, the others
 restarted from the previous call's wavefunction inside cp2k_shell).  Measured on 2 shared
 cores: 4 CP2K calls with 24, 8, 13, 15 SCF iterations (restarts take half the first
-call's), 486 s for the relaxation.
+call's), 220 s for the relaxation, 342 s for the whole test.
 """
 from __future__ import annotations
 
@@ -66,9 +66,12 @@ def test_cp2k_qmml_relaxation_converges_with_consistent_forces(milady, tmp_path)
     assert (open_vacuum(seen, seen.pbc)[:2] >= 5.0 - 1e-6).all()
 
     # CP2K's forces are the derivative of its energy: central difference on one atom
+    # (atom 0 pushed 0.15 Å off its relaxed place, so the force checked is not ~0)
     engine = make_qm_calculator(cfg)
     base = cluster.copy()
+    base.positions[0, 0] += 0.15
     forces = engine.get_forces(base)
+    assert abs(forces[0, 0]) > 0.3
     h = 0.01
     energies = []
     for sign in (1, -1):
@@ -78,6 +81,6 @@ def test_cp2k_qmml_relaxation_converges_with_consistent_forces(milady, tmp_path)
     numeric = -(energies[0] - energies[1]) / (2 * h)
     print(f"CP2K force on atom 0 along x: analytic {forces[0, 0]:.4f}, "
           f"finite difference {numeric:.4f} eV/Å")
-    assert numeric == pytest.approx(forces[0, 0], abs=0.03)
+    assert numeric == pytest.approx(forces[0, 0], rel=0.05, abs=0.02)
     # the grid breaks translation invariance only slightly
     assert np.abs(forces.sum(axis=0)).max() < 0.05 * np.abs(forces).sum(axis=0).max()
