@@ -7,7 +7,7 @@ saving with:
 which prints the SCF iterations of every CP2K call (first call from atoms, the others
 restarted from the previous call's wavefunction inside cp2k_shell).  Measured on 2 shared
 cores: 4 CP2K calls with 24, 8, 13, 15 SCF iterations (restarts take half the first
-call's), 220 s for the relaxation, 342 s for the whole test.
+call's); the relaxation took 220-308 s, the whole test 342-852 s, depending on load.
 """
 from __future__ import annotations
 
