@@ -16,9 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	CC=g++ $(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	$(BIN)/python -c "import qmml.lmp"
 	scripts/install-profile.sh slurm
+	scripts/install-system-packages.sh
 	touch $@
 
+# the free DFT programs (CP2K, Quantum ESPRESSO) for the real-engine tests; without root it
+# says why and the tests that need them are skipped with the reason
 test: install
+	scripts/install-system-packages.sh
 	$(BIN)/python -m pytest -q -ra tests
 
 demo: install

@@ -1,13 +1,17 @@
 """QM engine registry and the QM cache: settings, errors, retries, atomic storage."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ase import Atoms
 
 from qmml import QmmlError
-from qmml.engines import (DEFAULTS, REFERENCE_LABEL, engine_label, engine_settings_hash,
-                          make_qm_calculator)
+from qmml.engines import (BUILDERS, DEFAULTS, REFERENCE_LABEL, EngineNotRunnable,
+                          engine_label, engine_settings_hash, is_retryable,
+                          make_qm_calculator, read_engine_config, resolved_settings)
 from qmml.qmcache import POSITION_TOL, CachedQMCalculator, QMCache, cluster_key
 
 
@@ -32,32 +36,80 @@ def test_bad_configs_name_the_key(cfg, needle):
     assert "\n" not in str(err.value)
 
 
+DOUBLES = Path(__file__).resolve().parent / "doubles"
+
+
 def test_vasp_needs_a_command(monkeypatch):
     monkeypatch.delenv("ASE_VASP_COMMAND", raising=False)
     with pytest.raises(QmmlError, match="'command'.*ASE_VASP_COMMAND"):
         make_qm_calculator({"engine": "vasp"})
-    monkeypatch.setenv("ASE_VASP_COMMAND", "srun vasp_std")
+    monkeypatch.setenv("ASE_VASP_COMMAND", "srun_missing -n 4 vasp_std")
+    with pytest.raises(EngineNotRunnable, match="environment variable ASE_VASP_COMMAND"):
+        make_qm_calculator({"engine": "vasp"})
+    monkeypatch.setenv("ASE_VASP_COMMAND", str(DOUBLES / "vasp_double"))
     calc = make_qm_calculator({"engine": "vasp", "kpts_line": 12})
-    # the paper's settings are the documented defaults
-    assert calc.calc.float_params["encut"] == 550.0
-    assert calc.calc.float_params["sigma"] == 0.1 and calc.calc.int_params["ismear"] == 1
+    vasp = BUILDERS["vasp"](calc.settings, (1, 1, 12))
+    # the paper's settings are the documented defaults, and no symmetry on clusters
+    assert vasp.float_params["encut"] == 550.0 and vasp.int_params["isym"] == 0
+    assert vasp.float_params["sigma"] == 0.1 and vasp.int_params["ismear"] == 1
     assert DEFAULTS["vasp"]["xc"] == "PBE"
 
 
-def test_bulk_kpts_is_qmml_setting_not_an_engine_parameter(monkeypatch):
-    """bulk_kpts reaches no engine calculator (VASP would write it to INCAR, QE to its
-    namelist); it keys the bulk results of k-point engines, never the cluster results."""
-    from qmml.bulk import bulk_calculator, bulk_settings_hash
+@pytest.mark.parametrize("command, missing", [
+    ("vasp_std_nowhere", "vasp_std_nowhere"),
+    ("srun -n 64 vasp_std_nowhere", "srun"),
+    ("sh -c true", None),
+])
+def test_command_check_names_the_missing_program(command, missing):
+    cfg = {"engine": "vasp", "command": command}
+    if missing is None:
+        make_qm_calculator(cfg)
+        return
+    with pytest.raises(EngineNotRunnable) as err:
+        make_qm_calculator(cfg)
+    msg = str(err.value)
+    assert f"'{missing}' is not an executable" in msg and "key 'command'" in msg
+    assert "\n" not in msg and not is_retryable(err.value)
 
-    monkeypatch.setenv("ASE_VASP_COMMAND", "vasp_std")
-    vasp = {"engine": "vasp", "kpts_line": 12}
-    assert "bulk_kpts" not in make_qm_calculator(dict(vasp, bulk_kpts=16)).calc.parameters
-    assert "bulk_kpts" not in bulk_calculator(dict(vasp, bulk_kpts=16), 2).parameters
-    assert bulk_calculator(dict(vasp, bulk_kpts=16), 2).parameters["kpts"] == (8, 8, 8)
-    assert engine_settings_hash(dict(vasp, bulk_kpts=16)) == engine_settings_hash(vasp)
-    assert bulk_settings_hash(dict(vasp, bulk_kpts=16), 2) != bulk_settings_hash(vasp, 2)
-    tblite = {"engine": "tblite"}
-    assert bulk_settings_hash(dict(tblite, bulk_kpts=16), 2) == engine_settings_hash(tblite)
+
+def test_launcher_command_checks_the_program_after_the_launcher(tmp_path, monkeypatch):
+    launcher = tmp_path / "srun"
+    launcher.write_text("#!/bin/sh\nexec \"$@\"\n")
+    launcher.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(EngineNotRunnable, match="'vasp_gone' is not an executable"):
+        make_qm_calculator({"engine": "vasp", "command": "srun -n 64 --exclusive vasp_gone"})
+    make_qm_calculator({"engine": "vasp", "command": f"srun -n 2 {DOUBLES / 'vasp_double'}"})
+
+
+@pytest.mark.parametrize("cfg, key, hint", [
+    ({"engine": "tblite", "methd": "GFN1-xTB"}, "methd", "method"),
+    ({"engine": "gpaw", "bassis": "dzp"}, "bassis", "basis"),
+    ({"engine": "cp2k", "cuttoff": 300}, "cuttoff", "cutoff"),
+    ({"engine": "vasp", "command": "sh", "encutt": 500}, "encutt", "encut"),
+    ({"engine": "espresso", "command": "sh", "pseudopotentials": {}, "ecutwf": 40},
+     "ecutwf", "ecutwfc"),
+    ({"engine": "castep", "command": "sh", "cut_of_energy": 500}, "cut_of_energy",
+     "cut_off_energy"),
+    ({"engine": "reference", "kpts": 3}, "kpts", None),
+])
+def test_unknown_engine_key_is_an_error_naming_it(cfg, key, hint):
+    with pytest.raises(QmmlError) as err:
+        resolved_settings(cfg)
+    msg = str(err.value)
+    assert f"unknown key '{key}'" in msg and "valid:" in msg and "\n" not in msg
+    if hint:
+        assert f"did you mean '{hint}'" in msg
+    assert "kpts_line" in msg  # the common keys are listed too
+    # without the typo the config is accepted, with every documented key of its engine
+    resolved_settings({k: v for k, v in cfg.items() if k != key} | DEFAULTS[cfg["engine"]])
+
+
+def test_read_engine_config_names_file_and_unknown_key(tmp_path):
+    path = tmp_path / "qm.yaml"
+    path.write_text("engine: tblite\nmethd: GFN2-xTB\n")
+    with pytest.raises(QmmlError, match=r"qm\.yaml: unknown key 'methd'.*did you mean 'method'"):
+        read_engine_config(path)
 
 
 def test_settings_hash_tracks_physics_not_paths():
@@ -145,3 +197,20 @@ def test_cache_survives_an_extxyz_round_trip(tmp_path):
     moved.positions[1, 2] += 1e-5  # a genuinely different cluster is recomputed
     qm2.get_forces(moved)
     assert qm2.n_real_calls == 1
+
+
+def test_failure_quote_finds_cp2k_abort_message(tmp_path):
+    from qmml.engines.errors import output_tail
+
+    out = tmp_path / "cp2k.out"
+    out.write_text(" *******************************************************************************\n"
+                   " *   ___                                                                       *\n"
+                   " *  /   \\                                                                      *\n"
+                   " * [ABORT]                                                                     *\n"
+                   " *  \\___/                           MT1D unimplemented                         *\n"
+                   " *    |                                                                        *\n"
+                   " *******************************************************************************\n"
+                   + "".join(f"  {i} routine_{i}\n" for i in range(12, 0, -1)))
+    quote = output_tail([tmp_path / "missing.out", out])
+    assert quote.startswith("last lines of cp2k.out: CP2K ABORT: MT1D unimplemented")
+    assert "1 routine_1" in quote and "\n" not in quote

@@ -40,7 +40,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
-from qmml.engines import engine_settings_hash, make_qm_calculator
+from qmml.engines import engine_settings_hash, is_retryable, make_qm_calculator
 from qmml.io import atomic_writer
 
 try:
@@ -397,12 +397,12 @@ class CachedQMCalculator(Calculator):
                 self.engine.calculate(cluster.copy(), ["forces"], all_changes)
                 forces = np.array(self.engine.results["forces"], dtype=float)
                 energy = float(self.engine.results.get("energy", 0.0))
-            except QmmlError:
-                raise
             except Exception as err:  # engines raise their own types; keep the message
+                if not is_retryable(err):  # a command that cannot run, a user error
+                    raise
                 message = " ".join(str(err).split()) or type(err).__name__
                 if attempt == self.retries:
-                    raise QmmlError(
+                    raise (type(err) if isinstance(err, QmmlError) else QmmlError)(
                         f"QM engine '{name}' failed after {attempt + 1} attempt(s) on a "
                         f"{len(cluster)}-atom cluster: {message} (all {self.n_real_calls} "
                         f"earlier QM results are kept in {self.cache.directory})") from None

@@ -1,0 +1,86 @@
+"""CP2K as a real DFT engine (cp2k_shell through ASE's CP2K calculator), on a small W system.
+
+Cheap settings for a test (SVP-MOLOPT basis, 100 Ry, 3 QM atoms with a 3 Å buffer); the
+user-facing settings are in config/examples/cp2k.yaml.  Measure the wavefunction-restart
+saving with:
+    PYTHONPATH=src python -m pytest -s tests/test_engine_cp2k.py
+which prints the SCF iterations of every CP2K call (first call from atoms, the others
+restarted from the previous call's wavefunction inside cp2k_shell).  Measured on 2 shared
+cores: 4 CP2K calls with 24, 8, 13, 15 SCF iterations (restarts take half the first
+call's); the relaxation took 220-308 s, the whole test 342-852 s, depending on load.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from conftest import MILADY
+from qmml.engines import make_qm_calculator
+from qmml.engines.cluster import open_vacuum
+from qmml.engines.programs import cp2k_scf_steps
+from qmml.qmcache import CachedQMCalculator
+from qmml.qmmm import make_force_qmmm, relax
+from qmml.regions import cylinder_region
+from qmml.structures import dislocation_cylinder
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("cp2k_shell") is None,
+    reason="cp2k_shell not installed (scripts/install-system-packages.sh: apt-get install "
+           "cp2k cp2k-data)")
+
+BUFFER = 3.0  # Å: thinner than the ML cutoff, to keep the CP2K cluster at 12 atoms
+CHEAP = {"engine": "cp2k", "basis_set": "SVP-MOLOPT-PBE-GTH-q14", "cutoff": 100.0,
+         "added_mos": 20, "eps_scf": 1e-5, "vacuum": 5.0}
+
+
+def test_cp2k_qmml_relaxation_converges_with_consistent_forces(milady, tmp_path):
+    atoms = dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
+                                 MILADY["C44"], radius=12.0, fixed_width=4.0)
+    counts = cylinder_region(atoms, None, qm_radius=1.6, buffer_width=BUFFER,
+                             ml_cutoff=BUFFER)
+    assert counts["QM"] == 3 and counts["buffer"] == 9
+    cfg = dict(CHEAP, directory=str(tmp_path / "cp2k-run"))
+    qm = CachedQMCalculator.from_config(cfg, tmp_path / "cache")
+    start = time.perf_counter()
+    stats = relax(atoms, qm, milady.calculator(), BUFFER, optimizer="accelerated",
+                  fmax=0.05, vacuum=1.0, log=print)
+    seconds = time.perf_counter() - start
+    steps = cp2k_scf_steps(tmp_path / "cp2k-run" / "cp2k.out")
+    print(f"CP2K QM/ML relaxation: {qm.n_real_calls} CP2K calls, {seconds:.0f} s "
+          f"({stats.qm_seconds:.0f} s in CP2K); SCF iterations per call {steps}")
+    assert stats.converged and stats.fmax <= 0.05
+    assert stats.fmax_history[0] > stats.fmax  # the relaxation lowered the QM/ML fmax
+    assert len(steps) == qm.n_real_calls >= 2
+    # every call after the first restarts from the previous wavefunction, in fewer steps
+    assert qm.engine.n_restarts == qm.n_real_calls - 1
+    assert max(steps[1:]) < steps[0]
+
+    # the cluster CP2K saw: periodic along the line only, vacuum box in x and y
+    cluster = make_force_qmmm(atoms, qm, milady.calculator(), BUFFER,
+                              vacuum=1.0).get_qm_cluster(atoms)
+    seen = qm.engine.last_input
+    assert tuple(seen.pbc) == (False, False, True) and len(seen) == len(cluster) == 12
+    assert (open_vacuum(seen, seen.pbc)[:2] >= 5.0 - 1e-6).all()
+
+    # CP2K's forces are the derivative of its energy: central difference on one atom
+    # (atom 0 pushed 0.15 Å off its relaxed place, so the force checked is not ~0)
+    engine = make_qm_calculator(cfg)
+    base = cluster.copy()
+    base.positions[0, 0] += 0.15
+    forces = engine.get_forces(base)
+    assert abs(forces[0, 0]) > 0.3
+    h = 0.01
+    energies = []
+    for sign in (1, -1):
+        moved = base.copy()
+        moved.positions[0, 0] += sign * h
+        energies.append(engine.get_potential_energy(moved))
+    numeric = -(energies[0] - energies[1]) / (2 * h)
+    print(f"CP2K force on atom 0 along x: analytic {forces[0, 0]:.4f}, "
+          f"finite difference {numeric:.4f} eV/Å")
+    assert numeric == pytest.approx(forces[0, 0], rel=0.05, abs=0.02)
+    # the grid breaks translation invariance only slightly
+    assert np.abs(forces.sum(axis=0)).max() < 0.05 * np.abs(forces).sum(axis=0).max()
