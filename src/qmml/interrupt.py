@@ -1,0 +1,75 @@
+"""Stopping on SIGTERM (what SLURM sends at the time limit) without losing anything.
+
+Inside :func:`stop_on_sigterm` the signal raises :class:`Terminated` in the main thread.
+It is a ``BaseException``: the ``except Exception`` blocks around engines and optimisers
+let it through, while ``finally`` blocks still release QM-cache locks and remove
+temporary files (every file is written atomically, so none is left half-written).
+On its way up, :func:`checkpoint_on_stop` records the QM-call counts in the run's last
+checkpoint and adds a note; the top level (``qmml`` main, ``qmml.steps.log_file``) prints
+one line saying what was kept and how to resume, and exits with status 143.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+EXIT_STATUS = 128 + signal.SIGTERM  # the shell's status of a process ended by SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; ``notes`` say what the interrupted steps kept."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(f"signal {signum}")
+        self.notes: list[str] = []
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` inside (main thread only: Python runs signal
+    handlers there); a second SIGTERM while the first is handled is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum, frame):
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stopped_message(err: Terminated, resume: str) -> str:
+    """The one line printed when a run stops on SIGTERM (``resume``: how to continue)."""
+    kept = "; ".join(err.notes) if err.notes else "no checkpoint yet (no step completed)"
+    return (f"stopped by SIGTERM: {kept}; every completed QM call is kept in the QM cache; "
+            f"{resume} to resume")
+
+
+@contextmanager
+def checkpoint_on_stop(checkpoint: Path | None, fingerprint: str, stats, qm) -> Iterator[None]:
+    """On :class:`Terminated`: the run's last checkpoint gets the QM-call counts up to
+    now (its positions and optimiser state stay those of the last completed step)."""
+    try:
+        yield
+    except Terminated as err:
+        from qmml.io import read_checkpoint, write_pickle
+
+        stats.count(qm)
+        saved = read_checkpoint(checkpoint, fingerprint) if checkpoint else None
+        if saved:
+            saved["qm_counts"] = stats.checkpoint_counts()
+            write_pickle(checkpoint, saved)
+            err.notes.append(f"checkpoint {checkpoint} kept ({stats.n_qm_real_calls} real "
+                             f"QM calls so far)")
+        raise
