@@ -49,6 +49,20 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def sigterm_held() -> Iterator[None]:
+    """SIGTERM waits until the end of the block (then it is delivered): for steps that
+    must happen together, such as storing a QM result and counting it as paid."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def stopped_message(err: Terminated, resume: str) -> str:
     """The one line printed when a run stops on SIGTERM (``resume``: how to continue)."""
     kept = "; ".join(err.notes) if err.notes else "no checkpoint yet (no step completed)"

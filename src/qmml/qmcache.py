@@ -41,6 +41,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
 from qmml.engines import engine_settings_hash, make_qm_calculator
+from qmml.interrupt import sigterm_held
 from qmml.io import atomic_writer
 
 try:
@@ -388,8 +389,9 @@ class CachedQMCalculator(Calculator):
                 self.results.update(cached, free_energy=cached["energy"])
                 return
             forces, energy = self._call_engine(cluster)
-            self.cache.store(cluster, forces, energy)
-        self.n_real_calls += 1
+            with sigterm_held():  # a stored result is always a counted one
+                self.cache.store(cluster, forces, energy)
+                self.n_real_calls += 1
         self.results.update(forces=forces, energy=energy, free_energy=energy)
         if self._kill_after is not None and self.n_real_calls >= self._kill_after:
             os.kill(os.getpid(), signal.SIGKILL)

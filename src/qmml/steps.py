@@ -295,12 +295,16 @@ def fit_elastic_file(potential: PathLike, output: PathLike, targets: dict | Path
     writable(*potential_outputs(output), report)
     pot = SNAPPotential.read(potential)
     if soft is None:
-        from qmml.constraints import md_snapshots
+        from qmml.constraints import lattice_constant, md_snapshots
 
         _say(log, f"fit-elastic: NVE MD soft set with the starting potential "
              f"({len(md_temperatures)} temperatures × {md_steps} steps, {md_cells}³ cells)")
-        soft_set = md_snapshots(pot, temperatures=md_temperatures, n_steps=md_steps,
-                                n_cells=md_cells)
+        a0_md, soft_set = lattice_constant(pot), []
+        for k, temperature in enumerate(md_temperatures):  # md_snapshots' seeds, one by one
+            soft_set += md_snapshots(pot, temperatures=[temperature], n_steps=md_steps,
+                                     n_cells=md_cells, a0=a0_md, seed=20231 + 7919 * k)
+            _say(log, f"fit-elastic: MD at {temperature:g} K done "
+                 f"({time.perf_counter() - start:.1f} s)")
     else:
         soft_set = [a for f in soft for a in read_frames(f)]
     _say(log, f"fit-elastic: {len(soft_set)} soft configurations "
@@ -433,8 +437,9 @@ def extract_forces_file(frames: Sequence[PathLike], potential: PathLike, output:
     from qmml.potential import SNAPPotential
 
     writable(output, summary)
+    pot = SNAPPotential.read(potential)
     gathered = gather_frames(frames)
-    result = qm_force_errors(gathered, SNAPPotential.read(potential))
+    result = qm_force_errors(gathered, pot)
     result["files"] = [str(p) for p in frames]
     write_frames(output, gathered)
     if summary:
