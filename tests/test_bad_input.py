@@ -313,7 +313,26 @@ def test_bulk_cache_quarantine(tmp_path, milady):
     (moved,) = (tmp_path / "quarantine" / "bulk").glob("*.json")
     assert moved.read_text() == garbled  # kept, not deleted
     assert any(issubclass(w.category, CacheEntryWarning) for w in caught)
-    assert len(lines) == 1 and f"{entry} is unusable" in lines[0] and str(moved) in lines[0]
+    assert f"{entry} is unusable" in lines[0] and str(moved) in lines[0], lines
+    assert lines[1:] == ["QM bulk call 1: 16 atoms, 0.0 s"]  # recomputed once
     s2, calc = stress()
     assert calc.n_cache_hits == 1 and calc.n_real_calls == 0 and np.allclose(s2, s0)
     assert math.isfinite(json.loads(entry.read_text())["energy"])
+
+
+def test_sigterm_in_a_workflow_script(tmp_path):
+    """``qmml.steps.log_file`` (every workflow script's log): the line goes to the log and
+    stderr, status 143."""
+    log = tmp_path / "job.log"
+    script = ("import os, signal\nfrom qmml.steps import log_file\n"
+              f"with log_file({str(log)!r}) as log:\n"
+              "    log('step 1')\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    log('not reached')\n")
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    expected = ("stopped by SIGTERM: no checkpoint yet (no step completed); every completed "
+                "QM call is kept in the QM cache; rerun snakemake to resume")
+    assert proc.stderr.strip() == expected
+    assert log.read_text().splitlines() == ["step 1", expected]

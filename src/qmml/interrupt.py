@@ -11,10 +11,11 @@ one line saying what was kept and how to resume, and exits with status 143.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 EXIT_STATUS = 128 + signal.SIGTERM  # the shell's status of a process ended by SIGTERM
 
@@ -87,3 +88,27 @@ def checkpoint_on_stop(checkpoint: Path | None, fingerprint: str, stats, qm) -> 
             err.notes.append(f"checkpoint {checkpoint} kept ({stats.n_qm_real_calls} real "
                              f"QM calls so far)")
         raise
+
+
+@contextmanager
+def log_file(path: str | Path) -> Iterator[Callable[[str], None]]:
+    """A ``log`` callable writing lines to ``path`` (flushed); an error that ends the step
+    is written there too before it propagates (a workflow job's log says why it failed).
+    SIGTERM (a scheduler's time limit) inside ends the process with status 143 after one
+    line, in the log and on stderr, saying what is kept and how to resume."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        def log(line: str) -> None:
+            print(line, file=fh, flush=True)
+
+        try:
+            with stop_on_sigterm():
+                yield log
+        except Terminated as err:
+            line = stopped_message(err, "rerun snakemake")
+            log(line)
+            print(line, file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_STATUS) from None
+        except Exception as err:
+            log(f"error: {err}")
+            raise

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from qmml import QmmlError
+from qmml.interrupt import log_file  # noqa: F401  (the workflow scripts' log, with SIGTERM)
 
 Log = Callable[[str], None] | None
 PathLike = str | Path
@@ -24,34 +24,6 @@ PathLike = str | Path
 def _say(log: Log, line: str) -> None:
     if log:
         log(line)
-
-
-@contextmanager
-def log_file(path: PathLike) -> Iterator[Callable[[str], None]]:
-    """A ``log`` callable writing lines to ``path`` (flushed); an error that ends the step
-    is written there too before it propagates (a workflow job's log says why it failed).
-    SIGTERM (a scheduler's time limit) inside ends the process with status 143 after one
-    line, in the log and on stderr, saying what is kept and how to resume."""
-    import sys
-
-    from qmml.interrupt import EXIT_STATUS, Terminated, stop_on_sigterm, stopped_message
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        def log(line: str) -> None:
-            print(line, file=fh, flush=True)
-
-        try:
-            with stop_on_sigterm():
-                yield log
-        except Terminated as err:
-            line = stopped_message(err, "rerun snakemake")
-            log(line)
-            print(line, file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_STATUS) from None
-        except Exception as err:
-            log(f"error: {err}")
-            raise
 
 
 # ---- force-mixed QM/ML relaxation and NEB ------------------------------------------------
