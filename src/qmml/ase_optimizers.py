@@ -22,6 +22,7 @@ from ase.calculators.calculator import Calculator
 from qmml import QmmlError
 from qmml.forcemixing import (RunStats, apply_fix_mask, make_force_qmmm, max_force,
                               run_fingerprint)
+from qmml.interrupt import checkpoint_on_stop
 from qmml.io import read_checkpoint, write_pickle
 from qmml.qmcache import CachedQMCalculator
 
@@ -120,6 +121,7 @@ def _optimise(target, positions_of: Callable[[], np.ndarray],
 
     saved = read_checkpoint(checkpoint, fingerprint, log)
     if saved:
+        stats.resume_counts(saved, replayed=optimizer not in EXACT_RESUME)
         stats.fmax_history = list(saved["fmax_history"])
         if optimizer in EXACT_RESUME:
             set_positions(saved["positions"])
@@ -146,11 +148,13 @@ def _optimise(target, positions_of: Callable[[], np.ndarray],
             write_pickle(checkpoint, {
                 "fingerprint": fingerprint, "positions": positions_of().copy(),
                 "state": state if optimizer in EXACT_RESUME else {"nsteps": opt.nsteps},
-                "fmax_history": list(stats.fmax_history)})
+                "fmax_history": list(stats.fmax_history),
+                "qm_counts": stats.checkpoint_counts()})
 
     opt.attach(observer)
     try:
-        opt.run(fmax=fmax, steps=steps)
+        with checkpoint_on_stop(checkpoint, fingerprint, stats, qm):
+            opt.run(fmax=fmax, steps=steps)
     except QmmlError:
         raise
     except Exception as err:  # optimiser breakdowns (e.g. ODE12r step too small)

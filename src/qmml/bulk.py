@@ -17,10 +17,10 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
 from qmml.elastic import measure_cubic_elastic
-from qmml.io import read_mapping, write_text
+from qmml.io import json_text, read_mapping, write_text
 from qmml.engines import (BUILDERS, NO_KPOINTS, engine_label, engine_settings_hash,
                           resolved_settings)
-from qmml.qmcache import cluster_key
+from qmml.qmcache import QMCache, cluster_key
 
 QM_STRAIN_STEP = 5e-3  # SCF noise (~1e-6 eV) rules out the 1e-4 step used for potentials
 TARGET_KEYS = ("a0", "C11", "C12", "C44")
@@ -63,15 +63,26 @@ class CachedStressCalculator(Calculator):
                  log=None):
         super().__init__()
         self.engine, self.settings_hash, self.log = engine, settings_hash, log
+        # the QM cache's reading rules: an unusable entry is quarantined and recomputed
+        self.cache = QMCache(directory, settings_hash, log=log)
         self.store_dir = Path(directory) / "bulk"
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.n_real_calls = self.n_cache_hits = 0
 
+    @staticmethod
+    def _entry(path: Path) -> dict:
+        """A stored energy+stress, verified (raises if unusable)."""
+        data = json.loads(path.read_text())
+        energy, stress = float(data["energy"]), np.asarray(data["stress"], dtype=float)
+        if stress.shape != (6,) or not (np.isfinite(stress).all() and np.isfinite(energy)):
+            raise ValueError(f"stress of shape {stress.shape} (or non-finite values)")
+        return {"energy": energy, "stress": stress.tolist()}
+
     def calculate(self, atoms=None, properties=("stress",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         path = self.store_dir / f"{cluster_key(self.atoms, self.settings_hash)}.json"
-        if path.is_file():
-            data = json.loads(path.read_text())
+        data = self.cache.read_verified(path, self._entry) if path.is_file() else None
+        if data is not None:
             self.n_cache_hits += 1
         else:
             atoms = self.atoms.copy()
@@ -84,7 +95,7 @@ class CachedStressCalculator(Calculator):
                 raise QmmlError(f"QM bulk calculation failed: {' '.join(str(err).split())}") \
                     from None
             self.n_real_calls += 1
-            write_text(path, json.dumps(data))
+            write_text(path, json_text(data, path, indent=None))
             if self.log:
                 self.log(f"QM bulk call {self.n_real_calls}: {len(atoms)} atoms, "
                          f"{time.perf_counter() - start:.1f} s")

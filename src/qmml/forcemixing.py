@@ -105,11 +105,16 @@ class RunStats:
     steps: int = 0
     converged: bool = False
     resumed_from_step: int | None = None
-    n_qm_calls: int = 0          # QM evaluations requested this process (real + cached)
-    n_qm_real_calls: int = 0     # engine calls actually made this process
-    qm_seconds: float = 0.0      # wall time inside the QM engine
+    n_qm_calls: int = 0          # QM evaluations requested by the whole run (real + cached)
+    n_qm_real_calls: int = 0     # engine calls (paid) of the whole run, every process
+    n_qm_calls_process: int = 0       # QM evaluations requested by this process
+    n_qm_real_calls_process: int = 0  # engine calls made by this process
+    qm_seconds: float = 0.0      # wall time inside the QM engine (this process)
     wall_seconds: float = 0.0
     fmax_history: list = field(default_factory=list)
+    # counts of the earlier processes of this run (from its checkpoint)
+    earlier_qm_calls: int = 0
+    earlier_qm_real_calls: int = 0
 
     def start_counting(self, qm: CachedQMCalculator) -> None:
         """From now on, QM calls and time belong to this run."""
@@ -118,10 +123,24 @@ class RunStats:
     def count(self, qm: CachedQMCalculator) -> None:
         """Update the QM-call counts and timings since ``start_counting``."""
         real0, hits0, qm_s0, start = self._since
-        self.n_qm_real_calls = qm.n_real_calls - real0
-        self.n_qm_calls = self.n_qm_real_calls + qm.n_cache_hits - hits0
+        self.n_qm_real_calls_process = qm.n_real_calls - real0
+        self.n_qm_calls_process = self.n_qm_real_calls_process + qm.n_cache_hits - hits0
+        self.n_qm_real_calls = self.earlier_qm_real_calls + self.n_qm_real_calls_process
+        self.n_qm_calls = self.earlier_qm_calls + self.n_qm_calls_process
         self.qm_seconds = qm.qm_seconds - qm_s0
         self.wall_seconds = time.perf_counter() - start
+
+    def checkpoint_counts(self) -> dict:
+        """The run's QM-call counts so far, kept in its checkpoint."""
+        return {"n_qm_calls": self.n_qm_calls, "n_qm_real_calls": self.n_qm_real_calls}
+
+    def resume_counts(self, saved: dict, replayed: bool) -> None:
+        """Continue the counts of a checkpoint (:meth:`checkpoint_counts` under key
+        ``qm_counts``).  ``replayed``: this process requests the earlier evaluations again
+        (from the cache), so only the earlier real calls are added."""
+        counts = saved.get("qm_counts") or {}
+        self.earlier_qm_real_calls = int(counts.get("n_qm_real_calls", 0))
+        self.earlier_qm_calls = 0 if replayed else int(counts.get("n_qm_calls", 0))
 
 
 def max_force(target) -> float:

@@ -24,10 +24,12 @@ from qmml import QmmlError
 
 REGION, FIX_MASK, FORCES = "region", "fix_mask", "forces"
 REGION_LABELS = ("QM", "buffer", "MM")
-# info keys every relaxation/NEB output frame records (see provenance)
+# info keys every relaxation/NEB output frame records (see provenance); QM call counts are
+# the whole run's (every process of a resumed run), *_process those of the last process
 PROVENANCE_KEYS = ("qm_engine", "qm_settings_hash", "ml_potential", "host", "optimizer",
                    "fmax_target", "fmax", "converged", "steps", "n_qm_calls",
-                   "n_qm_real_calls", "buffer_width")
+                   "n_qm_real_calls", "n_qm_calls_process", "n_qm_real_calls_process",
+                   "buffer_width")
 
 
 # ---- writing ---------------------------------------------------------------------------
@@ -44,6 +46,8 @@ def provenance(stats, engine: str, settings_hash: str, potential: str,
             "optimizer": stats.optimizer, "fmax_target": stats.fmax_target,
             "fmax": stats.fmax, "converged": bool(stats.converged), "steps": stats.steps,
             "n_qm_calls": stats.n_qm_calls, "n_qm_real_calls": stats.n_qm_real_calls,
+            "n_qm_calls_process": stats.n_qm_calls_process,
+            "n_qm_real_calls_process": stats.n_qm_real_calls_process,
             "buffer_width": buffer_width,
             **({"surrogate_hard_residual_max": stats.surrogate_hard_residual_max,
                 "surrogate_outer_steps": stats.outer_steps}
@@ -105,11 +109,16 @@ def has_region(atoms: Atoms) -> bool:
     return REGION in atoms.arrays
 
 
-def read_structure(path: str | Path) -> Atoms:
-    """A QM/ML input structure (last frame, no calculator); it must carry ``region``."""
-    from qmml.io import read_frame
+def read_structure(path: str | Path, hint: str = "") -> Atoms:
+    """A QM/ML input structure (one frame, no calculator); it must carry ``region``.
+    A file of several frames is refused (``hint``: what to do instead, for the message)."""
+    from qmml.io import read_frames
 
-    atoms = read_frame(path)
+    frames = read_frames(path)
+    if len(frames) != 1:
+        raise QmmlError(f"{path}: {len(frames)} frames, expected one structure"
+                        + (f" ({hint})" if hint else ""))
+    atoms = frames[0]
     atoms.calc = None
     if not has_region(atoms):
         raise QmmlError(f"{path}: no 'region' array (QM/buffer/MM per atom)")

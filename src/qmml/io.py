@@ -41,6 +41,59 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def _first_non_finite(obj, where: str = "") -> tuple[str, float] | None:
+    """(key path, value) of the first NaN/inf number in a JSON-like object, or None."""
+    import math
+
+    if hasattr(obj, "tolist") and getattr(obj, "ndim", 0) > 0:
+        obj = obj.tolist()  # numpy arrays
+    if isinstance(obj, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:
+            obj = obj.item()  # numpy scalars
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return where, obj
+        return None
+    for key, value in items:
+        found = _first_non_finite(value, key)
+        if found:
+            return found
+    return None
+
+
+def json_text(obj, source: str | Path = "JSON", indent: int | None = 2,
+              null_keys: Sequence[str] = ()) -> str:
+    """``obj`` as strict JSON (no NaN/Infinity, which JSON readers reject).  A non-finite
+    number under a top-level key in ``null_keys`` (where "no value" is meaningful)
+    becomes null; any other is a one-line QmmlError naming ``source`` and its key."""
+    import json
+    import math
+
+    if null_keys and isinstance(obj, dict):
+        obj = {k: None if k in null_keys and isinstance(v, float) and not math.isfinite(v)
+               else v for k, v in obj.items()}
+    found = _first_non_finite(obj)
+    if found:
+        raise QmmlError(f"{source}: key '{found[0]}' is {found[1]}, not a finite number "
+                        "(nothing written)")
+    return json.dumps(obj, indent=indent, allow_nan=False, default=_json_default)
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2,
+               null_keys: Sequence[str] = ()) -> Path:
+    """Strict JSON (:func:`json_text`), atomically; the one JSON writer of qmml."""
+    return write_text(path, json_text(obj, path, indent, null_keys) + "\n")
+
+
 def write_pickle(path: str | Path, obj) -> Path:
     with atomic_writer(path, "wb") as fh:
         pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)

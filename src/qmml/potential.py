@@ -397,16 +397,20 @@ def _read_snapparam(path: Path) -> dict:
             params[key] = int(value) if key in _INT_KEYS else float(value)
         except ValueError:
             params[key] = value
+        if isinstance(params[key], float) and not math.isfinite(params[key]):
+            raise QmmlError(f"{path}:{lineno}: {key} is '{value}', not a finite number")
     return params
 
 
 def _read_snapcoeff(path: Path):
-    header, words = [], []
-    for raw in path.read_text().splitlines():
+    header, words, lines = [], [], []
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
         if raw.lstrip().startswith("#"):
             header.append(raw.lstrip()[1:].strip())
             continue
-        words += raw.split("#", 1)[0].split()
+        new = raw.split("#", 1)[0].split()
+        words += new
+        lines += [lineno] * len(new)
     try:
         nelem, ncoeff = int(words[0]), int(words[1])
         pos = 2
@@ -416,9 +420,16 @@ def _read_snapcoeff(path: Path):
             radii.append(float(words[pos + 1]))
             weights.append(float(words[pos + 2]))
             rows.append([float(w) for w in words[pos + 3: pos + 3 + ncoeff]])
-            pos += 3 + ncoeff
             if len(rows[-1]) != ncoeff:
                 raise IndexError
+            # float() reads "nan"/"inf": a potential with them gives NaN forces everywhere
+            for k in range(pos + 1, pos + 3 + ncoeff):
+                if not math.isfinite(float(words[k])):
+                    what = ("radius", "weight")[k - pos - 1] if k < pos + 3 else \
+                        f"coefficient {k - pos - 3}"
+                    raise QmmlError(f"{path}:{lines[k]}: {elements[-1]} {what} is "
+                                    f"'{words[k]}', not a finite number")
+            pos += 3 + ncoeff
     except (IndexError, ValueError):
         raise QmmlError(f"{path}: malformed snapcoeff file") from None
     return "\n".join(h for h in header if h), elements, radii, weights, np.array(rows)

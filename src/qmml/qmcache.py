@@ -41,6 +41,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from qmml import QmmlError
 from qmml.engines import engine_settings_hash, is_retryable, make_qm_calculator
+from qmml.interrupt import sigterm_held
 from qmml.io import atomic_writer
 
 try:
@@ -137,24 +138,30 @@ class QMCache:
 
     def _read(self, path: Path) -> dict | None:
         """A verified entry, or None (missing, or unusable and now quarantined)."""
+        return self.read_verified(path, self._entry)
+
+    def read_verified(self, path: Path, verify) -> dict | None:
+        """``verify(path)`` (the content of a file under this cache, raising if it is
+        unusable), or None: missing, or unusable and now quarantined."""
         try:
-            return self._entry(path)
+            return verify(path)
         except FileNotFoundError:  # moved aside or never written: a miss
             return None
         except PermissionError as err:  # the user's to fix; moving it would not help
             raise QmmlError(f"cannot read QM cache entry {path}: {err.strerror}") from None
         except Exception as err:  # truncated, empty, garbled, bad CRC, wrong cluster, ...
-            self._quarantine(path, _one_line(err))
+            self._quarantine(path, _one_line(err), verify)
             return None
 
-    def _quarantine(self, path: Path, reason: str) -> None:
+    def _quarantine(self, path: Path, reason: str, verify=None) -> None:
         """Move an unusable entry to ``quarantine/<bucket>/`` (under its key's lock)."""
+        verify = verify or self._entry
         folder, key = path.parent, path.stem
         with self._locked(folder, key, blocking=False) as owned:
             if not owned:  # another process holds the key: it is recomputing this entry
                 return
             try:  # verify under the lock: the entry may have been rewritten meanwhile
-                self._entry(path)
+                verify(path)
                 return
             except FileNotFoundError:
                 return
@@ -165,7 +172,7 @@ class QMCache:
             n = 1
             while target.exists():  # keep every earlier quarantined copy too
                 n += 1
-                target = target.with_name(f"{key}.{n}.npz")
+                target = target.with_name(f"{key}.{n}{path.suffix}")
             try:
                 os.rename(path, target)
             except FileNotFoundError:
@@ -382,8 +389,9 @@ class CachedQMCalculator(Calculator):
                 self.results.update(cached, free_energy=cached["energy"])
                 return
             forces, energy = self._call_engine(cluster)
-            self.cache.store(cluster, forces, energy)
-        self.n_real_calls += 1
+            with sigterm_held():  # a stored result is always a counted one
+                self.cache.store(cluster, forces, energy)
+                self.n_real_calls += 1
         self.results.update(forces=forces, energy=energy, free_energy=energy)
         if self._kill_after is not None and self.n_real_calls >= self._kill_after:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -93,8 +93,7 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
                              vacuum=vacuum, log=log, fingerprint_extra=fingerprint_extra)
     profile = virtual_work_profile(neb_obj)
     # integrate_forces also evaluated the two end points (cached after the first time)
-    stats.n_qm_calls = qm.n_calls
-    stats.n_qm_real_calls = qm.n_real_calls
+    stats.count(qm)
     return images, stats, profile
 
 

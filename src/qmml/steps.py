@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from qmml import QmmlError
+from qmml.interrupt import log_file  # noqa: F401  (the workflow scripts' log, with SIGTERM)
 
 Log = Callable[[str], None] | None
 PathLike = str | Path
@@ -24,22 +24,6 @@ PathLike = str | Path
 def _say(log: Log, line: str) -> None:
     if log:
         log(line)
-
-
-@contextmanager
-def log_file(path: PathLike) -> Iterator[Callable[[str], None]]:
-    """A ``log`` callable writing lines to ``path`` (flushed); an error that ends the step
-    is written there too before it propagates (a workflow job's log says why it failed)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        def log(line: str) -> None:
-            print(line, file=fh, flush=True)
-
-        try:
-            yield log
-        except Exception as err:
-            log(f"error: {err}")
-            raise
 
 
 # ---- force-mixed QM/ML relaxation and NEB ------------------------------------------------
@@ -56,20 +40,18 @@ def engine_settings(engine_config: dict | PathLike) -> dict:
     return read_engine_config(engine_config)
 
 
-def _qm_setup(potential: PathLike, engine_config: dict | PathLike, cache: PathLike, log: Log):
+def _qm_setup(pot, engine_config: dict | PathLike, cache: PathLike, log: Log):
     from qmml.engines import engine_label
-    from qmml.potential import SNAPPotential
     from qmml.qmcache import CachedQMCalculator
 
     engine_config = engine_settings(engine_config)
-    pot = SNAPPotential.read(potential)
     qm = CachedQMCalculator.from_config(engine_config, cache, log=log)
     label = engine_label(engine_config)
     if engine_config["engine"] == "reference":  # a classical stand-in, labelled as such
         _say(log, f"QM engine: {label}")
     # the potential's coefficients are part of the run identity (resume safety)
     pot_id = (hashlib.sha256(pot.coeffs.tobytes()).hexdigest()[:16],)
-    return pot, qm, label, pot_id
+    return qm, label, pot_id
 
 
 def _accelerated_options(optimizer: str, images, moving, hard, descriptor_cache, qm_frames,
@@ -103,6 +85,12 @@ def _write_qm_frames(path: PathLike | None, images, moving, stats, info: dict) -
         write_output_frames(path, qm_point_frames(images, moving, stats, info))
 
 
+def _qm_counts(stats) -> str:
+    """QM-call counts of the whole run, then of this process (an unclosed parenthesis)."""
+    return (f"QM calls {stats.n_qm_calls}, {stats.n_qm_real_calls} real (whole run); this "
+            f"process {stats.n_qm_calls_process} (new {stats.n_qm_real_calls_process}")
+
+
 def _check_converged(stats, what: str, output: PathLike, require_convergence: bool) -> None:
     if require_convergence and not stats.converged:
         raise NotConverged(f"{output}: {what} NOT converged: fmax {stats.fmax:.5f} > "
@@ -125,14 +113,17 @@ def relax_file(input: PathLike, output: PathLike, potential: PathLike,
     Returns the run statistics; with ``require_convergence`` a run that ends above fmax
     raises :class:`NotConverged` after writing its output.  ``quiet``: ``log`` gets the
     summary lines only, not every optimiser step and QM call."""
+    from qmml.checks import check_qmml_run
     from qmml.frames import output_frame, provenance, read_structure, write_output_frames
     from qmml.qmmm import relax
 
-    atoms = read_structure(input)
-    progress = None if quiet else log
-    pot, qm, label, pot_id = _qm_setup(potential, engine_config, cache, progress)
+    atoms = read_structure(input, "relax takes one structure")
     checkpoint = checkpoint or f"{output}.ckpt"
-    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    pot = check_qmml_run({input: atoms}, potential, buffer=buffer, fmax=fmax, steps=steps,
+                         vacuum=vacuum, outputs=(output, checkpoint, qm_frames), cache=cache,
+                         folders=(descriptor_cache,))
+    progress = None if quiet else log
+    qm, label, pot_id = _qm_setup(pot, engine_config, cache, progress)
     stats = relax(atoms, qm, pot.calculator(), buffer, optimizer=optimizer, fmax=fmax,
                   steps=steps, checkpoint=checkpoint, vacuum=vacuum, log=progress,
                   fingerprint_extra=pot_id,
@@ -145,9 +136,9 @@ def relax_file(input: PathLike, output: PathLike, potential: PathLike,
         _say(log, f"relax: accelerated, {stats.outer_steps} outer steps, surrogate hard "
              f"residual max {stats.surrogate_hard_residual_max:.2e} eV/atom")
     _say(log, f"relax: {'converged' if stats.converged else 'NOT converged'} fmax "
-         f"{stats.fmax:.5f} eV/A after {stats.steps} steps; QM calls {stats.n_qm_calls} "
-         f"(new {stats.n_qm_real_calls}, {stats.qm_seconds:.1f} s in QM, "
-         f"{stats.wall_seconds:.1f} s total); engine {label}; wrote {output}")
+         f"{stats.fmax:.5f} eV/A after {stats.steps} steps; {_qm_counts(stats)}, "
+         f"{stats.qm_seconds:.1f} s in QM, {stats.wall_seconds:.1f} s total); engine "
+         f"{label}; wrote {output}")
     _check_converged(stats, "relaxation", output, require_convergence)
     return stats
 
@@ -166,14 +157,21 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
     relaxed states, written to ``output`` with the virtual-work energy of every image
     (``neb_energy_virtual_work``) and the barrier; cached and checkpointed as
     :func:`relax_file`.  Returns (statistics, profile)."""
+    from qmml.checks import check_qmml_run, positive, positive_int
     from qmml.frames import output_frame, provenance, read_structure, write_output_frames
     from qmml.qmmm import neb, neb_moving_images
 
-    start, end = read_structure(initial), read_structure(final)
-    progress = None if quiet else log
-    pot, qm, label, pot_id = _qm_setup(potential, engine_config, cache, progress)
+    hint = "NEB end points: one frame each"
+    start, end = read_structure(initial, hint), read_structure(final, hint)
+    if positive_int("images", images) < 3:
+        raise QmmlError(f"--images must be >= 3 (end points included), got {images}")
+    positive("spring", spring)
     checkpoint = checkpoint or f"{output}.ckpt"
-    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    pot = check_qmml_run({initial: start, final: end}, potential, buffer=buffer, fmax=fmax,
+                         steps=steps, vacuum=vacuum, outputs=(output, checkpoint, qm_frames),
+                         cache=cache, folders=(descriptor_cache,))
+    progress = None if quiet else log
+    qm, label, pot_id = _qm_setup(pot, engine_config, cache, progress)
     band, stats, profile = neb(start, end, images, qm, pot.calculator, buffer,
                                optimizer=optimizer, fmax=fmax, steps=steps, k=spring,
                                checkpoint=checkpoint, vacuum=vacuum, log=progress,
@@ -191,8 +189,8 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
     _write_qm_frames(qm_frames, band, neb_moving_images(len(band)), stats, info)
     _say(log, f"neb: {'converged' if stats.converged else 'NOT converged'} fmax "
          f"{stats.fmax:.5f} eV/A after {stats.steps} steps; virtual-work barrier "
-         f"{profile['barrier']:.4f} eV; QM calls {stats.n_qm_calls} "
-         f"(new {stats.n_qm_real_calls}); engine {label}; wrote {output}")
+         f"{profile['barrier']:.4f} eV; {_qm_counts(stats)}); engine {label}; "
+         f"wrote {output}")
     _check_converged(stats, "NEB", output, require_convergence)
     return stats, profile
 
@@ -229,10 +227,13 @@ def qm_bulk_reference_file(elastic: dict, engine_config: dict | PathLike, cache:
     """Targets of the elastic fit (a0, C11, C12, C44; config ``elastic`` section): numbers
     from the config, "qm" ones measured with the QM engine (cached); JSON ``output``."""
     from qmml.bulk import qm_bulk_reference
-    from qmml.io import write_text
+    from qmml.checks import writable, writable_dir
+    from qmml.io import write_json
 
+    writable(output)
+    writable_dir(Path(cache) / "bulk", "QM cache folder")
     ref = qm_bulk_reference(elastic, engine_settings(engine_config), cache, log=log)
-    write_text(output, json.dumps(ref, indent=2))
+    write_json(output, ref)
     _say(log, json.dumps(ref, indent=2))
     return ref
 
@@ -247,8 +248,9 @@ def fit_elastic_file(potential: PathLike, output: PathLike, targets: dict | Path
     keeping the forces of ``soft`` configurations (extxyz files; default: NVE MD snapshots
     of the starting potential with ``md_*``) approximately.  Writes the potential prefix
     ``output`` and the JSON ``report``; returns the report."""
+    from qmml.checks import nonnegative, positive, positive_int, potential_outputs, writable
     from qmml.elastic import fit_elastic
-    from qmml.io import read_frames, write_text
+    from qmml.io import read_frames, write_json
     from qmml.potential import SNAPPotential, resolve_prefix
 
     start = time.perf_counter()
@@ -256,15 +258,25 @@ def fit_elastic_file(potential: PathLike, output: PathLike, targets: dict | Path
         from qmml.bulk import read_targets
 
         targets = read_targets(targets)
-    t = {k: float(targets[k]) for k in ("a0", "C11", "C12", "C44")}
+    source = "targets" if isinstance(targets, dict) else targets
+    t = {k: positive(f"{source}: {k}", targets[k]) for k in ("a0", "C11", "C12", "C44")}
+    nonnegative("lambda0", lambda0)
+    nonnegative("lambda_soft", lambda_soft)
+    positive_int("md_steps", md_steps)
+    positive_int("md_cells", md_cells)
+    writable(*potential_outputs(output), report)
     pot = SNAPPotential.read(potential)
     if soft is None:
-        from qmml.constraints import md_snapshots
+        from qmml.constraints import lattice_constant, md_snapshots
 
         _say(log, f"fit-elastic: NVE MD soft set with the starting potential "
              f"({len(md_temperatures)} temperatures × {md_steps} steps, {md_cells}³ cells)")
-        soft_set = md_snapshots(pot, temperatures=md_temperatures, n_steps=md_steps,
-                                n_cells=md_cells)
+        a0_md, soft_set = lattice_constant(pot), []
+        for k, temperature in enumerate(md_temperatures):  # md_snapshots' seeds, one by one
+            soft_set += md_snapshots(pot, temperatures=[temperature], n_steps=md_steps,
+                                     n_cells=md_cells, a0=a0_md, seed=20231 + 7919 * k)
+            _say(log, f"fit-elastic: MD at {temperature:g} K done "
+                 f"({time.perf_counter() - start:.1f} s)")
     else:
         soft_set = [a for f in soft for a in read_frames(f)]
     _say(log, f"fit-elastic: {len(soft_set)} soft configurations "
@@ -278,7 +290,7 @@ def fit_elastic_file(potential: PathLike, output: PathLike, targets: dict | Path
                "n_soft_configurations": len(soft_set), **result.diagnostics,
                "seconds": time.perf_counter() - start}
     if report:
-        write_text(report, json.dumps(summary, indent=2) + "\n")
+        write_json(report, summary)
     _say(log, json.dumps(summary))
     return summary
 
@@ -297,6 +309,7 @@ def constraint_sets_file(potential: PathLike, *, strain: PathLike | None = None,
     import math
 
     from qmml import constraints as C
+    from qmml.checks import positive, positive_int, writable
     from qmml.potential import SNAPPotential
 
     if not (strain or neb or md):
@@ -306,6 +319,14 @@ def constraint_sets_file(potential: PathLike, *, strain: PathLike | None = None,
         raise QmmlError(f"--temperatures: must be positive, got {bad[0]:g} K")
     if a0 is not None and not a0 > 0:
         raise QmmlError(f"--a0: must be positive, got {a0:g} Å")
+    for name, value in (("strain_cells", strain_cells), ("n_strains", n_strains),
+                        ("neb_cells", neb_cells), ("neb_images", neb_images),
+                        ("md_steps", md_steps), ("md_snapshots", md_snapshots),
+                        ("md_cells", md_cells)):
+        positive_int(name, value)
+    positive("max_strain", max_strain)
+    positive("neb_fmax", neb_fmax)
+    writable(strain, neb, md)
     pot = SNAPPotential.read(potential)
     t0 = time.perf_counter()
     summary = {}
@@ -349,11 +370,15 @@ def constraint_descriptors_file(strain: PathLike, neb: PathLike, md: PathLike,
     """Hard rows (``strain`` + ``neb``) and soft normal equations (``md``) of the
     constraint sets into the descriptor ``cache``, where :func:`retrain_file` with the same
     sets (``hard=[strain, neb], soft=[md]``) finds them; ``output``: JSON summary."""
+    from qmml.checks import positive_int, writable, writable_dir
     from qmml.descriptors import DescriptorCache, close_workers
-    from qmml.io import read_frames, write_text
+    from qmml.io import read_frames, write_json
     from qmml.potential import SNAPPotential
     from qmml.retrain import constraint_sums
 
+    positive_int("workers", workers)
+    writable(output)
+    writable_dir(cache, "descriptor cache folder")
     pot = SNAPPotential.read(potential)
     space = pot.to_quadratic() if quadratic else pot
     start = time.perf_counter()
@@ -369,7 +394,7 @@ def constraint_descriptors_file(strain: PathLike, neb: PathLike, md: PathLike,
     summary = {"n_hard_rows": int(hard_rows.shape[0]), "n_soft_rows": soft_normal.n_rows,
                "n_coefficients": space.n_coefficients, "cache": str(cache),
                "seconds": time.perf_counter() - start}
-    write_text(output, json.dumps(summary, indent=2) + "\n")
+    write_json(output, summary)
     _say(log, json.dumps(summary))
     return summary
 
@@ -378,16 +403,19 @@ def extract_forces_file(frames: Sequence[PathLike], potential: PathLike, output:
                         summary: PathLike | None = None, log: Log = None) -> dict:
     """An iteration's QM/ML frames gathered into one retraining target file, with the
     iteration potential's force errors on the QM atoms (JSON ``summary``)."""
+    from qmml.checks import writable
     from qmml.extract import gather_frames, qm_force_errors
-    from qmml.io import write_frames, write_text
+    from qmml.io import write_frames, write_json
     from qmml.potential import SNAPPotential
 
+    writable(output, summary)
+    pot = SNAPPotential.read(potential)
     gathered = gather_frames(frames)
-    result = qm_force_errors(gathered, SNAPPotential.read(potential))
+    result = qm_force_errors(gathered, pot)
     result["files"] = [str(p) for p in frames]
     write_frames(output, gathered)
     if summary:
-        write_text(summary, json.dumps(result, indent=2) + "\n")
+        write_json(summary, result)
     _say(log, json.dumps(result))
     return result
 
@@ -401,11 +429,18 @@ def retrain_file(potential: PathLike, targets: Sequence[PathLike], hard: Sequenc
     ``soft`` sets' forces kept approximately; writes the potential prefix ``output`` and the
     JSON ``report`` (returned).  ``workers`` > 1 starts descriptor processes (spawn): a
     script calling this must guard its body with ``if __name__ == "__main__"``."""
+    from qmml.checks import nonnegative, positive_int, potential_outputs, writable, writable_dir
     from qmml.descriptors import DescriptorCache, close_workers, start_workers
-    from qmml.io import read_frames, write_text
+    from qmml.io import read_frames, write_json
     from qmml.potential import SNAPPotential
     from qmml.retrain import retrain
 
+    nonnegative("lambda0", lambda0)
+    nonnegative("lambda_soft", lambda_soft)
+    positive_int("workers", workers)
+    writable(*potential_outputs(output), report)
+    if descriptor_cache:
+        writable_dir(descriptor_cache, "descriptor cache folder")
     start_workers(workers)  # their start-up overlaps reading the inputs
     try:
         pot = SNAPPotential.read(potential)
@@ -424,7 +459,7 @@ def retrain_file(potential: PathLike, targets: Sequence[PathLike], hard: Sequenc
                   output=str(output))
     new.write(output, comment=f"qmml retrain of {potential} on "
               f"{result['n_target_atoms']} target atoms; hard rank {result['hard_rank']}")
-    write_text(report, json.dumps(result, indent=2) + "\n")
+    write_json(report, result)
     _say(log, f"qmml retrain: QM-atom force RMSE {result['qm_force_rmse_before']:.4f} -> "
          f"{result['qm_force_rmse_after']:.4f} eV/Å, hard residual "
          f"{result['hard_residual_max']:.2e} eV/atom, {result['seconds']:.1f} s")
@@ -434,14 +469,16 @@ def retrain_file(potential: PathLike, targets: Sequence[PathLike], hard: Sequenc
 def elastic_check_file(potential: PathLike, output: PathLike, log: Log = None) -> dict:
     """a0, C11, C12, C44 of ``potential`` by finite differences, as JSON ``output``: the
     iteration's elastic constants (the structures of the iteration are built with them)."""
+    from qmml.checks import writable
     from qmml.elastic import A0_GUESS, measure_cubic_elastic
-    from qmml.io import write_text
+    from qmml.io import write_json
     from qmml.potential import SNAPPotential
 
+    writable(output)
     pot = SNAPPotential.read(potential)
     measured = {k: float(v) for k, v in
                 measure_cubic_elastic(pot.calculator(), A0_GUESS).items()}
-    write_text(output, json.dumps(measured, indent=2) + "\n")
+    write_json(output, measured)
     _say(log, json.dumps(measured))
     return measured
 
@@ -468,8 +505,11 @@ def build_file(settings: dict, output: PathLike, state: int | None = None,
     every state, or only state ``state`` (0 initial, 1 final of a glide pair).  Elastic
     constants: ``settings`` a0/C11/C12/C44 when given, else measured with the potential."""
     from qmml.build import build_case
+    from qmml.checks import check_build_settings, writable
     from qmml.io import write_frames
 
+    check_build_settings(settings)
+    writable(output)
     states, summary = build_case(settings)
     write_frames(output, states if state is None else [states[state]])
     summary.update(output=str(output), frames=len(states) if state is None else 1)
@@ -500,8 +540,10 @@ def build_defect_file(name: str, defect: dict, dislocation: dict, three_d: dict,
     """Distance index ``k`` of configured defect ``name`` on a long 3D dislocation
     (:func:`qmml.binding.build_defect`) as extxyz ``output``."""
     from qmml.binding import build_defect
+    from qmml.checks import writable
     from qmml.io import write_frames
 
+    writable(output)
     atoms, summary = build_defect(name, defect, dislocation, three_d, str(potential), int(k),
                                   elastic=read_elastic(elastic))
     write_frames(output, [atoms])
@@ -535,8 +577,19 @@ def binding_path_file(far: PathLike, near: PathLike, far_structure: PathLike,
     ``output`` (:func:`qmml.binding.compute`); returns its summary.  ``ml_fmax`` of the
     ML-only end-state relaxations: default ``qmml.binding.ML_FMAX``."""
     from qmml.binding import ML_FMAX, compute
+    from qmml.checks import check_buffer, nonnegative, positive, positive_int, writable, \
+        writable_dir
     from qmml.frames import write_output_frames
+    from qmml.potential import SNAPPotential
 
+    positive_int("images", images)
+    nonnegative("vacuum", vacuum)
+    for name, value in (("qm_radius", qm_radius), ("ml_fmax", ml_fmax)):
+        if value is not None:
+            positive(name, value)
+    check_buffer(buffer, SNAPPotential.read(potential).cutoff, potential)
+    writable(output)
+    writable_dir(cache, "QM cache folder")
     result = compute(str(far), str(near), str(far_structure), str(near_structure),
                      str(potential), engine_settings(engine_config), str(cache), int(images),
                      float(buffer),

@@ -20,6 +20,7 @@ from qmml.accelerated.system import Evaluation, MixedSystem, SurrogateStep, max_
 from qmml.ase_optimizers import QMMLOptimizer
 from qmml.descriptors import DescriptorCache
 from qmml.forcemixing import neb_moving_images, run_fingerprint
+from qmml.interrupt import checkpoint_on_stop
 from qmml.io import read_checkpoint, write_pickle
 from qmml.potential import SNAPPotential
 from qmml.qmcache import CachedQMCalculator, NotCached
@@ -61,6 +62,7 @@ class LoopState:
         saved = dict(saved)
         saved.pop("fingerprint", None)
         saved.pop("last_error", None)
+        saved.pop("qm_counts", None)  # the run's QM-call counts (RunStats.resume_counts)
         saved.update(saved.pop("stats", None) or {})
         try:
             state = cls(**saved)
@@ -107,7 +109,9 @@ class _OuterLoop:
     def save(self) -> None:
         if self.checkpoint is not None:
             self.state.points = [ev.positions for ev in self.evals]
-            write_pickle(self.checkpoint, self.state.as_checkpoint(self.fingerprint))
+            self.stats.count(self.qm)
+            write_pickle(self.checkpoint, dict(self.state.as_checkpoint(self.fingerprint),
+                                               qm_counts=self.stats.checkpoint_counts()))
 
     # ---- start: from a checkpoint, from seeds, or from the ML minimum ------------------
     def start(self, seeds: Sequence[np.ndarray]) -> None:
@@ -128,6 +132,7 @@ class _OuterLoop:
             self._log(f"{self.checkpoint}: not a checkpoint of the accelerated optimiser, "
                       f"starting afresh")
             return False
+        self.stats.resume_counts(saved, replayed=True)
         for x in state.points:  # replay through the QM cache: no real QM call
             self.record(self.system.evaluate_true(x))
         self.state = state
@@ -300,8 +305,9 @@ def _run(system: MixedSystem, hard: Sequence[Atoms] | None, fmax: float, max_ste
     settings.check()
     loop = _OuterLoop(system, settings, fmax, hard, descriptor_cache, checkpoint, fingerprint,
                       log)
-    loop.start(seeds)
-    return loop.run(max_steps)
+    with checkpoint_on_stop(checkpoint, fingerprint, loop.stats, loop.qm):
+        loop.start(seeds)
+        return loop.run(max_steps)
 
 
 # ---- public entry points -------------------------------------------------------------

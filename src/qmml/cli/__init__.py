@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from qmml import QmmlError
+from qmml.interrupt import EXIT_STATUS, Terminated, stop_on_sigterm, stopped_message
 
 # command name -> (module in qmml.cli, one-line help)
 COMMANDS = {
@@ -30,11 +31,18 @@ def command_module(command: str):
     return importlib.import_module(f"qmml.cli.{COMMANDS[command][0]}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the option and what is wrong), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser, with the options of the command named in ``argv`` only: configuring a
     command imports its module, and every Snakemake job would otherwise import all of
     them (matscipy, scipy, ASE's QM/MM) before it starts."""
-    parser = argparse.ArgumentParser(prog="qmml", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="qmml", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<step>")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (_, help_text) in COMMANDS.items():
@@ -48,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     try:
-        return int(command_module(args.command).run(args) or 0)
+        with stop_on_sigterm():
+            return int(command_module(args.command).run(args) or 0)
     except QmmlError as err:
         print(f"qmml {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated as err:  # SLURM's time limit: say what is kept, how to go on
+        print(f"qmml {args.command}: "
+              f"{stopped_message(err, 'run the same command again')}", file=sys.stderr,
+              flush=True)
+        return EXIT_STATUS

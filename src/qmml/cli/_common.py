@@ -2,10 +2,33 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 
 def print_line(line: str) -> None:
     print(line, flush=True)
+
+
+def _checked(check: str, kind: str) -> Callable[[str], object]:
+    """An argparse ``type`` from the :mod:`qmml.checks` function ``check`` (its one-line
+    message; imported on use, so that configuring a parser stays cheap)."""
+    def convert(text: str):
+        from qmml import QmmlError, checks
+
+        try:
+            return getattr(checks, check)("value", text)
+        except QmmlError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix("value: ")) from None
+
+    convert.__name__ = kind  # argparse names the type in its messages
+    return convert
+
+
+# argparse types of every numeric option: NaN, inf and out-of-range values are refused
+positive_float = _checked("positive", "positive number")
+positive_int = _checked("positive_int", "positive integer")
+nonnegative_float = _checked("nonnegative", "number >= 0")
+finite_float = _checked("finite", "finite number")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +37,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     eng.add_argument("--engine-config", help="YAML engine config (key 'engine' + settings)")
     eng.add_argument("--engine", help="engine name with default settings: tblite, gpaw, "
                      "vasp, espresso, castep, reference (classical stand-in, not QM)")
-    parser.add_argument("--kpts-line", type=int, default=None,
+    parser.add_argument("--kpts-line", type=positive_int, default=None,
                         help="k-points along the dislocation line (tblite: replicas)")
 
 
@@ -61,9 +84,12 @@ def add_qmml_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--surrogate-space", choices=["linear", "quadratic"],
                         help="accelerated only: descriptor space of the surrogate "
                         "(default: AcceleratedSettings.space, quadratic)")
-    parser.add_argument("--buffer", type=float, default=8.0, help="buffer width in Å")
-    parser.add_argument("--vacuum", type=float, default=5.0, help="vacuum around the QM cluster")
-    parser.add_argument("--steps", type=int, default=1000, help="maximum optimiser steps")
+    parser.add_argument("--buffer", type=positive_float, default=8.0,
+                        help="buffer width in Å (at least the ML potential's cutoff)")
+    parser.add_argument("--vacuum", type=nonnegative_float, default=5.0,
+                        help="vacuum around the QM cluster")
+    parser.add_argument("--steps", type=positive_int, default=1000,
+                        help="maximum optimiser steps")
     parser.add_argument("--cache", required=True, help="QM cache directory")
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint file (default: OUTPUT.ckpt)")

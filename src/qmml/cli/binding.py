@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from qmml.cli._common import add_engine_arguments, engine_config, print_line
+from qmml.cli._common import (add_engine_arguments, engine_config, nonnegative_float,
+                              positive_float, positive_int, print_line)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,13 +18,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--near-structure", required=True, help="the near state as built")
     parser.add_argument("--potential", required=True, help="ML potential prefix")
     add_engine_arguments(parser)
-    parser.add_argument("--images", type=int, default=7,
+    parser.add_argument("--images", type=positive_int, default=7,
                         help="path images incl. end points (odd: Simpson)")
-    parser.add_argument("--qm-radius", type=float, default=None,
+    parser.add_argument("--qm-radius", type=positive_float, default=None,
                         help="QM sphere radius (default: from the built structures)")
-    parser.add_argument("--buffer", type=float, required=True, help="buffer width, Å")
-    parser.add_argument("--vacuum", type=float, default=5.0)
-    parser.add_argument("--ml-fmax", type=float, default=None,
+    parser.add_argument("--buffer", type=positive_float, required=True, help="buffer width, Å")
+    parser.add_argument("--vacuum", type=nonnegative_float, default=5.0)
+    parser.add_argument("--ml-fmax", type=positive_float, default=None,
                         help=f"fmax of the ML-only end-state relaxations (default {ML_FMAX})")
     parser.add_argument("--cache", required=True, help="QM cache directory")
     parser.add_argument("--output", required=True, help="path frames (extxyz)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qmml.cli._common import print_line
+from qmml.cli._common import positive_float, print_line
 
 # --quick: small cells and short runs (smoke test, not for production)
 QUICK = dict(strain_cells=3, neb_cells=3, md_cells=3, n_strains=5, neb_images=5,
@@ -18,8 +18,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strain", type=Path, help="output extxyz: strained cells")
     parser.add_argument("--neb", type=Path, help="output extxyz: vacancy-migration NEB images")
     parser.add_argument("--md", type=Path, help="output extxyz: NVE MD snapshots")
-    parser.add_argument("--a0", type=float, help="lattice constant (Å); default: Θ0's own")
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 1000.0, 3000.0],
+    parser.add_argument("--a0", type=positive_float,
+                        help="lattice constant (Å); default: Θ0's own")
+    parser.add_argument("--temperatures", type=positive_float,
+                        nargs="+", default=[300.0, 1000.0, 3000.0],
                         help="MD temperatures in K (runs start at 2T)")
     parser.add_argument("--seed", type=int, default=20231, help="MD velocity seed")
     parser.add_argument("--quick", action="store_true",

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import argparse
 
-from qmml.cli._common import print_line
+from qmml.cli._common import nonnegative_float, positive_float, print_line
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--potential", required=True, help="starting potential prefix")
     for key in ("a0", "C11", "C12", "C44"):
-        parser.add_argument(f"--{key}", type=float, required=True,
+        parser.add_argument(f"--{key}", type=positive_float, required=True,
                             help=f"target {key} ({'Å' if key == 'a0' else 'GPa'})")
     parser.add_argument("--soft", nargs="*", default=None,
                         help="extxyz soft-constraint configurations (MD snapshots); "
                              "default: generate NVE MD snapshots with the starting potential")
-    parser.add_argument("--lambda0", type=float, default=1.0)
-    parser.add_argument("--lambda-soft", type=float, default=1.0)
+    parser.add_argument("--lambda0", type=nonnegative_float, default=1.0)
+    parser.add_argument("--lambda-soft", type=nonnegative_float, default=1.0)
     parser.add_argument("--output", required=True, help="output potential prefix")
     parser.add_argument("--report", help="JSON report")
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from qmml.cli._common import add_qmml_run_arguments, qmml_run_options
+from qmml.cli._common import (add_qmml_run_arguments, positive_float, positive_int,
+                              qmml_run_options)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial", required=True, help="relaxed initial state (extxyz)")
     parser.add_argument("--final", required=True, help="relaxed final state (extxyz)")
-    parser.add_argument("--images", type=int, default=7, help="images including end points")
-    parser.add_argument("--spring", type=float, default=0.1, help="NEB spring constant, eV/Å²")
-    parser.add_argument("--fmax", type=float, default=0.05, help="force tolerance, eV/Å")
+    parser.add_argument("--images", type=positive_int,
+                        default=7, help="images including end points")
+    parser.add_argument("--spring", type=positive_float,
+                        default=0.1, help="NEB spring constant, eV/Å²")
+    parser.add_argument("--fmax", type=positive_float, default=0.05, help="force tolerance, eV/Å")
     add_qmml_run_arguments(parser)
 
 

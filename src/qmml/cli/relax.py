@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 
-from qmml.cli._common import add_qmml_run_arguments, qmml_run_options
+from qmml.cli._common import add_qmml_run_arguments, positive_float, qmml_run_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True,
                         help="extxyz with 'region' (QM/buffer/MM) and 'fix_mask' arrays")
-    parser.add_argument("--fmax", type=float, default=0.01, help="force tolerance, eV/Å")
+    parser.add_argument("--fmax", type=positive_float, default=0.01, help="force tolerance, eV/Å")
     add_qmml_run_arguments(parser)
 
 

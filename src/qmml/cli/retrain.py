@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qmml.cli._common import print_line
+from qmml.cli._common import nonnegative_float, positive_int, print_line
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -12,11 +12,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", nargs="+", required=True, help="extxyz with forces")
     parser.add_argument("--hard", nargs="+", required=True, help="hard-constraint extxyz")
     parser.add_argument("--soft", nargs="*", default=[], help="soft-constraint extxyz")
-    parser.add_argument("--lambda0", type=float, default=500.0)
-    parser.add_argument("--lambda-soft", type=float, default=1.0)
+    parser.add_argument("--lambda0", type=nonnegative_float, default=500.0)
+    parser.add_argument("--lambda-soft", type=nonnegative_float, default=1.0)
     parser.add_argument("--quadratic", action="store_true",
                         help="retrain in the quadratic descriptor space (Θ0 embedded)")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=positive_int, default=1,
                         help="processes for the descriptors (each runs its own LAMMPS)")
     parser.add_argument("--descriptor-cache", metavar="DIR",
                         help="folder of descriptor sums by content: sets seen before "
