@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import signal
 import subprocess
@@ -314,7 +315,7 @@ def test_bulk_cache_quarantine(tmp_path, milady):
     assert moved.read_text() == garbled  # kept, not deleted
     assert any(issubclass(w.category, CacheEntryWarning) for w in caught)
     assert f"{entry} is unusable" in lines[0] and str(moved) in lines[0], lines
-    assert lines[1:] == ["QM bulk call 1: 16 atoms, 0.0 s"]  # recomputed once
+    assert len(lines) == 2 and re.fullmatch(r"QM bulk call 1: 16 atoms, [\d.]+ s", lines[1])
     s2, calc = stress()
     assert calc.n_cache_hits == 1 and calc.n_real_calls == 0 and np.allclose(s2, s0)
     assert math.isfinite(json.loads(entry.read_text())["energy"])
