@@ -4,8 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 EXTRAS ?= test,workflow
+# test processes (pytest-xdist); files sharing module fixtures stay on one (tests/conftest.py)
+TEST_WORKERS ?= 2
+XDIST  := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-.PHONY: install demo test bench clean-demo
+.PHONY: install demo test test-fast bench clean-demo
 
 install: $(VENV)/.installed
 
@@ -18,8 +21,13 @@ $(VENV)/.installed: pyproject.toml
 	scripts/install-profile.sh slurm
 	touch $@
 
+# the full suite, as CI runs it
 test: install
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra $(XDIST) tests
+
+# the edit loop: everything but the runs marked slow, the SLURM cluster and GPAW
+test-fast: install
+	$(BIN)/python -m pytest -q -ra $(XDIST) -m "not slow and not slurm and not gpaw" tests
 
 demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
