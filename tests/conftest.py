@@ -6,8 +6,8 @@ Fixtures for any test file (session-scoped ones are built once per test process)
 - ``reference``: (potential, zbl) of the classical stand-in for QM, W_2940_2017_2 + ZBL
   (``engine: reference`` in an engine config; tests only, labelled as not QM).
 - ``small_screw``: a fresh copy of a small ½<111> screw cylinder (R = 14 Å, fixed shell
-  4 Å, one b thick, 102 atoms) with QM/buffer/MM regions (6 QM atoms within 3 Å, buffer 5 Å), as
-  ``qmml build`` makes it: cheap QM clusters for engine and error-path tests.
+  4 Å, one b thick, 102 atoms) with QM/buffer/MM regions (6 QM atoms within 3 Å, buffer
+  5 Å), as ``qmml build`` makes it: cheap QM clusters for engine and error-path tests.
 - ``small_screw_file``: the same structure written once as extxyz (read-only: copy it
   before editing), for CLI tests.
 - ``shared_reference_cache``: one QM cache directory of the stand-in engine for the whole
