@@ -43,9 +43,11 @@ LONGEST_FIRST = ("test_workflow.py", "test_accelerated.py", "test_slurm.py",
                  "test_resume.py", "test_binding.py", "test_figures.py", "test_qmmm.py",
                  "test_docs.py", "test_retrain.py", "test_config.py", "test_constraints.py",
                  "test_descriptors_fast.py")
-# files whose tests share no expensive module fixture: each test is its own work unit
-SPREAD = ("test_workflow.py", "test_resume.py", "test_config.py", "test_docs.py",
-          "test_structures.py", "test_layers.py")
+# files whose tests share no expensive module fixture and no working directory: each test
+# is its own work unit (test_config stays whole: its runs share the repository's
+# .snakemake lock)
+SPREAD = ("test_workflow.py", "test_resume.py", "test_docs.py", "test_structures.py",
+          "test_layers.py")
 
 
 def pytest_collection_modifyitems(config, items):
