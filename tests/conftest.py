@@ -37,8 +37,9 @@ MILADY = {"a0": 3.18551, "C11": 513.1, "C12": 201.0, "C44": 144.9}
 SMALL_SCREW = {"kind": "screw111", "radius": 14.0, "fixed_width": 4.0, "qm_radius": 3.0,
                "buffer": 5.0}
 
-# files by the CPU time of their tests, longest first (measured with -p cputime; the
-# single end-to-end pipeline runs of test_workflow lead: each is a few minutes)
+# files by the CPU time of their tests (process + child processes), longest first: each
+# end-to-end pipeline run of test_workflow alone takes over 2 CPU minutes, test_accelerated
+# about 3 together
 LONGEST_FIRST = ("test_workflow.py", "test_accelerated.py", "test_slurm.py",
                  "test_resume.py", "test_binding.py", "test_figures.py", "test_qmmm.py",
                  "test_docs.py", "test_retrain.py", "test_config.py", "test_constraints.py",
