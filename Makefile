@@ -4,12 +4,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 EXTRAS ?= test,workflow
+# test processes (pytest-xdist); files sharing module fixtures stay on one (tests/conftest.py)
+TEST_WORKERS ?= 2
+XDIST  := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-.PHONY: install demo test bench clean-demo
+.PHONY: install demo test test-fast bench clean-demo
 
 install: $(VENV)/.installed
 
-# CC=g++: the GPAW sdist compiles its C sources as C++ (see docs/setup in README).
+# CC=g++: the GPAW sdist compiles its C sources as C++ (docs/engines.md).
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -19,11 +22,15 @@ $(VENV)/.installed: pyproject.toml
 	scripts/install-system-packages.sh
 	touch $@
 
-# the free DFT programs (CP2K, Quantum ESPRESSO) for the real-engine tests; without root it
-# says why and the tests that need them are skipped with the reason
+# the full suite, as CI runs it; first the free DFT programs (CP2K, Quantum ESPRESSO) for
+# the real-engine tests (without root it says why, and those tests are skipped with the reason)
 test: install
 	scripts/install-system-packages.sh
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra $(XDIST) tests
+
+# the edit loop: everything but the runs marked slow, the SLURM cluster and GPAW
+test-fast: install
+	$(BIN)/python -m pytest -q -ra $(XDIST) -m "not slow and not slurm and not gpaw" tests
 
 demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml

@@ -1,5 +1,30 @@
-"""Shared fixtures: shipped potentials and small W structures (real LAMMPS, no mocks)."""
+"""Shared fixtures and the suite's schedule (real LAMMPS and engines, no mocks).
+
+Fixtures for any test file (session-scoped ones are built once per test process):
+
+- ``milady``: Θ0, the paper's W_milady_lml SNAPPotential (``MILADY``: its a0 and C_ij).
+- ``reference``: (potential, zbl) of the classical stand-in for QM, W_2940_2017_2 + ZBL
+  (``engine: reference`` in an engine config; tests only, labelled as not QM).
+- ``small_screw``: a fresh copy of a small ½<111> screw cylinder (R = 14 Å, fixed shell
+  4 Å, one b thick, 102 atoms) with QM/buffer/MM regions (6 QM atoms within 3 Å, buffer
+  5 Å), as ``qmml build`` makes it: cheap QM clusters for engine and error-path tests.
+- ``small_screw_file``: the same structure written once as extxyz (read-only: copy it
+  before editing), for CLI tests.
+- ``shared_reference_cache``: one QM cache directory of the stand-in engine for the whole
+  run (shared by xdist workers too).  For tests that only need QM/ML forces; never for a
+  test that counts real QM calls from an empty cache (use ``tmp_path`` for that).
+- ``rng``: a seeded numpy Generator.
+
+Schedule: ``make test`` runs the suite on two processes (pytest-xdist, ``--dist
+loadgroup``).  Files whose tests share module-scoped fixtures (relaxations, QM/ML runs)
+stay on one worker (``xdist_group`` = file name), and the files with the longest runs go
+first so that the two workers finish together; files in ``SPREAD`` hand out single tests.
+A new file is grouped and scheduled after the listed ones; list it in ``LONGEST_FIRST``
+when its tests take more than ~30 s together.
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +34,41 @@ from qmml.potential import SNAPPotential, reference_potential
 
 # W_milady_lml (Goryaeva et al. 2021), method.md: the paper's Θ0
 MILADY = {"a0": 3.18551, "C11": 513.1, "C12": 201.0, "C44": 144.9}
+SMALL_SCREW = {"kind": "screw111", "radius": 14.0, "fixed_width": 4.0, "qm_radius": 3.0,
+               "buffer": 5.0}
+
+# files by the CPU time of their tests (process + child processes), longest first: each
+# end-to-end pipeline run of test_workflow alone takes over 2 CPU minutes, test_accelerated
+# about 3 together
+LONGEST_FIRST = ("test_workflow.py", "test_accelerated.py", "test_slurm.py",
+                 "test_resume.py", "test_binding.py", "test_figures.py", "test_qmmm.py",
+                 "test_docs.py", "test_retrain.py", "test_config.py", "test_constraints.py",
+                 "test_descriptors_fast.py")
+# files whose tests share no expensive module fixture and no working directory: each test
+# is its own work unit (test_config stays whole: its runs share the repository's
+# .snakemake lock)
+SPREAD = ("test_workflow.py", "test_resume.py", "test_docs.py", "test_structures.py",
+          "test_layers.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first (a file's tests stay together, so module fixtures are built
+    once); with xdist, one work unit per file except the SPREAD files."""
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    order = {id(item): k for k, item in enumerate(items)}
+
+    def key(item):
+        name = Path(str(item.path)).name
+        # test_workflow: its end-to-end runs (marked slow) before its dry runs
+        late = name == "test_workflow.py" and item.get_closest_marker("slow") is None
+        return rank.get(name, len(rank)), name, late, order[id(item)]
+
+    items.sort(key=key)
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            name = Path(str(item.path)).name
+            if name not in SPREAD:
+                item.add_marker(pytest.mark.xdist_group(name.removesuffix(".py")))
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +80,42 @@ def milady() -> SNAPPotential:
 def reference():
     """(potential, zbl) of the classical stand-in for QM (W_2940_2017_2 + ZBL)."""
     return reference_potential()
+
+
+@pytest.fixture(scope="session")
+def _small_screw_built(tmp_path_factory):
+    from qmml import steps
+    from qmml.build import default_settings
+    from qmml.io import read_frame
+
+    path = tmp_path_factory.mktemp("small_screw") / "screw.xyz"
+    steps.build_file(default_settings(**SMALL_SCREW, **MILADY), path)
+    path.chmod(0o444)
+    return path, read_frame(path)
+
+
+@pytest.fixture
+def small_screw(_small_screw_built):
+    """A ½<111> screw (R = 14 Å) with regions: a fresh copy per test."""
+    return _small_screw_built[1].copy()
+
+
+@pytest.fixture
+def small_screw_file(_small_screw_built) -> Path:
+    """extxyz of ``small_screw`` as ``qmml build`` writes it (read-only)."""
+    return _small_screw_built[0]
+
+
+@pytest.fixture(scope="session")
+def shared_reference_cache(tmp_path_factory) -> Path:
+    """QM cache directory of the stand-in engine, one for the run (all xdist workers:
+    qmml.qmcache locks each entry, so concurrent writers compute a cluster once)."""
+    root = tmp_path_factory.getbasetemp()
+    if root.name.startswith("popen-gw"):
+        root = root.parent  # the run's directory, above the workers' own
+    path = root / "shared_reference_qm_cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture

@@ -115,6 +115,44 @@ def assert_message_png(path) -> None:
     assert_real_png(path, min_side=150, min_bytes=2_000, min_std=0.01)
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every matplotlib figure saved during the test, in order (laid out as saved)."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def recording(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return figures
+
+
+def renderer_of(fig):
+    """A renderer of the saved figure, laid out again as when it was saved."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # pyplot detached the closed figure from its canvas
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def assert_panels_apart(fig) -> None:
+    """No two panels (axes with tick labels, labels and titles) share a pixel."""
+    renderer = renderer_of(fig)
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes if ax.get_visible() and ax.axison]
+    for k, a in enumerate(boxes):
+        for b in boxes[k + 1:]:
+            assert not boxes_overlap(a, b), (a, b)
+
+
 def test_all_six_pngs_exist_and_are_not_blank(run):
     assert set(run["outputs"]) == set(F.FIGURES)
     for path in run["outputs"].values():
@@ -137,6 +175,27 @@ def test_force_parity_rmse_equals_extract_and_retrain_numbers(run):
     assert F.rmse(ml, ref) == pytest.approx(np.sqrt(np.mean((ml - ref) ** 2)))
 
 
+def test_force_parity_panels_count_components_and_titles_stay_apart(run, tmp_path, drawn):
+    R = run["R"]
+    numbers = F.force_parity([(0, R / "iter_0/targets.xyz"), (1, R / "iter_0/targets.xyz")],
+                             run["inputs"]["potentials"], tmp_path / "parity.png")
+    assert_real_png(tmp_path / "parity.png")
+    (fig,) = drawn
+    renderer = renderer_of(fig)
+    titles = [ax.title for ax in fig.axes]
+    assert len(titles) == 2
+    a, b = (t.get_window_extent(renderer) for t in titles)
+    assert not boxes_overlap(a, b)
+    assert_panels_apart(fig)
+    for i, title in enumerate(titles):
+        n = numbers[i]
+        # one plotted point per Cartesian component: 3 per QM atom
+        assert n["n_components"] == 3 * n["n_qm_atoms"]
+        assert f"{n['n_components']} force components on {n['n_qm_atoms']} QM atoms" in \
+            title.get_text()
+    assert numbers[1]["rmse_before"] == pytest.approx(numbers[0]["rmse_after"])
+
+
 def test_force_rmse_figure_uses_json_values(run):
     R, n = run["R"], run["numbers"]["force_rmse"]
     report = json.loads((R / "iter_1/retrain.json").read_text())
@@ -145,7 +204,7 @@ def test_force_rmse_figure_uses_json_values(run):
     assert n["after"] == {1: report["qm_force_rmse_after"]}
 
 
-def test_elastic_constants_stay_fixed_and_deviation_is_relative(run, tmp_path):
+def test_elastic_constants_stay_fixed_and_deviation_is_relative(run, tmp_path, drawn):
     n = run["numbers"]["elastic_constants"]
     assert n["iterations"] == [0, 1]
     for key in F.ELASTIC_KEYS:
@@ -154,6 +213,12 @@ def test_elastic_constants_stay_fixed_and_deviation_is_relative(run, tmp_path):
     assert n["values"]["a0"][0] == pytest.approx(MILADY["a0"], abs=2e-4)
     # the strain hard rows keep a0 and the elastic constants of Θ0 (to ~0.2 %)
     assert max(abs(n["relative_deviation"][k][1]) for k in F.ELASTIC_KEYS) < 2e-3
+
+    drawn.clear()
+    F.elastic_constants(run["inputs"]["elastic"], tmp_path / "elastic.png")
+    (fig,) = drawn
+    assert len(fig.axes) == 8
+    assert_panels_apart(fig)  # tick labels do not run into the next panel
 
     bad = tmp_path / "iter_0" / "elastic.json"
     bad.parent.mkdir()
@@ -194,6 +259,25 @@ def test_dd_map_of_compact_screw_core(run):
     assert summary["max_dd_over_b"] == pytest.approx(summary["core_dd_over_b"])
 
 
+def test_dd_map_has_a_colour_legend_and_panels_apart(run, tmp_path, drawn):
+    relaxed, structures = run["inputs"]["relaxed"], run["inputs"]["structures"]
+    # two panels of the same core: labelled apart, one colour bar for both
+    summary = F.dd_maps(relaxed * 2, tmp_path / "dd.png", structures * 2)
+    assert len(summary) == 2
+    assert_real_png(tmp_path / "dd.png")
+    (fig,) = drawn
+    bars = [ax for ax in fig.axes if "height along the line" in ax.get_xlabel()]
+    assert len(bars) == 1
+    assert bars[0].get_xlim() == (0.0, 1.0)  # the colour range of the atoms' heights
+    maps = [ax for ax in fig.axes if ax not in bars and ax.axison]
+    assert len(maps) == 2
+    for ax in maps:  # the atoms: coloured on the colour bar's scale
+        atoms = ax.collections[0]
+        assert (atoms.norm.vmin, atoms.norm.vmax) == (0, 1)
+        assert len(set(np.round(atoms.get_array(), 6))) == 3  # three heights per ½<111> b
+    assert_panels_apart(fig)
+
+
 def test_dd_reference_bulk_and_burgers_circuit(run):
     from ase.io import read
 
@@ -220,7 +304,7 @@ def test_dd_reference_bulk_and_burgers_circuit(run):
         F.reference_bulk(bare)
 
 
-def test_binding_energy_groups_sorted_and_errors(run, tmp_path):
+def test_binding_energy_groups_sorted_and_errors(run, tmp_path, drawn):
     n = run["numbers"]["binding_energy"]
     assert n[("vac", "screw")] == {"distance": [0.0, 6.0], "E_b_qmml": [0.71, 0.05],
                                    "E_b_ml": [0.52, 0.02], "E_b_qmml_path_error": [-0.01, 0.004]}
@@ -229,6 +313,25 @@ def test_binding_energy_groups_sorted_and_errors(run, tmp_path):
     bad.write_text("defect,dislocation,distance,E_b_qmml\nvac,screw,0,1\n")
     with pytest.raises(QmmlError, match="binding.csv: required column 'E_b_ml' missing"):
         F.binding_energy(bad, tmp_path / "b.png")
+    # two distances are two points (markers only); three or more trace a profile (lines)
+    drawn.clear()
+    F.binding_energy(run["inputs"]["binding"][0], tmp_path / "two.png")
+    (fig,) = drawn
+    data = [line for line in fig.axes[0].get_lines() if line.get_marker() in ("o", "s")]
+    assert len(data) == 4  # QM/ML and ML-only of vac and he
+    assert all(line.get_linestyle() == "None" and line.get_marker() not in ("None", "")
+               for line in data)
+    three = tmp_path / "three.csv"
+    three.write_text(run["inputs"]["binding"][0].read_text()
+                     + "vac,screw,3.0,0.3,0.01,0.25,paths/vac_2.xyz\n")
+    drawn.clear()
+    groups = F.binding_energy(three, tmp_path / "three.png")
+    assert groups[("vac", "screw")]["distance"] == [0.0, 3.0, 6.0]
+    (fig,) = drawn
+    styles = {len(line.get_xdata()): line.get_linestyle() for line in fig.axes[0].get_lines()
+              if line.get_marker() in ("o", "s")}
+    assert styles[3] != "None" and styles[2] == "None"
+
     none = tmp_path / "none.png"
     assert F.binding_energy(None, none) == {}
     assert_message_png(none)

@@ -31,6 +31,8 @@ ELASTIC_KEYS = ("a0", "C11", "C12", "C44")
 ELASTIC_UNITS = {"a0": "Å", "C11": "GPa", "C12": "GPa", "C44": "GPa"}
 BINDING_COLUMNS = ("defect", "dislocation", "distance", "E_b_qmml", "E_b_ml")
 DPI = 110
+DD_PANEL_INCHES = 5.0
+PROFILE_POINTS = 3  # binding energies: fewest distances drawn as a connected profile
 
 
 # ---- small helpers ------------------------------------------------------------------------
@@ -97,7 +99,8 @@ def force_parity(targets: Keyed, potentials: Keyed, output: PathLike) -> dict[in
     """ML vs QM/ML force components on the QM atoms of each iteration's targets.
 
     Iteration i's targets are evaluated with potential i (before retraining) and, when
-    present, potential i+1 (after).  Returns {i: {"rmse_before", "rmse_after", "n_qm_atoms"}}.
+    present, potential i+1 (after).  Returns {i: {"rmse_before", "rmse_after", "n_qm_atoms",
+    "n_components"}} (3 force components per QM atom, each one point in the plot).
     """
     pots = by_iteration(potentials, "potentials")
     data = {}
@@ -114,7 +117,8 @@ def force_parity(targets: Keyed, potentials: Keyed, output: PathLike) -> dict[in
     if not data:
         _message_figure(output, "QM-atom force parity", "no QM/ML target data")
         return {}
-    fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(data), figsize=(4.6 * len(data), 4.9), squeeze=False,
+                             layout="constrained")
     for ax, (i, e) in zip(axes[0], data.items()):
         ref = e["ref"].ravel()
         ax.scatter(ref, e["before"].ravel(), s=9, alpha=0.7, color="tab:blue",
@@ -129,13 +133,16 @@ def force_parity(targets: Keyed, potentials: Keyed, output: PathLike) -> dict[in
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
+        ax.locator_params(nbins=5)  # readable ticks on both axes of a square panel
         ax.set_xlabel("QM/ML force component (eV/Å)")
         ax.set_ylabel("ML force component (eV/Å)")
-        ax.set_title(f"iteration {i}: {e['n_qm_atoms']} QM-atom forces (all frames)")
+        # one point per Cartesian component: 3 per QM atom
+        ax.set_title(f"iteration {i}\n{ref.size} force components on {e['n_qm_atoms']} QM "
+                     "atoms (all frames)", fontsize=10)
         ax.legend(fontsize=7, loc="upper left")
     _save(fig, output)
-    return {i: {k: e[k] for k in ("rmse_before", "rmse_after", "n_qm_atoms")}
-            for i, e in data.items()}
+    return {i: {**{k: e[k] for k in ("rmse_before", "rmse_after", "n_qm_atoms")},
+                "n_components": int(e["ref"].size)} for i, e in data.items()}
 
 
 # ---- 2. force RMSE per iteration ----------------------------------------------------------
@@ -189,7 +196,9 @@ def elastic_constants(elastic: Keyed, output: PathLike) -> dict:
     rows = [read_mapping(files[i], ELASTIC_KEYS) for i in iters]
     values = {k: [float(r[k]) for r in rows] for k in ELASTIC_KEYS}
     relative = {k: [(v - values[k][0]) / values[k][0] for v in values[k]] for k in ELASTIC_KEYS}
-    fig, axes = plt.subplots(2, 4, figsize=(13, 5.5), sharex=True)
+    # constrained layout: each panel's tick labels get their own room (no overlap with the
+    # panel to the left)
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6), sharex=True, layout="constrained")
     for col, key in enumerate(ELASTIC_KEYS):
         top, bottom = axes[0, col], axes[1, col]
         top.plot(iters, values[key], "o-", color="tab:blue")
@@ -198,6 +207,7 @@ def elastic_constants(elastic: Keyed, output: PathLike) -> dict:
         spread = max(0.01 * abs(mean), 1.2 * float(np.ptp(values[key])))
         top.set_ylim(mean - spread, mean + spread)
         top.set_title(f"{key} ({ELASTIC_UNITS[key]})")
+        top.ticklabel_format(axis="y", useOffset=False)
         bottom.plot(iters, np.asarray(relative[key]) * 1e6, "o-", color="tab:red")
         bottom.axhline(0, color="0.5", lw=0.8)
         bottom.set_xlabel("iteration")
@@ -394,8 +404,11 @@ def dd_maps(relaxed: Keyed, output: PathLike,
     n = len(relaxed)
     ncol = min(n, 3)
     nrow = -(-n // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 5 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(DD_PANEL_INCHES * ncol,
+                                                  DD_PANEL_INCHES * nrow + 0.6), squeeze=False,
+                             layout="constrained")
     summary = {}
+    heights = None
     for ax, (iteration, path), spath in zip(axes.ravel(), relaxed, structures):
         atoms = read_frame(path)
         structure = read_frame(spath) if spath else None
@@ -410,7 +423,7 @@ def dd_maps(relaxed: Keyed, output: PathLike,
         if label in summary:  # same case and iteration twice: keep both panels apart
             label += f" [{len(summary) + 1}]"
         pairs, dd = differential_displacements(dislo, bulk, burgers, a0)
-        _draw_dd(ax, dislo, bulk, info, window, pairs, dd)
+        heights = _draw_dd(ax, dislo, bulk, info, window, pairs, dd)
         mid = 0.5 * (bulk.positions[pairs[:, 0], :2] + bulk.positions[pairs[:, 1], :2])
         near = np.linalg.norm(mid - core, axis=1) < window
         summary[label] = {"kind": info["kind"],
@@ -422,15 +435,22 @@ def dd_maps(relaxed: Keyed, output: PathLike,
         ax.set_ylabel("y (Å)")
     for ax in axes.ravel()[n:]:
         ax.set_axis_off()
+    # one colour legend for every panel: same colour map and range (0 to 1)
+    bar = fig.colorbar(heights, ax=axes[:, :n].ravel().tolist(), location="bottom",
+                       shrink=min(0.6, 0.3 * n), aspect=30, pad=0.02)
+    bar.set_label("atom height along the line (fraction of one period)")
     _save(fig, output)
     return summary
 
 
 def _draw_dd(ax, dislo: Atoms, bulk: Atoms, info: dict, window: float,
-             pairs: np.ndarray, dd: np.ndarray) -> None:
+             pairs: np.ndarray, dd: np.ndarray):
     """Vitek map: atoms projected on xy (coloured by height within one period along the
     line), one arrow per first-neighbour pair along the pair's projection, centred on its
-    midpoint, of length 3·|DD|/|b| times the pair separation (DD = b/3 spans the pair)."""
+    midpoint.  Arrow length: |DD|/(b/3) times the pair separation for a screw (DD = b/3
+    spans the pair), |DD|/(b/2) for an edge (its core DDs reach b/2).  Pairs with
+    |DD| < 2 % of b (elastic far field) get no arrow.  Returns the atoms' scatter (for
+    the colour bar)."""
     b = float(np.linalg.norm(info["burgers"]))
     core = np.asarray(info["core_position"], float)
     period = float(bulk.cell[2, 2]) / int(info.get("n_line", 1))
@@ -440,21 +460,37 @@ def _draw_dd(ax, dislo: Atoms, bulk: Atoms, info: dict, window: float,
     inside = np.all(np.abs(xy - core) < window + 0.5, axis=1)
     first_period = (bulk.positions[:, 2] - z0) < period - 1e-6
     shown = inside & first_period
-    ax.scatter(xy[shown, 0], xy[shown, 1], c=layer[shown], cmap="viridis", vmin=0, vmax=1,
-               s=90, edgecolors="k", linewidths=0.6, zorder=1)
+    # markers smaller than the closest projected columns (dense for edges along <112>)
+    points_per_angstrom = 0.8 * 72 * DD_PANEL_INCHES / (2 * window)  # axes ≈ 80 % of a panel
+    spacing = _column_spacing(xy[shown])
+    diameter = min(11.0, 0.55 * spacing * points_per_angstrom)
+    heights = ax.scatter(xy[shown, 0], xy[shown, 1], c=layer[shown], cmap="viridis", vmin=0,
+                         vmax=1, s=diameter ** 2, edgecolors="k",
+                         linewidths=0.6 if diameter > 6 else 0.3, zorder=1)
     use = inside[pairs[:, 0]] & inside[pairs[:, 1]] & first_period[pairs[:, 0]]
     i, j = pairs[use, 0], pairs[use, 1]
     sep = xy[j] - xy[i]
-    arrow = sep * (3.0 * dd[use] / b)[:, None]  # sign of DD sets the arrow's direction
+    spans = 3.0 if str(info.get("kind", "")).startswith("screw") else 2.0
+    arrow = sep * (spans * dd[use] / b)[:, None]  # sign of DD sets the arrow's direction
     mid = 0.5 * (xy[i] + xy[j])
-    big = np.abs(dd[use]) > 0.01 * b  # elastic far field: no visible arrow
+    big = np.abs(dd[use]) > 0.02 * b
     ax.quiver(mid[big, 0] - 0.5 * arrow[big, 0], mid[big, 1] - 0.5 * arrow[big, 1],
               arrow[big, 0], arrow[big, 1], angles="xy", scale_units="xy", scale=1,
-              width=0.006, color="k", zorder=2)
+              width=0.005, headwidth=3.5, color="k", zorder=2)
     ax.plot(*core, "r+", ms=12, mew=2, zorder=3)
     ax.set_xlim(core[0] - window, core[0] + window)
     ax.set_ylim(core[1] - window, core[1] + window)
     ax.set_aspect("equal")
+    return heights
+
+
+def _column_spacing(xy: np.ndarray) -> float:
+    """Smallest distance (Å) between distinct atom columns projected on xy."""
+    from scipy.spatial import cKDTree
+
+    distance, _ = cKDTree(xy).query(xy, k=min(len(xy), 8))
+    distinct = distance[distance > 0.1]
+    return float(distinct.min()) if distinct.size else 1.0
 
 
 # ---- 6. binding energies ------------------------------------------------------------------
@@ -483,7 +519,9 @@ def binding_energy(binding: PathLike | None, output: PathLike) -> dict:
     """E_b (QM/ML and ML-only) vs distance from the core, one curve pair per defect.
 
     Returns {(defect, dislocation): {"distance", "E_b_qmml", "E_b_ml"[, "E_b_qmml_path_error"]}}
-    sorted by distance; the path error (``qmml.binding``) is drawn as error bars.
+    sorted by distance; the path error (``qmml.binding``) is drawn as error bars.  Points of
+    a defect are joined by lines only when it has ≥ 3 distances (a profile); fewer are
+    markers alone.
     """
     if binding is None:
         _message_figure(output, "Binding energies", "no point defects configured")
@@ -503,13 +541,16 @@ def binding_energy(binding: PathLike | None, output: PathLike) -> dict:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, ((defect, disl), g) in enumerate(groups.items()):
         c = colors[k % len(colors)]
+        # lines only where >= 3 distances trace a profile; two points are two points
+        profile = len(g["distance"]) >= PROFILE_POINTS
+        qm_style, ml_style = ("o-", "s--") if profile else ("o", "s")
         if "E_b_qmml_path_error" in g:  # qmml.binding's quadrature-error estimate
             ax.errorbar(g["distance"], g["E_b_qmml"], yerr=np.abs(g["E_b_qmml_path_error"]),
-                        fmt="o-", color=c, capsize=3, label=f"{defect} ({disl}) QM/ML")
+                        fmt=qm_style, color=c, capsize=3, label=f"{defect} ({disl}) QM/ML")
         else:
-            ax.plot(g["distance"], g["E_b_qmml"], "o-", color=c,
+            ax.plot(g["distance"], g["E_b_qmml"], qm_style, color=c,
                     label=f"{defect} ({disl}) QM/ML")
-        ax.plot(g["distance"], g["E_b_ml"], "s--", color=c, mfc="none",
+        ax.plot(g["distance"], g["E_b_ml"], ml_style, color=c, mfc="none", ms=8,
                 label=f"{defect} ({disl}) ML only")
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xlabel("distance from the dislocation line (Å)")
