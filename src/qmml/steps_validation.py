@@ -45,14 +45,15 @@ def qm_vacancy_reference_file(engine_config: dict | PathLike, cache: PathLike,
     return result
 
 
-def validate_file(potential: PathLike, elastic: PathLike, bulk_reference: PathLike,
+def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference: PathLike,
                   vacancy_reference: PathLike, output: PathLike, *,
                   nebs: Sequence[tuple[str, PathLike]] = (),
                   relaxed: Sequence[tuple[str, PathLike, PathLike]] = (),
                   heldout: Sequence[tuple[str, PathLike]] = (),
                   log: Log = None):
     """``validation.csv`` of one potential (:mod:`qmml.validation`): elastic rows
-    (``elastic`` vs ``bulk_reference``), vacancy rows (the same procedure as
+    (``elastic``, the potential's elastic.json, or None to measure them, vs
+    ``bulk_reference``), vacancy rows (the same procedure as
     ``vacancy_reference`` with the potential, same cell), per glide case in ``nebs``
     (case, QM/ML NEB file) the ML-only Peierls barrier and the ML energy profile on the
     QM/ML path, per screw case in ``relaxed`` (case, QM/ML relaxed frame, unrelaxed
@@ -65,7 +66,12 @@ def validate_file(potential: PathLike, elastic: PathLike, bulk_reference: PathLi
 
     start = time.perf_counter()
     pot = SNAPPotential.read(potential)
-    measured = read_mapping(elastic, V.ELASTIC_KEYS)
+    if elastic is None:  # measured here, as the pipeline's elastic_check does
+        from qmml.elastic import A0_GUESS, measure_cubic_elastic
+
+        measured = measure_cubic_elastic(pot.calculator(), A0_GUESS)
+    else:
+        measured = read_mapping(elastic, V.ELASTIC_KEYS)
     rows = V.elastic_rows(measured, read_mapping(bulk_reference, V.ELASTIC_KEYS))
     qm_vac = read_mapping(vacancy_reference, ("formation_energy", "migration_barrier",
                                               "n_cells", "fmax"))

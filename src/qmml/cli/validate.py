@@ -21,8 +21,9 @@ def _pair(text: str, parts: int, option: str) -> tuple[str, ...]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--potential", required=True, help="potential prefix to validate")
-    parser.add_argument("--elastic", required=True,
-                        help="its elastic.json (a0, C11, C12, C44; as elastic_check writes)")
+    parser.add_argument("--elastic", default=None,
+                        help="its elastic.json (a0, C11, C12, C44; as the pipeline's "
+                             "elastic_check writes); default: measured here")
     parser.add_argument("--bulk-reference", required=True,
                         help="QM bulk reference JSON (qm_bulk/reference.json: a0, Cij)")
     parser.add_argument("--vacancy-reference", required=True, metavar="V.json",
