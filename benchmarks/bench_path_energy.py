@@ -72,8 +72,9 @@ def main() -> None:
         f"{Path(p['source']).stem}: barrier eV (QM/ML {p['barrier_qmml_virtual_work']:.4f}) "
         "| rel. error" for p in base["paths"]) + " | QM-atom force RMSE eV/Å | vs force-only"
     head += " | held-out RMSE eV/Å | vs force-only" if held else ""
-    print(head + " | hard residual eV/atom |")
-    print("|" + "---|" * (head.count("|") + 1))
+    head += " | hard residual eV/atom |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
     for row in rows:
         cells = [f"{row['lambda_path']:g}"]
         for p in row["paths"]:

@@ -36,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help="QM cache directory (for --vacancy-reference)")
     parser.add_argument("--vacancy-cells", type=int, default=None,
                         help="n of the n×n×n periodic vacancy cell (default 2)")
-    parser.add_argument("--neb", nargs="+", default=[], metavar="CASE=NEB.xyz",
+    parser.add_argument("--glide", nargs="+", default=[], metavar="CASE=NEB.xyz",
                         help="QM/ML glide NEBs (qmml neb output) by case")
     parser.add_argument("--relaxed", nargs="+", default=[], metavar="CASE=RELAXED.xyz,BUILT.xyz",
                         help="QM/ML relaxed screw and its unrelaxed structure (qmml build)")
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from qmml.steps_validation import (VACANCY_CELLS, qm_vacancy_reference_file,
                                        validate_file)
 
-    nebs = [_pair(t, 2, "--neb") for t in args.neb]
+    nebs = [_pair(t, 2, "--glide") for t in args.glide]
     relaxed = [_pair(t, 3, "--relaxed") for t in args.relaxed]
     if not Path(args.vacancy_reference).is_file():
         if not (args.engine or args.engine_config) or not args.cache:
