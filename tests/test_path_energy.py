@@ -101,3 +101,15 @@ def test_retraining_on_path_energies_fixes_the_barrier(milady):
     assert abs(report["barrier_relative_error_after"]) < 0.03
     assert report["profile_rmse_after"] < 0.2 * report["profile_rmse_before"]
     assert with_path["hard_residual_max"] < 1e-9
+
+
+def test_binding_path_gives_its_end_to_end_row(milady):
+    """A qmml binding output (path_image, E_b_qmml info) contributes one row: the
+    descriptor-sum change between its end states, target −E_b of the segment."""
+    images, energies = _hop_path(milady, n_images=5)
+    for k, atoms in enumerate(images):
+        atoms.info.update(path_image=k, E_b_qmml=0.3)
+    rows = path_rows(images[::-1], milady, source="binding")  # ordered by path_image
+    assert rows.rows.shape == (1, milady.theta.size)
+    np.testing.assert_allclose(rows.targets, [-0.3])
+    assert float(rows.rows[0] @ milady.theta) == pytest.approx(energies[-1], abs=1e-8)

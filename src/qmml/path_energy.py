@@ -95,11 +95,29 @@ def virtual_work_energies(images: Sequence[Atoms]) -> np.ndarray:
     return np.interp(s, grid, energy)
 
 
+def is_binding_path(frames: Sequence[Atoms]) -> bool:
+    """A ``qmml binding`` output: a straight path with its segment's E_b in the info."""
+    return all("path_image" in a.info for a in frames) and "E_b_qmml" in frames[0].info
+
+
 def path_rows(frames: Sequence[Atoms], potential, source: str = "path",
               workers: int = 1, cache=None) -> PathRows:
-    """The energy rows of an ordered QM/ML path in ``potential``'s descriptor space."""
+    """The energy rows of an ordered QM/ML path in ``potential``'s descriptor space.
+
+    A binding path (:func:`is_binding_path`) gives only its end-to-end row, with the
+    binding code's own quadrature as target (E_near − E_far = −E_b of the segment): its
+    images lie on a straight line between two relaxed states, unrelaxed, and the
+    virtual work along it peaks at tens of eV, far from any configuration the potential
+    should be fitted to."""
     from qmml.descriptors import energy_rows
 
+    if is_binding_path(frames):
+        frames = sorted(frames, key=lambda a: int(a.info["path_image"]))
+        ends = ordered_images([frames[0], frames[-1]], source)
+        sums = energy_rows(ends, potential, source=source, workers=workers,
+                           cache=cache) * len(ends[0])
+        return PathRows(source, sums[1:] - sums[0],
+                        np.array([-float(frames[0].info["E_b_qmml"])]))
     images = ordered_images(frames, source)
     sums = energy_rows(images, potential, source=source, workers=workers,
                        cache=cache) * len(images[0])  # per-atom means -> sums
