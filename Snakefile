@@ -16,6 +16,7 @@ include: "workflow/rules/potential.smk"
 include: "workflow/rules/structures.smk"
 include: "workflow/rules/qmml.smk"
 include: "workflow/rules/defects3d.smk"
+include: "workflow/rules/validation.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -2,6 +2,7 @@
 the schema, and the user-facing docs carry no development history."""
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -130,6 +131,17 @@ def test_cli_walkthrough_runs_as_written(tmp_path):
     assert len(path) == 5
     assert path[0].info["engine"] == STAND_IN
     assert path[0].info["path_max_step"] < 3.0   # one lattice hop, not a long jump
+
+    # retraining fitted the glide path's energies too; validation rows of Θ1
+    (glide,) = report["paths"]
+    assert glide["images"] == 5 and report["lambda_path"] == 1000.0
+    validation = {(row["property"], row["case"]): row
+                  for row in csv.DictReader(open(work / "validation.csv"))}
+    assert float(validation["a0", "bulk"]["reference"]) == 3.172
+    assert abs(float(validation["a0", "bulk"]["error"])) < 1e-6   # hard constraint
+    assert float(validation["peierls_barrier", "screw"]["reference"]) == pytest.approx(
+        barrier, abs=1e-9)
+    assert validation["screw_core", "screw"]["value"] in ("easy", "hard", "split")
 
     full = yaml.safe_load((work / "my_full.yaml").read_text())
     assert full["qmml"]["fmax"] == 0.01 and full["retrain"]["lambda0"] == 500.0

@@ -46,7 +46,8 @@ def test_profile_declares_slurm_and_heavy_rules() -> None:
     # Without slurmdbd `sacct` fails; `squeue` works everywhere.
     assert prof["slurm-status-command"] == "squeue"
     assert {"runtime", "mem_mb", "slurm_partition"} <= set(prof["default-resources"])
-    heavy = ("qmml_relax", "qmml_neb", "qmml_3d_defect", "qmml_binding_path", "qm_bulk_reference")
+    heavy = ("qmml_relax", "qmml_neb", "qmml_3d_defect", "qmml_binding_path", "qm_bulk_reference",
+             "qm_vacancy_reference")
     assert set(prof["set-resources"]) == set(heavy)
     for rule in heavy:
         res = prof["set-resources"][rule]

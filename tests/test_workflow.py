@@ -78,7 +78,34 @@ def test_dry_run_builds_full_dag(configfile, tmp_path):
     iters_3d = n_iter + 1 if cfg.get("retrain", {}).get("use_3d") else 1
     assert jobs.get("qmml_3d_defect", 0) == iters_3d * n_points
     assert jobs["figures"] == 1 and jobs["report"] == 1
+    # every potential (0..N) is validated; the QM vacancy reference is computed once
+    assert jobs["validate"] == n_iter + 1 and jobs["qm_vacancy_reference"] == 1
+    assert jobs["validation_figure"] == 1
     assert not (tmp_path / "results").exists()  # a dry run computes nothing
+
+
+def test_dry_run_validation_and_path_targets(tmp_path):
+    """Each iteration's retraining reads its glide NEB as a path target; validate i reads
+    potential i, the QM/ML runs of iteration min(i, N-1) and the held-out frames of the
+    iterations before and at i."""
+    tiny = (ROOT / "tests" / "data" / "tiny.yaml").read_text()
+    config = tmp_path / "glide.yaml"
+    config.write_text(tiny.replace("fixed_width: 5.0}", "fixed_width: 5.0, glide_images: 5}", 1))
+    jobs = dry_run_jobs(snakemake(tmp_path, config, "-n"))
+    retrain = {job["output"][0]: job["input"] for job in jobs if job["rule"] == "retrain"}
+    for j in (1, 2):
+        assert f"results/iter_{j - 1}/qmml/screw_neb.xyz" in \
+            retrain[f"results/iter_{j}/potential.snapcoeff"]
+    validate = {job["output"][0]: job["input"] for job in jobs if job["rule"] == "validate"}
+    assert sorted(validate) == [f"results/iter_{i}/validation.csv" for i in range(3)]
+    for i, k, held in ((0, 0, [0]), (1, 1, [0, 1]), (2, 1, [1])):
+        inputs = validate[f"results/iter_{i}/validation.csv"]
+        assert f"results/iter_{i}/potential.snapcoeff" in inputs
+        assert f"results/iter_{k}/qmml/screw_neb.xyz" in inputs
+        assert f"results/iter_{k}/qmml/screw_initial.xyz" in inputs
+        assert "results/qm_bulk/vacancy.json" in inputs
+        assert sorted(f for f in inputs if f.endswith("heldout.xyz")) == \
+            [f"results/iter_{m}/heldout.xyz" for m in held]
 
 
 @pytest.mark.parametrize("use_3d", [False, True])
@@ -156,7 +183,23 @@ def test_end_to_end_two_iterations_and_partial_rerun(tmp_path):
     for name in ("force_parity", "force_rmse", "elastic_constants", "glide_barriers",
                  "dd_maps", "binding_energy"):
         assert (res / "figures" / f"{name}.png").stat().st_size > 5000
-    assert html.count("data:image/png;base64,") >= 6
+    assert html.count("data:image/png;base64,") >= 7
+    # every potential validated against the stand-in "QM": elastic rows are elastic.json
+    # minus the bulk reference; the vacancy rows compare the same procedure
+    reference = json.loads((res / "qm_bulk" / "reference.json").read_text())
+    for i in range(3):
+        table = pd.read_csv(res / f"iter_{i}" / "validation.csv")
+        rows = table.set_index(["property", "case"])
+        elastic = json.loads((res / f"iter_{i}" / "elastic.json").read_text())
+        for key in ("a0", "C11", "C12", "C44"):
+            assert float(rows.loc[(key, "bulk"), "error"]) == pytest.approx(
+                elastic[key] - reference[key], abs=1e-9)
+        for prop in ("vacancy_formation_energy", "vacancy_migration_barrier"):
+            assert np.isfinite(float(rows.loc[(prop, "bulk"), "value"]))
+        assert rows.loc[("screw_core", "screw"), "reference"] in ("easy", "hard", "split")
+        assert rows.loc[("screw_core", "screw"), "value"] in ("easy", "hard", "split")
+    assert (res / "figures" / "validation.png").stat().st_size > 5000
+    assert 'id="validation"' in html
 
     # adding an iteration runs only the new one: nothing of iterations 0 and 1 is planned
     more = tmp_path / "three.yaml"
@@ -232,7 +275,8 @@ def test_end_to_end_accelerated_optimizer(tmp_path):
     for i in (0, 1):
         report = json.loads((res / f"iter_{i + 1}" / "retrain.json").read_text())
         assert report["hard_residual_max"] <= 1e-9
-        assert report["n_target_frames"] == n_qm_points[f"iter_{i}", "screw_initial.xyz"]
+        held = json.loads((res / f"iter_{i}" / "targets.json").read_text())["n_heldout_frames"]
+        assert report["n_target_frames"] == n_qm_points[f"iter_{i}", "screw_initial.xyz"] - held
     assert "hard set" in report["descriptor_cache"]["read"]
     # iteration 1 relaxed the same screw with Θ1, seeded with iteration 0's QM points: all
     # replayed from the cache (new QM calls only after them), starting from the best

@@ -37,6 +37,19 @@ def gather_frames(paths: Sequence[str | Path]) -> list[Atoms]:
     return frames
 
 
+def split_heldout(frames: Sequence[Atoms], fraction: float
+                  ) -> tuple[list[Atoms], list[Atoms]]:
+    """(training frames, held-out frames): frame k (0-based, in gathering order) is held
+    out when ⌊(k+1)·f⌋ > ⌊k·f⌋, i.e. every 1/f-th frame, the same frames on every run;
+    ⌊n·f⌋ of n frames, never all of them (f < 1)."""
+    if not 0.0 <= fraction < 1.0:
+        raise QmmlError(f"heldout_fraction: {fraction} must be in [0, 1)")
+    held = [int(np.floor((k + 1) * fraction)) > int(np.floor(k * fraction))
+            for k in range(len(frames))]
+    return ([a for a, h in zip(frames, held) if not h],
+            [a for a, h in zip(frames, held) if h])
+
+
 def qm_atom_forces(frames: Sequence[Atoms], potential: SNAPPotential,
                    source: str = "targets") -> tuple[np.ndarray, np.ndarray]:
     """(QM/ML forces, ML forces of ``potential``) on the free QM atoms of every frame,

@@ -3,9 +3,14 @@
 Force mixing gives forces, not energies.  Along an ordered path (NEB images, end points
 included) the virtual work of the mixed forces,
 
-    E_k − E_0 = −Σ_{j<k} ½ (F_j + F_{j+1})·(x_{j+1} − x_j)     (free atoms, trapezoid rule),
+    E(s) − E(0) = −∫_0^s F(s')·dx/ds' ds'      (free atoms),
 
-is the energy change of the QM/ML system.  A linear potential's energy change between two
+is the energy change of the QM/ML system.  The integral is taken as ASE's
+``NEB.integrate_forces`` does (Swinburne & Kermode 2017): cubic splines of the positions
+and of the forces through the images against the normalised Euclidean arc length, their
+product integrated on a fine grid; on a qmml NEB output this reproduces its
+``neb_energy_virtual_work`` at the images.  A trapezoid rule on the images alone
+underestimates a glide barrier by ~20 % with 5 images (sinusoidal profile).  A linear potential's energy change between two
 images of the same atoms is (Σ_i D(x_k)_i − Σ_i D(x_0)_i)·Θ, so every image after the
 first gives one linear row.  Retraining with these rows makes the potential's energy
 profile along the path follow the QM/ML one, which force rows constrain only indirectly.
@@ -64,22 +69,55 @@ def ordered_images(frames: Sequence[Atoms], source: str) -> list[Atoms]:
     return frames
 
 
+SPLINE_POINTS = 1000  # integration grid of the splines (as ASE's integrate_forces)
+
+
 def virtual_work_energies(images: Sequence[Atoms]) -> np.ndarray:
     """E_k − E_0 of the module docstring for every image (the first is 0), eV."""
+    from scipy.integrate import cumulative_trapezoid
+    from scipy.interpolate import CubicSpline
+
     free = free_mask(images[0])
-    energies = [0.0]
+    # positions unwrapped along the path (minimum-image steps), free atoms only
+    x = [images[0].positions[free]]
     for a, b in zip(images[:-1], images[1:]):
         step, _ = find_mic(b.positions - a.positions, a.cell, a.pbc)
-        mean_force = 0.5 * (forces_of(a, "path") + forces_of(b, "path"))
-        energies.append(energies[-1] - float((mean_force[free] * step[free]).sum()))
-    return np.array(energies)
+        x.append(x[-1] + step[free])
+    x = np.array([p.ravel() for p in x])
+    forces = np.array([forces_of(a, "path")[free].ravel() for a in images])
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(x, axis=0), axis=1))])
+    if arc[-1] <= 0 or (np.diff(arc) <= 0).any():
+        raise QmmlError("path: two consecutive images at the same positions")
+    s = arc / arc[-1]
+    grid = np.linspace(0.0, 1.0, SPLINE_POINTS * (len(images) - 1) + 1)
+    work = (CubicSpline(s, forces)(grid) * CubicSpline(s, x).derivative()(grid)).sum(axis=1)
+    energy = -cumulative_trapezoid(work, grid, initial=0.0)
+    return np.interp(s, grid, energy)
+
+
+def is_binding_path(frames: Sequence[Atoms]) -> bool:
+    """A ``qmml binding`` output: a straight path with its segment's E_b in the info."""
+    return all("path_image" in a.info for a in frames) and "E_b_qmml" in frames[0].info
 
 
 def path_rows(frames: Sequence[Atoms], potential, source: str = "path",
               workers: int = 1, cache=None) -> PathRows:
-    """The energy rows of an ordered QM/ML path in ``potential``'s descriptor space."""
+    """The energy rows of an ordered QM/ML path in ``potential``'s descriptor space.
+
+    A binding path (:func:`is_binding_path`) gives only its end-to-end row, with the
+    binding code's own quadrature as target (E_near − E_far = −E_b of the segment): its
+    images lie on a straight line between two relaxed states, unrelaxed, and the
+    virtual work along it peaks at tens of eV, far from any configuration the potential
+    should be fitted to."""
     from qmml.descriptors import energy_rows
 
+    if is_binding_path(frames):
+        frames = sorted(frames, key=lambda a: int(a.info["path_image"]))
+        ends = ordered_images([frames[0], frames[-1]], source)
+        sums = energy_rows(ends, potential, source=source, workers=workers,
+                           cache=cache) * len(ends[0])
+        return PathRows(source, sums[1:] - sums[0],
+                        np.array([-float(frames[0].info["E_b_qmml"])]))
     images = ordered_images(frames, source)
     sums = energy_rows(images, potential, source=source, workers=workers,
                        cache=cache) * len(images[0])  # per-atom means -> sums

@@ -177,10 +177,21 @@ def _git_commit() -> str:
     return out.stdout.strip() or "unknown (not a git checkout)"
 
 
+def validation_table(tables: Keyed) -> str:
+    """Every potential's validation.csv rows (qmml.validation) as one table."""
+    from qmml.validation_plot import read_tables
+
+    data = read_tables(keyed(tables))
+    rows = [[v.item() if hasattr(v, "item") else v for v in row]
+            for row in data.itertuples(index=False)]
+    return html_table("validation", list(data.columns), rows)
+
+
 # ---- the report --------------------------------------------------------------------------
 def write_report(output: PathLike, figures: dict[str, PathLike], *,
                  elastic: Keyed = (), retrain: Keyed = (), targets_summary: Keyed = (),
                  binding: PathLike | None = None, frames: Keyed = (),
+                 validation: Keyed = (),
                  config: dict | None = None,
                  captions: dict[str, str] | None = None, title: str = "qmml run report"
                  ) -> Path:
@@ -219,6 +230,9 @@ def write_report(output: PathLike, figures: dict[str, PathLike], *,
     parts.append("<h2>Retraining reports</h2>")
     parts.append(html_table("retrain", ["new iteration", *RETRAIN_COLUMNS],
                             retrain_rows(retrain)))
+    if validation:
+        parts.append("<h2>Validation against the QM reference</h2>")
+        parts.append(validation_table(validation))
     parts.append("<h2>Binding energies</h2>")
     if binding is not None:
         table = read_binding(binding)

@@ -164,10 +164,14 @@ def path_report(rows: PathRows, theta_before: np.ndarray, theta_after: np.ndarra
     def rmse(theta):
         return float(np.sqrt(np.mean((rows.profile(theta) - reference) ** 2)))
 
+    # a downhill path (a binding path towards the core) has no barrier to compare
+    has_barrier = reference.max() > 0
     return {"source": rows.source, "images": int(reference.size),
             "barrier_qmml_virtual_work": float(reference.max()),
             "barrier_before": float(rows.profile(theta_before).max()),
             "barrier_after": float(rows.profile(theta_after).max()),
-            "barrier_relative_error_before": rows.barrier_error(theta_before),
-            "barrier_relative_error_after": rows.barrier_error(theta_after),
+            "barrier_relative_error_before": rows.barrier_error(theta_before)
+            if has_barrier else None,
+            "barrier_relative_error_after": rows.barrier_error(theta_after)
+            if has_barrier else None,
             "profile_rmse_before": rmse(theta_before), "profile_rmse_after": rmse(theta_after)}

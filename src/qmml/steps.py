@@ -400,20 +400,29 @@ def constraint_descriptors_file(strain: PathLike, neb: PathLike, md: PathLike,
 
 
 def extract_forces_file(frames: Sequence[PathLike], potential: PathLike, output: PathLike,
-                        summary: PathLike | None = None, log: Log = None) -> dict:
+                        summary: PathLike | None = None, heldout: PathLike | None = None,
+                        heldout_fraction: float = 0.0, log: Log = None) -> dict:
     """An iteration's QM/ML frames gathered into one retraining target file, with the
-    iteration potential's force errors on the QM atoms (JSON ``summary``)."""
+    iteration potential's force errors on the QM atoms (JSON ``summary``).  A fraction
+    ``heldout_fraction`` of the frames (:func:`qmml.extract.split_heldout`) goes to
+    ``heldout`` instead (validation frames no retraining sees; an empty file when none)."""
     from qmml.checks import writable
-    from qmml.extract import gather_frames, qm_force_errors
+    from qmml.extract import gather_frames, qm_force_errors, split_heldout
     from qmml.io import write_frames, write_json
     from qmml.potential import SNAPPotential
 
-    writable(output, summary)
+    writable(output, summary, heldout)
     pot = SNAPPotential.read(potential)
-    gathered = gather_frames(frames)
+    gathered, held = split_heldout(gather_frames(frames), heldout_fraction)
+    if held and not heldout:
+        raise QmmlError("extract-forces: held-out frames need a file for them (--heldout)")
     result = qm_force_errors(gathered, pot)
     result["files"] = [str(p) for p in frames]
+    result.update(heldout_fraction=heldout_fraction, n_heldout_frames=len(held),
+                  heldout_sources=[str(a.info["source_file"]) for a in held])
     write_frames(output, gathered)
+    if heldout:
+        write_frames(heldout, held)
     if summary:
         write_json(summary, result)
     _say(log, json.dumps(result))
@@ -424,16 +433,21 @@ def retrain_file(potential: PathLike, targets: Sequence[PathLike], hard: Sequenc
                  soft: Sequence[PathLike], output: PathLike, report: PathLike, *,
                  lambda0: float = 500.0, lambda_soft: float = 1.0, quadratic: bool = False,
                  workers: int = 1, descriptor_cache: PathLike | None = None,
+                 paths: Sequence[PathLike] = (), lambda_path: float | None = None,
                  log: Log = None) -> dict:
     """Θ retrained on the QM/ML forces of ``targets`` with the ``hard`` sets exact and the
     ``soft`` sets' forces kept approximately; writes the potential prefix ``output`` and the
-    JSON ``report`` (returned).  ``workers`` > 1 starts descriptor processes (spawn): a
-    script calling this must guard its body with ``if __name__ == "__main__"``."""
+    JSON ``report`` (returned).  ``paths``: ordered QM/ML path files (NEB, binding path)
+    whose virtual-work energies are targets too, weight ``lambda_path`` (default
+    ``qmml.retrain.LAMBDA_PATH``; 0 = only reported).  ``workers`` > 1 starts descriptor
+    processes (spawn): a script calling this must guard its body with
+    ``if __name__ == "__main__"``."""
     from qmml.checks import nonnegative, positive_int, potential_outputs, writable, writable_dir
     from qmml.descriptors import DescriptorCache, close_workers, start_workers
     from qmml.io import read_frames, write_json
     from qmml.potential import SNAPPotential
-    from qmml.retrain import retrain
+    from qmml.frames import read_output_frames
+    from qmml.retrain import LAMBDA_PATH, retrain
 
     nonnegative("lambda0", lambda0)
     nonnegative("lambda_soft", lambda_soft)
@@ -444,6 +458,7 @@ def retrain_file(potential: PathLike, targets: Sequence[PathLike], hard: Sequenc
     start_workers(workers)  # their start-up overlaps reading the inputs
     try:
         pot = SNAPPotential.read(potential)
+        path_sets = [(str(path), read_output_frames(path)) for path in paths]
         target_frames = [(f"{path} frame {i}", a) for path in targets
                          for i, a in enumerate(read_frames(path))]
         hard_set = [a for path in hard for a in read_frames(path)]
@@ -451,7 +466,8 @@ def retrain_file(potential: PathLike, targets: Sequence[PathLike], hard: Sequenc
         new, result = retrain(pot, target_frames, hard_set, soft_set, lambda0, lambda_soft,
                               quadratic, workers=workers,
                               cache=DescriptorCache(descriptor_cache) if descriptor_cache
-                              else None, log=log)
+                              else None, log=log, paths=path_sets,
+                              lambda_path=LAMBDA_PATH if lambda_path is None else lambda_path)
     finally:
         close_workers()
     result.update(potential=str(potential), targets=[str(p) for p in targets],
@@ -463,6 +479,10 @@ def retrain_file(potential: PathLike, targets: Sequence[PathLike], hard: Sequenc
     _say(log, f"qmml retrain: QM-atom force RMSE {result['qm_force_rmse_before']:.4f} -> "
          f"{result['qm_force_rmse_after']:.4f} eV/Å, hard residual "
          f"{result['hard_residual_max']:.2e} eV/atom, {result['seconds']:.1f} s")
+    for p in result["paths"]:
+        _say(log, f"qmml retrain: path {p['source']}: barrier {p['barrier_before']:.4f} -> "
+             f"{p['barrier_after']:.4f} eV (QM/ML virtual work "
+             f"{p['barrier_qmml_virtual_work']:.4f} eV)")
     return result
 
 
@@ -653,6 +673,7 @@ def report_file(output: PathLike, figures: dict, inputs: dict, iterations: dict,
                         retrain=keyed.get("retrain", ()),
                         targets_summary=keyed.get("targets_summary", ()),
                         binding=(list(keyed.get("binding", ())) or [None])[0],
+                        validation=keyed.get("validation", ()),
                         frames=list(keyed.get("relaxed", ())) + list(keyed.get("neb", ())),
                         config=config, captions=text)
     _say(log, f"wrote {output} with {len(figures)} figures")

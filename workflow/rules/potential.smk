@@ -131,6 +131,17 @@ rule elastic_check:
         "../scripts/elastic_check.py"
 
 
+def path_targets(i):
+    """Ordered QM/ML paths of iteration i whose virtual-work energies retraining fits
+    (retrain.lambda_path): the glide NEBs, and with use_3d the binding paths (but the
+    farthest distance's, which starts and ends at the same state)."""
+    paths = [f"{R}/iter_{i}/qmml/{case}_neb.xyz" for case in CASES if glide(case)]
+    if config["retrain"]["use_3d"]:
+        paths += [f"{R}/iter_{i}/3d/paths/{name}_{k}.xyz" for name, d in DEFECTS.items()
+                  for k in range(len(d["distances"])) if path_start(name, k) != k]
+    return paths
+
+
 def retrain_inputs(w):
     i = int(w.j) - 1
     targets = [f"{R}/iter_{i}/targets.xyz"]
@@ -139,6 +150,7 @@ def retrain_inputs(w):
     return {
         "potential": potential_files(i),
         "targets": targets,
+        "paths": path_targets(i),
         "strain": f"{R}/iter_{i}/constraints/strain.xyz",
         "neb": f"{R}/iter_{i}/constraints/neb.xyz",
         "md": f"{R}/iter_{i}/constraints/md.xyz",

@@ -61,8 +61,10 @@ rule extract_forces:
     output:
         targets=f"{R}/iter_{{i}}/targets.xyz",
         summary=f"{R}/iter_{{i}}/targets.json",
+        heldout=f"{R}/iter_{{i}}/heldout.xyz",
     params:
         prefix=lambda w: potential(w.i),
+        heldout_fraction=config["validation"]["heldout_fraction"],
     conda:
         ENV
     log:

@@ -62,10 +62,12 @@ rule report:
     input:
         unpack(figure_inputs),
         figures=rules.figures.output,
+        validation=rules.validation_figure.input,
+        validation_figure=rules.validation_figure.output[0],
     output:
         f"{R}/report.html",
     params:
-        iterations=FIGURE_ITERATIONS,
+        iterations=dict(FIGURE_ITERATIONS, validation=list(range(N + 1))),
         config=config,
     conda:
         ENV

@@ -3,4 +3,6 @@ from qmml.steps import extract_forces_file, log_file
 
 with log_file(snakemake.log[0]) as log:
     extract_forces_file(list(snakemake.input.frames), snakemake.params.prefix,
-                        snakemake.output.targets, snakemake.output.summary, log=log)
+                        snakemake.output.targets, snakemake.output.summary,
+                        heldout=snakemake.output.heldout,
+                        heldout_fraction=snakemake.params.heldout_fraction, log=log)

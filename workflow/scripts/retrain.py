@@ -8,4 +8,5 @@ if __name__ == "__main__":
         retrain_file(p.previous, list(inp.targets), [inp.strain, inp.neb], [inp.md], p.prefix,
                      snakemake.output.report, lambda0=r["lambda0"], lambda_soft=r["lambda_soft"],
                      quadratic=r["quadratic"], workers=snakemake.threads,
-                     descriptor_cache=p.descriptor_cache, log=log)
+                     descriptor_cache=p.descriptor_cache, paths=list(inp.paths),
+                     lambda_path=r["lambda_path"], log=log)

@@ -24,6 +24,7 @@ COMMANDS = {
     "check-config": ("check_config", "validate a pipeline config (schema, defaults)"),
     "build": ("build", "build a dislocation case (+ defect, QM/buffer/MM regions) as extxyz"),
     "binding": ("binding", "QM/ML virtual-work binding path of a defect between two distances"),
+    "validate": ("validate", "validate a potential against the QM reference (table)"),
 }
 
 

@@ -21,6 +21,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--descriptor-cache", metavar="DIR",
                         help="folder of descriptor sums by content: sets seen before "
                              "(same frames, same descriptor parameters) are not recomputed")
+    parser.add_argument("--path", nargs="+", default=[], metavar="P.xyz",
+                        help="ordered QM/ML paths (qmml neb / qmml binding outputs) whose "
+                             "virtual-work energies are targets too (qmml.path_energy)")
+    parser.add_argument("--lambda-path", type=float, default=None,
+                        help="weight of the path-energy rows, eV⁻² against the force rows' "
+                             "(eV/Å)⁻² (default: qmml.retrain.LAMBDA_PATH; 0 = report only)")
     parser.add_argument("--output", required=True, help="output potential prefix")
     parser.add_argument("--report", required=True, help="JSON report")
 
@@ -30,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
 
     retrain_file(args.potential, args.targets, args.hard, args.soft, args.output, args.report,
                  lambda0=args.lambda0, lambda_soft=args.lambda_soft, quadratic=args.quadratic,
-                 workers=args.workers, descriptor_cache=args.descriptor_cache, log=print_line)
+                 workers=args.workers, descriptor_cache=args.descriptor_cache, paths=args.path,
+                 lambda_path=args.lambda_path, log=print_line)
     return 0
