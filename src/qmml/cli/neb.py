@@ -13,6 +13,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=7, help="images including end points")
     parser.add_argument("--spring", type=float, default=0.1, help="NEB spring constant, eV/Å²")
     parser.add_argument("--fmax", type=float, default=0.05, help="force tolerance, eV/Å")
+    parser.add_argument("--climb", action="store_true",
+                        help="climbing image: the highest image of the virtual-work profile "
+                        "climbs to the saddle (force mixing has no energy)")
     add_qmml_run_arguments(parser)
 
 
@@ -21,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         neb_file(args.initial, args.final, images=args.images, spring=args.spring,
+                 climb=args.climb,
                  **qmml_run_options(args))
     except NotConverged:
         return 1  # the summary line above says so; the output is written
