@@ -142,8 +142,11 @@ def main() -> None:
                       qm_point_frames([start], [0], st, {}), format="extxyz")
         extra = ""
         if name == "accelerated":
+            n = max(st.outer_steps, 1)
             extra = (f" (rejected {st.rejected_steps}, fallback {st.fallback_steps}, "
-                     f"hard residual max {st.surrogate_hard_residual_max:.1e})")
+                     f"hard residual max {st.surrogate_hard_residual_max:.1e}; per outer "
+                     f"step: fit {st.seconds_fit / n:.1f} s, surrogate relaxation "
+                     f"{st.seconds_surrogate / n:.1f} s, QM {st.qm_seconds / n:.1f} s)")
         print(f"| {name}{extra} | {st.converged} ({st.fmax:.4f}) | {st.n_qm_real_calls} | "
               f"{st.steps} | {wall:.1f} | {st.qm_seconds:.1f} |", flush=True)
     if "accelerated" in rows and "FIRE" in rows:

@@ -184,35 +184,42 @@ class _OuterLoop:
                 self._log(f"accelerated: relaxed with the ML potential alone ({n} steps, "
                           f"no QM)")
         if settings.neb_probe and len(self.system.moving) > 2:
-            self.probe(len(self.system.moving) // 2)
+            # every other image: the others lie between two probed ones
+            self.probe(range(0, len(self.system.moving), 2))
         self.record(self.system.evaluate_true())
 
-    def probe(self, n: int) -> None:
-        """NEB: one QM call on moving image n; a surrogate fitted to its QM forces
-        (absolute rows, no Δ-correction: no point of the band is known yet) relaxes the
-        whole band before its first QM call.  The probe stays in the training data."""
+    def probe(self, images: Sequence[int]) -> None:
+        """NEB: QM calls on the moving images ``images`` only; a surrogate fitted to their
+        QM forces (absolute rows; Δ-correction on those images alone, the only ones known)
+        relaxes the whole band before its first QM call, probed images kept at their QM
+        point where the band allows (the band's first evaluation then repeats no call for
+        them).  The probes stay in the training data."""
         settings, x = self.settings, self.system.positions()
         t = time.perf_counter()
-        self.data.add_absolute(*self.system.evaluate_image(n, x[n]))
-        self.state.probes.append((n, x[n].copy()))
+        probed = {}
+        for n in images:
+            rows, probed[n] = self.system.evaluate_image(n, x[n])
+            self.data.add_absolute(rows, probed[n])
+            self.state.probes.append((n, x[n].copy()))
         theta, _ = fit_surrogate(self.system.theta_i, self.data, 0, settings.force_weight,
                                  self.hard_rows, settings.lambda0)
         self.stats.seconds_fit += time.perf_counter() - t
         t = time.perf_counter()
         try:
-            y, steps = self.system.relax_ml(settings.inner_fmax_ratio * self.fmax,
-                                            settings.inner_optimizer, settings.inner_steps,
-                                            settings.trust_max, theta)
+            step = self.system.probe_step(theta, x, probed, settings, self.fmax)
         except SurrogateFailure as failure:
             self._log(f"accelerated: probe surrogate failed ({failure}); first QM call on "
                       f"the band where it is")
-            y, steps = x, 0
+            step = SurrogateStep(x, np.zeros_like(x), 0, False)
         self.stats.seconds_surrogate += time.perf_counter() - t
-        self.state.surrogate_steps += steps
-        self.system.set_positions(y)
-        self._log(f"accelerated: probe QM call on image {self.system.moving[n]}, band "
-                  f"relaxed on its surrogate ({steps} steps, moved "
-                  f"{max_displacement(y, x):.3f} A)")
+        self.state.surrogate_steps += step.steps
+        self.stats.kept_images += step.kept
+        self.system.set_positions(step.positions)
+        self._log(f"accelerated: probe QM calls on images "
+                  f"{[self.system.moving[n] for n in images]}, band relaxed on their "
+                  f"surrogate ({step.steps} steps, moved "
+                  f"{max_displacement(step.positions, x):.3f} A, {step.kept} probed images "
+                  f"kept)")
 
     # ---- the outer steps ---------------------------------------------------------------
     @property
@@ -266,7 +273,8 @@ class _OuterLoop:
             step = system.surrogate_step(theta, self.anchor, state.current, self.data,
                                          settings, state.trust, self.fmax)
             if settings.keep_ratio > 0:
-                step = system.keep_images(step, self.anchor, settings.keep_ratio * self.fmax)
+                step = system.keep_images(step, self.anchor.positions,
+                                          settings.keep_ratio * self.fmax)
         except SurrogateFailure as failure:
             self.stats.seconds_surrogate += time.perf_counter() - t
             self.reject(failure=True)

@@ -245,23 +245,47 @@ class MixedSystem:
                     self.set_positions(x, "sur")
             return SurrogateStep(x, self.surrogate_forces(), n, hit)
 
-    def keep_images(self, step: SurrogateStep, anchor: Evaluation, limit: float
-                    ) -> SurrogateStep:
-        """NEB: put images back at the anchor (their QM point, so no QM call is due for
+    def probe_step(self, theta: np.ndarray, x: np.ndarray, probed: dict[int, np.ndarray],
+                   settings: AcceleratedSettings, fmax: float) -> SurrogateStep:
+        """NEB band ``x`` of which only the moving images in ``probed`` are QM-called
+        (image index: its raw QM forces): the surrogate Θ (offsets δ on those images alone,
+        where the truth is known) relaxed inside ``settings.trust_max``; probed images put
+        back at their QM point where the band allows (:meth:`keep_images`).
+        SurrogateFailure if an evaluation fails."""
+        with self._failures():
+            self.set_surrogate(theta, x)
+            for n, qm_forces in probed.items():
+                image = self.sur_images[self.moving[n]]
+                image.calc.offset = qm_forces - image.calc.raw_surrogate_qm_forces(image)
+                image.calc.reset()
+            y, steps, hit = self.relax_surrogate(x, settings.trust_max,
+                                                 settings.inner_fmax_ratio * fmax,
+                                                 settings.inner_optimizer,
+                                                 settings.inner_steps)
+            step = SurrogateStep(y, self.surrogate_forces(), steps, hit)
+            if settings.keep_ratio > 0:
+                step = self.keep_images(step, x, settings.keep_ratio * fmax,
+                                        only=list(probed))
+            return step
+
+    def keep_images(self, step: SurrogateStep, anchor: np.ndarray, limit: float,
+                    only: Sequence[int] | None = None) -> SurrogateStep:
+        """NEB: put images back at ``anchor`` (their QM point, so no QM call is due for
         them), the least-moved first, as long as the surrogate band stays below ``limit``
         (eV/Å) with them there.  An image whose surrogate move barely changes the band's
-        forces costs a QM call for nothing; its true forces there are already known."""
+        forces costs a QM call for nothing; its true forces there are already known.
+        ``only``: the images that may be put back (default: all)."""
         if len(self.moving) < 2 or step.hit:
             return step
         x, kept = step.positions.copy(), 0
-        moved = [max_displacement(x[n:n + 1], anchor.positions[n:n + 1])
+        moved = [max_displacement(x[n:n + 1], anchor[n:n + 1])
                  for n in range(len(self.moving))]
         with self._failures():
             for n in np.argsort(moved):
-                if moved[n] == 0.0:
+                if moved[n] == 0.0 or (only is not None and n not in only):
                     continue
                 trial = x.copy()
-                trial[n] = anchor.positions[n]
+                trial[n] = anchor[n]
                 self.set_positions(trial, "sur")
                 if max_force(self.sur_target) <= limit:
                     x, kept = trial, kept + 1
