@@ -45,7 +45,7 @@ NEB.  The moving images form one system: one surrogate is trained on the rows of
 image (their QM clusters differ, the surrogate is one potential), and the surrogate band
 (ASE NEB, spline tangents, optional climbing image: :mod:`qmml.nebband`) is relaxed in
 step 4.  Two NEB-only savings: before the first QM call on the whole band, every other
-image is QM-called alone (``neb_probe``) and a surrogate fitted to those forces relaxes
+image is QM-called alone (``neb_probe``, bands of 4 or more moving images) and a surrogate fitted to those forces relaxes
 the band first; and after step 4, an image whose move can be undone with the surrogate
 band still below ``keep_ratio``·fmax is put back at its QM point, so its QM call in step 5
 is a cache hit (its true forces there are known; only its tangent changes).

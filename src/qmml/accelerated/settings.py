@@ -32,7 +32,7 @@ class AcceleratedSettings:
     ml_prerelax: bool = True         # relax with Θ_i alone before the first QM call
     fixed_point_step: bool = True    # if the relaxation hits the trust radius: Newton-Krylov
                                      # to the surrogate's nearest fixed point, if inside it
-    neb_probe: bool = True           # NEB (3+ moving images): QM calls on every other
+    neb_probe: bool = True           # NEB (4+ moving images): QM calls on every other
                                      # image train a first surrogate, relaxed before the
                                      # whole band is QM-called
     keep_ratio: float = 0.5          # NEB: images whose surrogate move can be undone with
