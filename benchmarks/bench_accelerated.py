@@ -10,7 +10,8 @@ dominates, so QM calls is the number that matters; wall time is reported as meas
 
     python benchmarks/bench_accelerated.py --engine reference --kind screw111 --radius 20
     python benchmarks/bench_accelerated.py --engine tblite --radius 14 --qm-radius 3.5
-    python benchmarks/bench_accelerated.py --neb 5 --radius 16 --qm-radius 4.0 --fmax 0.05
+    python benchmarks/bench_accelerated.py --neb 5 --radius 20 --qm-radius 4.0 --fmax 0.05 \
+        --optimizers accelerated FIRE LBFGS ODE12r PreconLBFGS
 
 ``--seed-frames F --seed-cache DIR``: the next iteration's relaxation of the same structure
 (``--potential`` Θ1): every optimiser's cache starts as a copy of DIR (the earlier run's QM
@@ -80,6 +81,7 @@ def main() -> None:
     ap.add_argument("--seed-cache", metavar="DIR", help="that run's QM cache (copied)")
     ap.add_argument("--neb", type=int, default=0, metavar="N",
                     help="glide NEB with N images (end points included) instead of a relaxation")
+    ap.add_argument("--climb", action="store_true", help="NEB: climbing image")
     args = ap.parse_args()
     if args.neb:
         return run_neb(args)
@@ -140,8 +142,11 @@ def main() -> None:
                       qm_point_frames([start], [0], st, {}), format="extxyz")
         extra = ""
         if name == "accelerated":
+            n = max(st.outer_steps, 1)
             extra = (f" (rejected {st.rejected_steps}, fallback {st.fallback_steps}, "
-                     f"hard residual max {st.surrogate_hard_residual_max:.1e})")
+                     f"hard residual max {st.surrogate_hard_residual_max:.1e}; per outer "
+                     f"step: fit {st.seconds_fit / n:.1f} s, surrogate relaxation "
+                     f"{st.seconds_surrogate / n:.1f} s, QM {st.qm_seconds / n:.1f} s)")
         print(f"| {name}{extra} | {st.converged} ({st.fmax:.4f}) | {st.n_qm_real_calls} | "
               f"{st.steps} | {wall:.1f} | {st.qm_seconds:.1f} |", flush=True)
     if "accelerated" in rows and "FIRE" in rows:
@@ -191,18 +196,35 @@ def run_neb(args: argparse.Namespace) -> None:
                               log=None)
         print(f"{args.kind} glide NEB, {args.neb} images, R={args.radius} Å, regions {counts}, "
               f"QM engine: {engine_label(cfg)}, fmax {args.fmax} eV/Å\n")
-        print("| optimizer | converged (fmax) | QM calls | steps | wall s | barrier eV |")
-        print("|---|---|---|---|---|---|")
+        print("| optimizer | converged (fmax) | QM calls | steps | wall s | QM s | "
+              "barrier eV |")
+        print("|---|---|---|---|---|---|---|")
+        settings = AcceleratedSettings(**json.loads(args.settings),
+                                       **({"space": args.space} if args.space else {}))
         for name in args.optimizers:
             cache_dir = f"{work}/{name}"
             shutil.copytree(ends, cache_dir)
             qm = CachedQMCalculator.from_config(cfg, cache_dir)
             t0 = time.perf_counter()
-            _, st, profile = neb(ini.copy(), fin.copy(), args.neb, qm, pot.calculator,
-                                 args.buffer, optimizer=name, fmax=args.fmax,
-                                 steps=args.steps, log=print if args.log else None)
-            print(f"| {name} | {st.converged} ({st.fmax:.4f}) | {qm.n_real_calls} | "
-                  f"{st.steps} | {time.perf_counter() - t0:.1f} | "
+            try:
+                _, st, profile = neb(ini.copy(), fin.copy(), args.neb, qm, pot.calculator,
+                                     args.buffer, optimizer=name, fmax=args.fmax,
+                                     steps=args.steps, log=print if args.log else None,
+                                     climb=args.climb, accelerated=settings)
+            except Exception as err:  # report, keep benchmarking the others
+                print(f"| {name} | failed after {qm.n_real_calls} QM calls: "
+                      f"{' '.join(str(err).split())[:80]} | | | | | |", flush=True)
+                continue
+            wall = time.perf_counter() - t0
+            extra = ""
+            if name == "accelerated":  # where an outer step's time goes
+                n = max(st.outer_steps, 1)
+                extra = (f" (outer steps {st.outer_steps}, rejected {st.rejected_steps}, "
+                         f"images kept {st.kept_images}; per outer step: fit "
+                         f"{st.seconds_fit / n:.1f} s, surrogate relaxation "
+                         f"{st.seconds_surrogate / n:.1f} s, QM {st.qm_seconds / n:.1f} s)")
+            print(f"| {name}{extra} | {st.converged} ({st.fmax:.4f}) | {qm.n_real_calls} | "
+                  f"{st.steps} | {wall:.1f} | {qm.qm_seconds:.1f} | "
                   f"{profile['barrier']:.4f} |", flush=True)
 
 

@@ -53,9 +53,11 @@ class QMMLOptimizer(ABC):
     def neb(self, images: list[Atoms], qm: CachedQMCalculator,
             ml_factory: Callable[[], Calculator], buffer_width: float, *, fmax: float,
             steps: int, k: float, checkpoint: Path | None, vacuum: float,
-            log: Callable[[str], None] | None, fingerprint_extra=()) -> tuple[RunStats, object]:
+            log: Callable[[str], None] | None, fingerprint_extra=(), climb: bool = False
+            ) -> tuple[RunStats, object]:
         """Converge the NEB of ``images`` (end points included, interpolated, region arrays
-        set) in place; returns the stats and the ASE NEB object on the true forces."""
+        set) in place; returns the stats and the ASE NEB object on the true forces.
+        ``climb``: climbing image at the virtual-work maximum (:mod:`qmml.nebband`)."""
 
 
 class ASEOptimizer(QMMLOptimizer):
@@ -77,23 +79,29 @@ class ASEOptimizer(QMMLOptimizer):
                          fingerprint, log)
 
     def neb(self, images, qm, ml_factory, buffer_width, *, fmax, steps, k, checkpoint,
-            vacuum, log, fingerprint_extra=()):
-        from ase.mep import NEB
+            vacuum, log, fingerprint_extra=(), climb=False):
+        from qmml.nebband import make_neb
 
         for im in images:
             apply_fix_mask(im)
             im.calc = make_force_qmmm(im, qm, ml_factory(), buffer_width, vacuum=vacuum)
-        neb_obj = NEB(images, k=k, method="spline")
+        # PreconLBFGS on a band: ASE's Exp preconditioner per image inside the NEB (its μ
+        # estimated with force calls on each image), plain LBFGS steps on those forces
+        neb_obj = make_neb(images, k=k, climb=climb,
+                           precon="Exp" if self.name == "PreconLBFGS" else None)
         fingerprint = run_fingerprint(images, "neb", self.name, fmax, k, buffer_width, vacuum,
-                                      qm.cache.settings_hash, *fingerprint_extra)
+                                      qm.cache.settings_hash, *fingerprint_extra,
+                                      *(("climb",) if climb else ()))
         stats = _optimise(neb_obj, neb_obj.get_positions, neb_obj.set_positions,
                           lambda: max_force(neb_obj), qm, self.name, fmax, steps, checkpoint,
-                          fingerprint, log)
+                          fingerprint, log, precon=None)
         return stats, neb_obj
 
 
-def make_optimizer(name: str, target, logfile=None):
-    """ASE optimiser by name; PreconLBFGS without Armijo line search (no energy in QM/ML)."""
+def make_optimizer(name: str, target, logfile=None, precon="auto"):
+    """ASE optimiser by name; PreconLBFGS without Armijo line search (no energy in QM/ML),
+    preconditioned by ``precon`` (ASE's choice by default; None on an NEB band, which
+    carries its own preconditioner)."""
     if name == "FIRE":
         from ase.optimize import FIRE
         return FIRE(target, logfile=logfile)
@@ -105,18 +113,18 @@ def make_optimizer(name: str, target, logfile=None):
         return ODE12r(target, logfile=logfile)
     if name == "PreconLBFGS":
         from ase.optimize.precon import PreconLBFGS
-        return PreconLBFGS(target, use_armijo=False, logfile=logfile)
+        return PreconLBFGS(target, use_armijo=False, logfile=logfile, precon=precon)
     raise QmmlError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
 
 
 def _optimise(target, positions_of: Callable[[], np.ndarray],
               set_positions: Callable[[np.ndarray], None], fmax_of: Callable[[], float],
               qm: CachedQMCalculator, optimizer: str, fmax: float, steps: int,
-              checkpoint: Path | None, fingerprint: str, log: Callable[[str], None] | None
-              ) -> RunStats:
+              checkpoint: Path | None, fingerprint: str, log: Callable[[str], None] | None,
+              precon="auto") -> RunStats:
     """Shared driver for relax and NEB: checkpoint every step, resume if possible."""
     stats = RunStats(optimizer, fmax)
-    opt = make_optimizer(optimizer, target)
+    opt = make_optimizer(optimizer, target, precon=precon)
     stats.start_counting(qm)
 
     saved = read_checkpoint(checkpoint, fingerprint, log)

@@ -61,7 +61,7 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
         optimizer: str | QMMLOptimizer = "FIRE", fmax: float = 0.05, steps: int = 1000,
         k: float = 0.1, checkpoint: str | Path | None = None, vacuum: float = 5.0,
         log: Callable[[str], None] | None = print, fingerprint_extra=(), hard=None,
-        accelerated=None, descriptor_cache=None, seeds=()
+        accelerated=None, descriptor_cache=None, seeds=(), climb: bool = False
         ) -> tuple[list[Atoms], RunStats, dict]:
     """NEB of a glide path with one ForceQMMM per image (all sharing the QM cache).
 
@@ -90,7 +90,8 @@ def neb(initial: Atoms, final: Atoms, n_images: int, qm: CachedQMCalculator,
         im.arrays["region"] = region.copy()
     stats, neb_obj = opt.neb(images, qm, ml_factory, buffer_width, fmax=fmax, steps=steps,
                              k=k, checkpoint=Path(checkpoint) if checkpoint else None,
-                             vacuum=vacuum, log=log, fingerprint_extra=fingerprint_extra)
+                             vacuum=vacuum, log=log, fingerprint_extra=fingerprint_extra,
+                             climb=climb)
     profile = virtual_work_profile(neb_obj)
     # integrate_forces also evaluated the two end points (cached after the first time)
     stats.count(qm)

@@ -152,11 +152,12 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
              descriptor_cache: PathLike | None = None, qm_frames: PathLike | None = None,
              seed_frames: Sequence[PathLike] | None = None,
              surrogate_space: str | None = None, require_convergence: bool = True,
-             quiet: bool = False, log: Log = None):
+             climb: bool = False, quiet: bool = False, log: Log = None):
     """QM/ML NEB (``images`` including the end points) of a glide path between two
     relaxed states, written to ``output`` with the virtual-work energy of every image
     (``neb_energy_virtual_work``) and the barrier; cached and checkpointed as
-    :func:`relax_file`.  Returns (statistics, profile)."""
+    :func:`relax_file`; ``climb``: climbing image at the virtual-work maximum.  Returns
+    (statistics, profile)."""
     from qmml.checks import check_qmml_run, positive, positive_int
     from qmml.frames import output_frame, provenance, read_structure, write_output_frames
     from qmml.qmmm import neb, neb_moving_images
@@ -175,7 +176,7 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
     band, stats, profile = neb(start, end, images, qm, pot.calculator, buffer,
                                optimizer=optimizer, fmax=fmax, steps=steps, k=spring,
                                checkpoint=checkpoint, vacuum=vacuum, log=progress,
-                               fingerprint_extra=pot_id,
+                               fingerprint_extra=pot_id, climb=climb,
                                **_accelerated_options(optimizer, [start] * images,
                                                       neb_moving_images(images), hard,
                                                       descriptor_cache, qm_frames,

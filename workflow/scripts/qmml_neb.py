@@ -7,6 +7,7 @@ q = p.q
 with log_file(snakemake.log[0]) as log:
     neb_file(inp.initial, inp.final, out.frame, p.prefix, inp.engine, p.cache,
              images=p.images, optimizer=q["optimizer"], fmax=q["neb_fmax"],
+             climb=q.get("neb_climb", False),
              buffer=q["buffer"], vacuum=q["vacuum"], steps=q["max_steps"],
              hard=list(inp.hard) or None,
              descriptor_cache=p.descriptor_cache if inp.hard else None,

@@ -41,6 +41,15 @@ The outer loop (one QM call per image per outer step):
    ``fallback_after`` consecutive rejections, ``fallback_steps`` plain FIRE steps on the
    true QM/ML forces are taken (each one a QM call, all of them training data).
 
+NEB.  The moving images form one system: one surrogate is trained on the rows of every
+image (their QM clusters differ, the surrogate is one potential), and the surrogate band
+(ASE NEB, spline tangents, optional climbing image: :mod:`qmml.nebband`) is relaxed in
+step 4.  Two NEB-only savings: before the first QM call on the whole band, every other
+image is QM-called alone (``neb_probe``, bands of 4 or more moving images) and a surrogate fitted to those forces relaxes
+the band first; and after step 4, an image whose move can be undone with the surrogate
+band still below ``keep_ratio``·fmax is put back at its QM point, so its QM call in step 5
+is a cache hit (its true forces there are known; only its tangent changes).
+
 Everything is retrained from the data, nothing is fitted across relaxations: the
 surrogates are per-relaxation scaffolding and are never written as a potential.  What is
 kept is their training data: every QM-called geometry with its true mixed forces

@@ -40,6 +40,8 @@ class LoopState:
     rejects: int = 0              # consecutive rejected steps
     pending: SurrogateStep | None = None  # computed, its QM call not yet recorded
     n_seeds: int = 0              # the first n_seeds points are replayed seeds
+    probes: list = field(default_factory=list)  # (moving-image index, positions): NEB
+                                  # probes, QM-called single images (absolute rows only)
     outer_steps: int = 0
     rejected_steps: int = 0
     surrogate_failures: int = 0
@@ -101,9 +103,12 @@ class _OuterLoop:
 
     def record(self, ev: Evaluation) -> None:
         """A QM-called geometry: kept, and its QM forces join the surrogate's data."""
-        self.evals.append(ev)
         t = time.perf_counter()
-        self.data.add(self.system.descriptor_rows(ev.positions), ev.qm_forces, ev.positions)
+        earlier = [self.data.earlier(n, x) for n, x in enumerate(ev.positions)]
+        known = [None if g is None else self.data.rows[n][g] for n, g in enumerate(earlier)]
+        self.data.add(self.system.descriptor_rows(ev.positions, known), ev.qm_forces,
+                      ev.positions, repeated=[g is not None for g in earlier])
+        self.evals.append(ev)
         self.stats.seconds_fit += time.perf_counter() - t
 
     def save(self) -> None:
@@ -133,7 +138,9 @@ class _OuterLoop:
                       f"starting afresh")
             return False
         self.stats.resume_counts(saved, replayed=True)
-        for x in state.points:  # replay through the QM cache: no real QM call
+        for n, x in state.probes:  # replay through the QM cache: no real QM call
+            self.data.add_absolute(*self.system.evaluate_image(n, x))
+        for x in state.points:
             self.record(self.system.evaluate_true(x))
         self.state = state
         self.stats.resumed_from_step = state.outer_steps
@@ -167,6 +174,7 @@ class _OuterLoop:
         """The first QM call: at the ML minimum (``ml_prerelax``) or where the atoms are."""
         settings = self.settings
         if settings.ml_prerelax:
+            t = time.perf_counter()
             try:
                 x, n = self.system.relax_ml(settings.inner_fmax_ratio * self.fmax,
                                             settings.inner_optimizer, settings.inner_steps,
@@ -176,10 +184,49 @@ class _OuterLoop:
                           f"({failure}); first QM call at the starting geometry")
             else:
                 self.state.surrogate_steps += n
+                self.stats.seconds_surrogate += time.perf_counter() - t
                 self.system.set_positions(x)
                 self._log(f"accelerated: relaxed with the ML potential alone ({n} steps, "
                           f"no QM)")
+        if settings.neb_probe and len(self.system.moving) >= 4:
+            # every other image: the others lie between two probed ones.  Measured: with
+            # 5 moving images 3 probes save 2 calls; with 3 moving images the band's two
+            # QM evaluations are needed anyway and probes add calls
+            self.probe(range(0, len(self.system.moving), 2))
         self.record(self.system.evaluate_true())
+
+    def probe(self, images: Sequence[int]) -> None:
+        """NEB: QM calls on the moving images ``images`` only; a surrogate fitted to their
+        QM forces (absolute rows; Δ-correction on those images alone, the only ones known)
+        relaxes the whole band before its first QM call, probed images kept at their QM
+        point where the band allows (the band's first evaluation then repeats no call for
+        them).  The probes stay in the training data."""
+        settings, x = self.settings, self.system.positions()
+        t = time.perf_counter()
+        probed = {}
+        for n in images:
+            rows, probed[n] = self.system.evaluate_image(n, x[n])
+            self.data.add_absolute(rows, probed[n])
+            self.state.probes.append((n, x[n].copy()))
+        theta, _ = fit_surrogate(self.system.theta_i, self.data, 0, settings.force_weight,
+                                 self.hard_rows, settings.lambda0)
+        self.stats.seconds_fit += time.perf_counter() - t
+        t = time.perf_counter()
+        try:
+            step = self.system.probe_step(theta, x, probed, settings, self.fmax)
+        except SurrogateFailure as failure:
+            self._log(f"accelerated: probe surrogate failed ({failure}); first QM call on "
+                      f"the band where it is")
+            step = SurrogateStep(x, np.zeros_like(x), 0, False)
+        self.stats.seconds_surrogate += time.perf_counter() - t
+        self.state.surrogate_steps += step.steps
+        self.stats.kept_images += step.kept
+        self.system.set_positions(step.positions)
+        self._log(f"accelerated: probe QM calls on images "
+                  f"{[self.system.moving[n] for n in images]}, band relaxed on their "
+                  f"surrogate ({step.steps} steps, moved "
+                  f"{max_displacement(step.positions, x):.3f} A, {step.kept} probed images "
+                  f"kept)")
 
     # ---- the outer steps ---------------------------------------------------------------
     @property
@@ -228,15 +275,22 @@ class _OuterLoop:
         self.stats.seconds_fit += time.perf_counter() - t
         state.surrogate_hard_residuals.append(residual)
         state.surrogate_thetas.append(theta)
+        t = time.perf_counter()
         try:
             step = system.surrogate_step(theta, self.anchor, state.current, self.data,
                                          settings, state.trust, self.fmax)
+            if settings.keep_ratio > 0:
+                step = system.keep_images(step, self.anchor.positions,
+                                          settings.keep_ratio * self.fmax)
         except SurrogateFailure as failure:
+            self.stats.seconds_surrogate += time.perf_counter() - t
             self.reject(failure=True)
             self._log(f"accelerated: outer {state.outer_steps:3d}  surrogate step failed "
                       f"({failure}): rejected without a QM call, trust {state.trust:.3f} A")
             return False
+        self.stats.seconds_surrogate += time.perf_counter() - t
         state.surrogate_steps += step.steps
+        self.stats.kept_images += step.kept
         state.pending = step
         self.save()
         return True
@@ -265,7 +319,8 @@ class _OuterLoop:
         self._log(f"accelerated: outer {state.outer_steps:3d}  QM calls {self.qm.n_calls:4d}  "
                   f"true fmax {ev.fmax:.5f}  prediction error {error:.5f}  "
                   f"{'accepted' if accept else 'REJECTED'}  surrogate steps {step.steps:4d}"
-                  f"{' (trust)' if step.hit else ''}  step "
+                  f"{' (trust)' if step.hit else ''}"
+                  f"{f'  {step.kept} images kept' if step.kept else ''}  step "
                   f"{max_displacement(ev.positions, anchor.positions):.3f} A  trust "
                   f"{state.trust:.3f} A  hard residual "
                   f"{state.surrogate_hard_residuals[-1]:.1e}")
@@ -347,7 +402,7 @@ def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAP
                     checkpoint: str | Path | None = None, vacuum: float = 5.0,
                     log: Log = print, fingerprint_extra=(),
                     descriptor_cache: DescriptorCache | None = None,
-                    seeds: Sequence[np.ndarray] = ()
+                    seeds: Sequence[np.ndarray] = (), climb: bool = False
                     ) -> tuple[AcceleratedStats, "object"]:
     """Accelerated NEB: the surrogate NEB is converged, then QM on all moving images
     (:func:`~qmml.forcemixing.neb_moving_images`).
@@ -355,15 +410,18 @@ def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAP
     ``images`` (end points included, already interpolated, region arrays set) are moved in
     place.  Returns the stats and the true ASE NEB object (for ``integrate_forces``).
     ``seeds``: earlier QM points of this path, (moving images, N, 3) positions each.
+    ``climb``: climbing image at the virtual-work maximum, in the surrogate band and the
+    true one (:mod:`qmml.nebband`).
     """
     settings = settings or AcceleratedSettings()
     settings.check()
     system = MixedSystem(images, neb_moving_images(len(images)), qm, potential.calculator,
                          potential, settings, buffer_width, vacuum,
-                         {"k": k, "method": "spline"})
+                         {"k": k, "climb": climb})
     fingerprint = run_fingerprint(images, "neb-accelerated", fmax, k, buffer_width, vacuum,
                                   qm.cache.settings_hash, repr(settings), hard_id(hard),
-                                  *seeds_id(seeds), *fingerprint_extra)
+                                  *seeds_id(seeds), *fingerprint_extra,
+                                  *(("climb",) if climb else ()))
     stats = _run(system, hard, fmax, steps, settings,
                  Path(checkpoint) if checkpoint else None, fingerprint, log, descriptor_cache,
                  seeds)
@@ -398,8 +456,8 @@ class AcceleratedOptimizer(QMMLOptimizer):
     def neb(self, images: list[Atoms], qm: CachedQMCalculator,
             ml_factory: Callable[[], Calculator], buffer_width: float, *, fmax: float,
             steps: int, k: float, checkpoint: Path | None, vacuum: float, log: Log,
-            fingerprint_extra=()):
+            fingerprint_extra=(), climb: bool = False):
         return neb_accelerated(images, qm, ml_factory().potential, buffer_width, fmax=fmax,
                                steps=steps, k=k, checkpoint=checkpoint, vacuum=vacuum,
-                               log=log, fingerprint_extra=fingerprint_extra,
+                               log=log, fingerprint_extra=fingerprint_extra, climb=climb,
                                **self._options())

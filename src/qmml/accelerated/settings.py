@@ -32,6 +32,12 @@ class AcceleratedSettings:
     ml_prerelax: bool = True         # relax with Θ_i alone before the first QM call
     fixed_point_step: bool = True    # if the relaxation hits the trust radius: Newton-Krylov
                                      # to the surrogate's nearest fixed point, if inside it
+    neb_probe: bool = True           # NEB (4+ moving images): QM calls on every other
+                                     # image train a first surrogate, relaxed before the
+                                     # whole band is QM-called
+    keep_ratio: float = 0.5          # NEB: images whose surrogate move can be undone with
+                                     # the surrogate band still below keep_ratio*fmax stay
+                                     # at their QM point (no QM call); 0: every image moves
 
     def check(self) -> None:
         if self.space not in ("linear", "quadratic"):
@@ -46,6 +52,8 @@ class AcceleratedSettings:
                             f"{', '.join(INNER_OPTIMIZERS)}, got '{self.inner_optimizer}'")
         if self.force_weight < 0:
             raise QmmlError(f"accelerated: force_weight must be >= 0, got {self.force_weight}")
+        if not 0 <= self.keep_ratio < 1:
+            raise QmmlError(f"accelerated: keep_ratio must be in [0, 1), got {self.keep_ratio}")
         if self.lambda0 <= 0:
             raise QmmlError("accelerated: lambda0 must be > 0 (the fit is underdetermined "
                             "after the first QM call)")
@@ -64,7 +72,9 @@ class AcceleratedStats(RunStats):
     prediction_errors: list = field(default_factory=list)
     trust_history: list = field(default_factory=list)
     surrogate_steps: int = 0
-    seconds_fit: float = 0.0
+    seconds_fit: float = 0.0        # descriptor rows and surrogate fits
+    seconds_surrogate: float = 0.0  # surrogate relaxations (ML-only start included)
+    kept_images: int = 0            # NEB image moves undone (QM calls saved)
     # every QM-called geometry (_Evaluation, in call order; a resumed run replays them):
     # the QM data the surrogates were trained on, kept for retraining (qm_point_frames)
     qm_points: list = field(default_factory=list)

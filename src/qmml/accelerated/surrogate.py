@@ -168,14 +168,32 @@ class ForceDifferences:
         self.absolute_gtf = np.zeros(n_coefficients)
 
     def add(self, rows_per_image: list[np.ndarray], qm_forces: np.ndarray,
-            positions: np.ndarray) -> None:
+            positions: np.ndarray, repeated: Sequence[bool] = ()) -> None:
+        """One QM-called geometry.  ``repeated[j]``: image j sits where an earlier
+        geometry had it (an NEB image kept at its QM point): its absolute rows are in the
+        sums already and are not counted twice."""
         for j, (rows, f) in enumerate(zip(rows_per_image, qm_forces)):
             f = np.asarray(f, float).ravel()
             self.rows[j].append(rows)
             self.forces[j].append(f)
-            self.absolute_gtg += rows.T @ rows
-            self.absolute_gtf += rows.T @ f
+            if not (j < len(repeated) and repeated[j]):
+                self.absolute_gtg += rows.T @ rows
+                self.absolute_gtf += rows.T @ f
         self.positions.append(np.asarray(positions, float))
+
+    def add_absolute(self, rows: np.ndarray, qm_forces: np.ndarray) -> None:
+        """QM forces of one image at a geometry that is not a point of the run (an NEB
+        probe): absolute-force rows only, no secant."""
+        f = np.asarray(qm_forces, float).ravel()
+        self.absolute_gtg += rows.T @ rows
+        self.absolute_gtf += rows.T @ f
+
+    def earlier(self, image: int, positions: np.ndarray) -> int | None:
+        """Index of a stored geometry with ``image`` exactly at ``positions``, or None."""
+        for g, x in enumerate(self.positions):
+            if np.array_equal(x[image], positions):
+                return g
+        return None
 
     def secants(self, anchor: int):
         """(image, displacement from the anchor, its norm, row change, force change) of every

@@ -48,6 +48,7 @@ class SurrogateStep:
     predicted: np.ndarray          # surrogate mixed forces there (n_images, N, 3)
     steps: int
     hit: bool
+    kept: int = 0                  # NEB images left at their QM point (no QM call)
 
 
 @dataclass
@@ -88,18 +89,22 @@ class MixedSystem:
                                          self.space.with_theta(self.theta_i),
                                          reach=2 * potential.cutoff + 2 * settings.trust_max
                                          + 0.5)
-            else:  # NEB end points: fixed, energy only used for spline bookkeeping
-                s.calc = SinglePointCalculator(s, energy=0.0, forces=np.zeros((len(s), 3)))
+            else:  # NEB end points: fixed; their true forces (cached QM calls) only
+                # enter the climbing image's virtual-work energies
+                forces = np.zeros((len(s), 3))
+                if neb_kwargs and neb_kwargs.get("climb"):
+                    forces = np.array(im.get_forces(apply_constraint=False))
+                s.calc = SinglePointCalculator(s, energy=0.0, forces=forces)
             self.sur_images.append(s)
         self.neb_kwargs = neb_kwargs
         if neb_kwargs is None:
             self.true_target, self.sur_target = true_images[self.moving[0]], \
                 self.sur_images[self.moving[0]]
         else:
-            from ase.mep import NEB
+            from qmml.nebband import make_neb
 
-            self.true_target = NEB(true_images, **neb_kwargs)
-            self.sur_target = NEB(self.sur_images, **neb_kwargs)
+            self.true_target = make_neb(true_images, **neb_kwargs)
+            self.sur_target = make_neb(self.sur_images, **neb_kwargs)
 
     # positions of the moving images, (n_moving, N, 3)
     def positions(self, which: str = "true") -> np.ndarray:
@@ -125,9 +130,15 @@ class MixedSystem:
         return Evaluation(self.positions(), np.array(forces), np.array(qm_forces),
                            max_force(self.true_target))
 
-    def descriptor_rows(self, x: np.ndarray) -> list[np.ndarray]:
+    def descriptor_rows(self, x: np.ndarray, known: Sequence[np.ndarray | None] = ()
+                        ) -> list[np.ndarray]:
+        """QM-atom force rows of every moving image at ``x``; ``known[n]``, if given and
+        not None, are image n's rows already (its geometry was QM-called before)."""
         rows = []
-        for j, p in zip(self.moving, x):
+        for n, (j, p) in enumerate(zip(self.moving, x)):
+            if n < len(known) and known[n] is not None:
+                rows.append(known[n])
+                continue
             a = Atoms(self.images[j].numbers, p, cell=self.images[j].cell,
                       pbc=self.images[j].pbc)
             rows.append(compute_descriptors(a, self.space, force_mask=self.qm_mask,
@@ -180,16 +191,33 @@ class MixedSystem:
             lines = str(err).strip().splitlines() or [type(err).__name__]
             raise SurrogateFailure(lines[0]) from err
 
-    def relax_ml(self, fmax: float, optimizer: str, steps: int, leg: float
-                 ) -> tuple[np.ndarray, int]:
+    def evaluate_image(self, n: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Moving image n alone at ``x`` (its positions): a QM call through the cache;
+        its QM-atom force rows and raw QM forces."""
+        j = self.moving[n]
+        self.images[j].set_positions(x, apply_constraint=False)
+        self.images[j].get_forces(apply_constraint=False)
+        fq = self.images[j].calc
+        qm_forces = np.array(self.taps[j].results["forces"])[
+            fq.qm_selection_mask[fq.qm_buffer_mask]]
+        atoms = Atoms(self.images[j].numbers, x, cell=self.images[j].cell,
+                      pbc=self.images[j].pbc)
+        rows = compute_descriptors(atoms, self.space, force_mask=self.qm_mask,
+                                   source="QM/ML geometry").forces
+        return rows, qm_forces
+
+    def relax_ml(self, fmax: float, optimizer: str, steps: int, leg: float,
+                 theta: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """Relax the moving images with Θ_i alone (no QM call, no offsets): the ML
-        minimum, from which the first QM call starts.  In legs of at most ``leg`` Å (the
-        surrogate clusters are exact only that far from where they were cut); at most 100
-        legs.  SurrogateFailure if an evaluation fails."""
+        minimum, from which the first QM call starts; or with ``theta`` (no offsets
+        either).  In legs of at most ``leg`` Å (the surrogate clusters are exact only that
+        far from where they were cut); at most 100 legs.  SurrogateFailure if an
+        evaluation fails."""
         x, total = self.positions(), 0
+        theta = self.theta_i if theta is None else theta
         with self._failures():
             for _ in range(100):
-                self.set_surrogate(self.theta_i, x)
+                self.set_surrogate(theta, x)
                 x, n, hit = self.relax_surrogate(x, leg, fmax, optimizer, steps)
                 total += n
                 if not hit:
@@ -216,6 +244,53 @@ class MixedSystem:
                 else:
                     self.set_positions(x, "sur")
             return SurrogateStep(x, self.surrogate_forces(), n, hit)
+
+    def probe_step(self, theta: np.ndarray, x: np.ndarray, probed: dict[int, np.ndarray],
+                   settings: AcceleratedSettings, fmax: float) -> SurrogateStep:
+        """NEB band ``x`` of which only the moving images in ``probed`` are QM-called
+        (image index: its raw QM forces): the surrogate Θ (offsets δ on those images alone,
+        where the truth is known) relaxed inside ``settings.trust_max``; probed images put
+        back at their QM point where the band allows (:meth:`keep_images`).
+        SurrogateFailure if an evaluation fails."""
+        with self._failures():
+            self.set_surrogate(theta, x)
+            for n, qm_forces in probed.items():
+                image = self.sur_images[self.moving[n]]
+                image.calc.offset = qm_forces - image.calc.raw_surrogate_qm_forces(image)
+                image.calc.reset()
+            y, steps, hit = self.relax_surrogate(x, settings.trust_max,
+                                                 settings.inner_fmax_ratio * fmax,
+                                                 settings.inner_optimizer,
+                                                 settings.inner_steps)
+            step = SurrogateStep(y, self.surrogate_forces(), steps, hit)
+            if settings.keep_ratio > 0:
+                step = self.keep_images(step, x, settings.keep_ratio * fmax,
+                                        only=list(probed))
+            return step
+
+    def keep_images(self, step: SurrogateStep, anchor: np.ndarray, limit: float,
+                    only: Sequence[int] | None = None) -> SurrogateStep:
+        """NEB: put images back at ``anchor`` (their QM point, so no QM call is due for
+        them), the least-moved first, as long as the surrogate band stays below ``limit``
+        (eV/Å) with them there.  An image whose surrogate move barely changes the band's
+        forces costs a QM call for nothing; its true forces there are already known.
+        ``only``: the images that may be put back (default: all)."""
+        if len(self.moving) < 2 or step.hit:
+            return step
+        x, kept = step.positions.copy(), 0
+        moved = [max_displacement(x[n:n + 1], anchor[n:n + 1])
+                 for n in range(len(self.moving))]
+        with self._failures():
+            for n in np.argsort(moved):
+                if moved[n] == 0.0 or (only is not None and n not in only):
+                    continue
+                trial = x.copy()
+                trial[n] = anchor[n]
+                self.set_positions(trial, "sur")
+                if max_force(self.sur_target) <= limit:
+                    x, kept = trial, kept + 1
+            self.set_positions(x, "sur")
+            return SurrogateStep(x, self.surrogate_forces(), step.steps, step.hit, kept)
 
     def relax_surrogate(self, start: np.ndarray, trust: float, fmax: float, optimizer: str,
                         steps: int) -> tuple[np.ndarray, int, bool]:

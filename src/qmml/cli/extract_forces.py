@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qmml.cli._common import print_line
+from qmml.cli._common import nonnegative_float, print_line
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +14,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", help="JSON summary")
     parser.add_argument("--heldout", metavar="HELDOUT.xyz",
                         help="frames held back from the targets, for validation")
-    parser.add_argument("--heldout-fraction", type=float, default=0.0,
+    parser.add_argument("--heldout-fraction", type=nonnegative_float, default=0.0,
                         help="fraction of the frames held back (every 1/f-th, "
                              "deterministic; default 0)")
 

@@ -16,6 +16,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spring", type=positive_float,
                         default=0.1, help="NEB spring constant, eV/Å²")
     parser.add_argument("--fmax", type=positive_float, default=0.05, help="force tolerance, eV/Å")
+    parser.add_argument("--climb", action="store_true",
+                        help="climbing image: the highest image of the virtual-work profile "
+                        "climbs to the saddle (force mixing has no energy)")
     add_qmml_run_arguments(parser)
 
 
@@ -24,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         neb_file(args.initial, args.final, images=args.images, spring=args.spring,
+                 climb=args.climb,
                  **qmml_run_options(args))
     except NotConverged:
         return 1  # the summary line above says so; the output is written

@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", nargs="+", default=[], metavar="P.xyz",
                         help="ordered QM/ML paths (qmml neb / qmml binding outputs) whose "
                              "virtual-work energies are targets too (qmml.path_energy)")
-    parser.add_argument("--lambda-path", type=float, default=None,
+    parser.add_argument("--lambda-path", type=nonnegative_float, default=None,
                         help="weight of the path-energy rows, eV⁻² against the force rows' "
                              "(eV/Å)⁻² (default: qmml.retrain.LAMBDA_PATH; 0 = report only)")
     parser.add_argument("--output", required=True, help="output potential prefix")

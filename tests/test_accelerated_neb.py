@@ -1,0 +1,110 @@
+"""Accelerated QM/ML NEB: the climbing image of a force-only band, and the QM calls of the
+stand-in screw glide NEB against FIRE's."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.io import read, write
+
+from qmml import potential_path
+from qmml.nebband import make_neb, virtual_work_energies
+
+L, TILT, STIFF = 2.0, 0.3, 5.0
+
+
+def valley(x: float, y: float) -> float:
+    """A tilted barrier along x (saddle off the middle), a harmonic valley in y."""
+    return np.sin(np.pi * x / L) ** 2 + TILT * x / L + 0.5 * STIFF * y ** 2
+
+
+class ForcesOnly(Calculator):
+    """Forces of :func:`valley` on atom 0 and zero energy, as force mixing reports."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        x, y, _ = self.atoms.positions[0]
+        forces = np.zeros((len(self.atoms), 3))
+        forces[0] = [-np.pi / L * np.sin(2 * np.pi * x / L) - TILT / L, -STIFF * y, 0.0]
+        self.results = {"energy": 0.0, "forces": forces}
+
+
+def band(n: int) -> list[Atoms]:
+    images = []
+    for x in np.linspace(0.0, L, n):
+        atoms = Atoms("H", [[x, 0.3 * np.sin(np.pi * x / L), 0.0]])
+        atoms.calc = ForcesOnly()
+        images.append(atoms)
+    return images
+
+
+def test_virtual_work_energies_follow_the_potential():
+    """Trapezoid rule along the band: error ~ h², so halving the spacing quarters it."""
+    def error(n: int) -> float:
+        images = band(n)
+        forces = np.array([im.get_forces() for im in images])
+        exact = np.array([valley(*im.positions[0, :2]) for im in images]) - valley(0, 0)
+        return float(np.abs(virtual_work_energies(images, forces) - exact).max())
+
+    coarse, fine = error(41), error(81)
+    assert coarse < 3e-3  # of a 1.15 eV barrier
+    assert 3.5 < coarse / fine < 4.5
+
+
+def test_climbing_image_ends_at_the_saddle_of_a_force_only_band():
+    """Zero energies everywhere (force mixing): the climbing image is the virtual-work
+    maximum and converges onto the saddle of the potential, x = L/2 + L/(2π)·asin(t/π)
+    (dV/dx = 0 with negative curvature), y = 0."""
+    from ase.optimize import FIRE
+
+    images = band(7)
+    neb = make_neb(images, k=0.5, climb=True)
+    FIRE(neb, logfile=None).run(fmax=1e-4, steps=3000)
+    saddle_x = L / 2 + L / (2 * np.pi) * np.arcsin(TILT / np.pi)
+    assert neb.imax == 3  # the middle image (x = L/2 at the start) is the highest
+    x, y, _ = images[3].positions[0]
+    assert abs(x - saddle_x) < 1e-3 and abs(y) < 1e-3
+    assert np.abs(images[3].get_forces()).max() < 1e-3  # the true force vanishes there
+
+
+# The user's stand-in screw case: R 20 Å cylinder, QM radius 4 Å, buffer 5 Å, end points
+# relaxed to 0.01 eV/Å, 7 images, fmax 0.02 eV/Å.  FIRE's NEB from the same interpolated
+# path, measured once (stand-in W_2940_2017_2 + ZBL as "QM", W_milady_lml as ML):
+#   qmml neb --initial ini.xyz --final fin.xyz --images 7 --fmax 0.02 --potential \
+#     W_milady_lml --engine reference --buffer 5 --optimizer FIRE --cache C --output O
+# converged (fmax 0.01697) after 40 steps with 205 new QM calls, virtual-work barrier
+# 0.0558 eV.
+FIRE_QM_CALLS = 205
+FIRE_BARRIER = 0.0558
+
+
+@pytest.mark.slow
+def test_stand_in_screw_neb_takes_a_tenth_of_fires_qm_calls(tmp_path):
+    def qmml(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "qmml.cli", *args], cwd=tmp_path,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    milady = str(potential_path("W_milady_lml"))
+    qmml("build", "--kind", "screw111", "--radius", "20", "--qm-radius", "4", "--buffer",
+         "5", "--glide", "--potential", milady, "--output", "screw.xyz")
+    ini, fin = read(tmp_path / "screw.xyz", index=":")
+    run = ["--potential", milady, "--engine", "reference", "--buffer", "5", "--cache",
+           "cache", "--quiet"]
+    for name, state in (("ini", ini), ("fin", fin)):
+        write(tmp_path / f"{name}.xyz", state, format="extxyz")
+        qmml("relax", "--input", f"{name}.xyz", "--output", f"{name}.relaxed.xyz",
+             "--fmax", "0.01", "--optimizer", "accelerated", *run)
+    qmml("neb", "--initial", "ini.relaxed.xyz", "--final", "fin.relaxed.xyz", "--images",
+         "7", "--fmax", "0.02", "--optimizer", "accelerated", "--output", "neb.xyz", *run)
+    path = read(tmp_path / "neb.xyz", index=":")
+    info = path[0].info
+    assert len(path) == 7 and info["converged"] and info["fmax"] <= 0.02
+    assert info["n_qm_real_calls"] <= FIRE_QM_CALLS / 10
+    assert abs(info["neb_barrier_virtual_work"] - FIRE_BARRIER) < 0.005
