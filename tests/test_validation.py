@@ -108,7 +108,7 @@ def test_vacancy_reference_of_the_stand_in_is_a_direct_calculation(reference, tm
     from ase.optimize import BFGS
 
     from qmml.constraints import vacancy_neb
-    from qmml.steps_validation import qm_vacancy_reference_file
+    from qmml.steps.validation import qm_vacancy_reference_file
 
     pot, zbl = reference
     bulk_ref = {"a0": 3.1648, "C11": 1.0, "C12": 1.0, "C44": 1.0}

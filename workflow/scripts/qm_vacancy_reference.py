@@ -1,7 +1,7 @@
 """The QM engine's vacancy formation energy and migration barrier on a small periodic cell
-(qmml.steps_validation.qm_vacancy_reference_file)."""
+(qmml.steps.validation.qm_vacancy_reference_file)."""
 from qmml.steps import log_file
-from qmml.steps_validation import qm_vacancy_reference_file
+from qmml.steps.validation import qm_vacancy_reference_file
 
 v = snakemake.params.v
 with log_file(snakemake.log[0]) as log:

@@ -1,9 +1,9 @@
 """One potential against the QM reference: validation.csv
-(qmml.steps_validation.validate_file)."""
+(qmml.steps.validation.validate_file)."""
 from pathlib import Path
 
 from qmml.steps import log_file
-from qmml.steps_validation import validate_file
+from qmml.steps.validation import validate_file
 
 inp, p = snakemake.input, snakemake.params
 with log_file(snakemake.log[0]) as log:

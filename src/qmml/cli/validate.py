@@ -1,5 +1,5 @@
 """``qmml validate``: one potential against the QM reference as a table
-(``qmml.steps_validation``: elastic constants, vacancy energies, Peierls barrier and
+(``qmml.steps.validation``: elastic constants, vacancy energies, Peierls barrier and
 path energies, screw core structure, held-out force errors)."""
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qmml.steps_validation import (VACANCY_CELLS, qm_vacancy_reference_file,
+    from qmml.steps.validation import (VACANCY_CELLS, qm_vacancy_reference_file,
                                        validate_file)
 
     nebs = [_pair(t, 2, "--glide") for t in args.glide]

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from qmml import QmmlError
-from qmml.steps import Log, PathLike, _say, engine_settings
+from qmml.steps.common import Log, PathLike, _say
+from qmml.steps.qmml_runs import engine_settings
 
 VACANCY_CELLS = 2     # n of the n×n×n periodic cell of the vacancy properties
 VACANCY_FMAX = 0.01   # eV/Å
