@@ -153,7 +153,7 @@ class ForceDifferences:
     has explored, and Θ_i is softer than the QM engine along the core modes, so the first
     steps overshoot; fitted to the QM forces of the QM atoms' own environments, as the
     pipeline's retraining is, the surrogate carries the QM curvature there from the first
-    QM call on (benchmarks/README.md §12).  The Δ-correction still makes it exact at the
+    QM call on (docs/design.md).  The Δ-correction still makes it exact at the
     anchor.
     """
 

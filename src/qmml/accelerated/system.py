@@ -322,7 +322,7 @@ class MixedSystem:
         A minimiser leaves a fixed point at which the surrogate's Jacobian has a negative
         eigenvalue; near the QM/ML minimum the surrogate can have one along a core mode
         that the secants have not explored, where the QM forces are stiff
-        (benchmarks/README.md §9), so its relaxation runs to the trust radius from
+        (docs/design.md), so its relaxation runs to the trust radius from
         0.014–0.017 Å of the minimum.  Newton converges to the fixed point itself.
 
         Newton's trial points can lie far from ``start`` (atoms flying apart, LAMMPS losing
