@@ -75,7 +75,7 @@ def snakemake_command(out: Path, wrapper: Path, args) -> list[str]:
         "--profile", "profiles/slurm",
         "--configfile", str(CONFIG),
         "--config", f"results={results}",
-        f"qm={{engine: vasp, command: {wrapper}}}",
+        f"qm={{engine: vasp, command: {wrapper}, directory: {out / 'vasp-run'}}}",
         "--set-resources", *resources(1, args.mem_mb, args.runtime),
         "--default-resources", f"runtime={args.runtime}", f"mem_mb={args.mem_mb}",
         "slurm_partition=compute",

@@ -191,7 +191,8 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
     _write_qm_frames(qm_frames, band, neb_moving_images(len(band)), stats, info)
     _say(log, f"neb: {'converged' if stats.converged else 'NOT converged'} fmax "
          f"{stats.fmax:.5f} eV/A after {stats.steps} steps; virtual-work barrier "
-         f"{profile['barrier']:.4f} eV; {_qm_counts(stats)}); engine {label}; "
+         f"{profile['barrier']:.4f} eV; {_qm_counts(stats)}, {stats.qm_seconds:.1f} s in "
+         f"QM, {stats.wall_seconds:.1f} s total); engine {label}; "
          f"wrote {output}")
     _check_converged(stats, "NEB", output, require_convergence)
     return stats, profile
