@@ -120,6 +120,171 @@ def run(args) -> int:
     return code
 
 
+
+# ---- collecting -------------------------------------------------------------------------
+def benchmark_rows(results: Path) -> dict[str, dict]:
+    """Snakemake's benchmark TSV of every finished job, keyed by its path under
+    benchmarks/ without .tsv (e.g. ``iter_0/qmml_relax_screw_initial``)."""
+    import pandas as pd
+
+    rows = {}
+    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
+        row = pd.read_csv(tsv, sep="\t").iloc[-1]
+        rows[str(tsv.relative_to(results / "benchmarks").with_suffix(""))] = {
+            "wall_s": float(row["s"]), "max_rss_mb": float(row["max_rss"]),
+            "cpu_s": float(row["cpu_time"]), "mean_load": float(row["mean_load"])}
+    return rows
+
+
+def qm_outputs(results: Path) -> dict[str, Path]:
+    """Benchmark key -> QM/ML output of the QM rules (the rules' own naming)."""
+    keys = {}
+    for it in sorted(results.glob("iter_*")):
+        i = it.name
+        for f in sorted((it / "qmml").glob("*.xyz")):
+            if f.name.endswith(".qm_frames.xyz"):
+                continue
+            stem = f.stem
+            rule = "qmml_neb_" + stem[:-4] if stem.endswith("_neb") else "qmml_relax_" + stem
+            keys[f"{i}/{rule}"] = f
+        for f in sorted((it / "3d").glob("*.xyz")):
+            if not f.name.endswith(".qm_frames.xyz"):
+                keys[f"{i}/qmml_3d_defect_{f.stem}"] = f
+        for f in sorted((it / "3d" / "paths").glob("*.xyz")):
+            keys[f"{i}/qmml_binding_path_{f.stem}"] = f
+    return keys
+
+
+def expected_qm_outputs(results: Path, config: dict) -> dict[str, Path]:
+    """Benchmark key -> output path of every QM job of the DAG (finished or not)."""
+    keys = {}
+    for i in range(config["iterations"] + 1):
+        it = results / f"iter_{i}"
+        for case, d in config["dislocations"].items():
+            keys[f"iter_{i}/qmml_relax_{case}_initial"] = it / "qmml" / f"{case}_initial.xyz"
+            if d.get("glide_images", 0) > 0:
+                keys[f"iter_{i}/qmml_relax_{case}_final"] = it / "qmml" / f"{case}_final.xyz"
+                keys[f"iter_{i}/qmml_neb_{case}"] = it / "qmml" / f"{case}_neb.xyz"
+        for name, d in config["defects"].items():
+            for k in range(len(d["distances"])):
+                keys[f"iter_{i}/qmml_3d_defect_{name}_{k}"] = it / "3d" / f"{name}_{k}.xyz"
+                keys[f"iter_{i}/qmml_binding_path_{name}_{k}"] = it / "3d" / "paths" / f"{name}_{k}.xyz"
+    return keys
+
+
+def cluster_atoms(out: Path, output: Path) -> int | None:
+    """Atoms of the last cluster the engine got for ``output`` (its run folder's POSCAR)."""
+    from qmml.engines import with_run_folder
+
+    os.chdir(REPO)  # the jobs' working directory: run-folder names are relative to it
+    folder = Path(with_run_folder({"engine": "vasp", "directory": str(out / "vasp-run")},
+                                  output)["directory"])
+    poscar = folder / "POSCAR"
+    if not poscar.is_file():
+        return None
+    return sum(int(n) for n in poscar.read_text().splitlines()[6].split())
+
+
+LOG_STEP = re.compile(r"step\s+(\d+)\s+QM call\s+(\d+) \(real (\d+)\)\s+fmax ([\d.]+) eV/A\s+"
+                      r"([\d.]+) s/QM call")
+
+
+def log_progress(log: Path) -> dict:
+    """Last optimiser step of a (running) QM job from its log."""
+    steps = LOG_STEP.findall(log.read_text(errors="replace")) if log.is_file() else []
+    if not steps:
+        return {}
+    step, calls, real, fmax, per_call = steps[-1]
+    return {"steps": int(step), "n_qm_calls": int(calls), "n_qm_real_calls": int(real),
+            "fmax": float(fmax), "qm_s_per_call": float(per_call),
+            "log_age_s": time.time() - log.stat().st_mtime}
+
+
+def frame_info(path: Path) -> dict:
+    from ase.io import read
+
+    frames = read(path, index=":")
+    info = dict(frames[-1].info)
+    region = frames[-1].arrays.get("region")
+    return {"atoms": len(frames[-1]), "images": len(frames),
+            "qm_atoms": int((region == "QM").sum()) if region is not None else None,
+            "buffer_atoms": int((region == "buffer").sum()) if region is not None else None,
+            **{k: info.get(k) for k in ("steps", "converged", "fmax", "n_qm_calls",
+                                        "n_qm_real_calls", "n_qm_real_calls_process",
+                                        "qm_seconds_process", "wall_seconds_process",
+                                        "surrogate_outer_steps", "slurm_job_id")}}
+
+
+def bulk_log(log: Path) -> dict:
+    calls = re.findall(r"QM bulk call (\d+): (\d+) atoms, ([\d.]+) s", log.read_text()) \
+        if log.is_file() else []
+    return {"n_qm_real_calls": len(calls), "qm_seconds_process": sum(float(c[2]) for c in calls),
+            "cluster_atoms": sorted({int(c[1]) for c in calls}) or None}
+
+
+def collect(args) -> int:
+    import yaml
+
+    out = Path(args.out)
+    results = out / "results"
+    config = yaml.safe_load((results / "config.yaml").read_text())
+    bench = benchmark_rows(results)
+    expected = expected_qm_outputs(results, config)
+    rows = []
+    for key in sorted(set(bench) | set(expected)):
+        row = {"job": key, **bench.get(key, {})}
+        output = expected.get(key)
+        if key == "qm_bulk_reference":
+            row.update(bulk_log(results / "logs" / "qm_bulk_reference.log"))
+            row["cluster_atoms"] = ",".join(map(str, row["cluster_atoms"] or []))
+        elif output is not None:
+            if output.is_file() and key in bench:
+                info = frame_info(output)
+                row.update(info, state="done")
+            else:
+                log = results / "logs" / f"{key.replace('/', '/', 1)}.log"
+                progress = log_progress(log)
+                if not progress and not log.is_file():
+                    continue  # not started
+                row.update(progress, state="running" if log.is_file() else "")
+                if progress:
+                    row["qm_seconds_process"] = progress["qm_s_per_call"] * progress["n_qm_real_calls"]
+            row["cluster_atoms"] = cluster_atoms(out, output)
+        real = row.get("n_qm_real_calls_process", row.get("n_qm_real_calls"))
+        if real and row.get("wall_s") is not None and row.get("qm_seconds_process") is not None:
+            outside = row["wall_s"] - row["qm_seconds_process"]
+            row["outside_qm_s_per_call"] = outside / real
+            row["outside_qm_fraction"] = outside / row["wall_s"]
+            if row.get("surrogate_outer_steps"):
+                row["outside_qm_s_per_outer_step"] = outside / row["surrogate_outer_steps"]
+        rows.append(row)
+    (out / "rehearsal.json").write_text(json.dumps(rows, indent=1, default=str))
+    print(markdown(rows) if args.markdown else json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+COLUMNS = [("job", "job", "{}"), ("state", "state", "{}"), ("wall_s", "wall s", "{:.0f}"),
+           ("max_rss_mb", "max RSS MB", "{:.0f}"), ("atoms", "atoms", "{}"),
+           ("cluster_atoms", "QM cluster atoms", "{}"), ("steps", "steps", "{}"),
+           ("n_qm_real_calls", "QM calls", "{}"),
+           ("qm_seconds_process", "s in QM (double)", "{:.0f}"),
+           ("outside_qm_s_per_call", "s outside QM / call", "{:.1f}"),
+           ("outside_qm_s_per_outer_step", "s outside QM / outer step", "{:.1f}"),
+           ("outside_qm_fraction", "outside QM", "{:.0%}")]
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            value = row.get(key)
+            cells.append("" if value is None or value == "" else fmt.format(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/rehearsal", help="everything goes here")
@@ -132,8 +297,10 @@ def main() -> int:
                    help="rerun snakemake (it resumes) if a run fails, e.g. the cluster "
                         "was stopped under it")
     r.add_argument("--stop", action="store_true", help="stop the cluster at the end")
+    c = sub.add_parser("collect", help="tabulate what has finished (and what runs)")
+    c.add_argument("--markdown", action="store_true", help="a Markdown table, not JSON")
     args = ap.parse_args()
-    return {"run": run}[args.action](args)
+    return {"run": run, "collect": collect}[args.action](args)
 
 
 if __name__ == "__main__":
