@@ -121,6 +121,67 @@ def run(args) -> int:
 
 
 
+
+# ---- estimating -------------------------------------------------------------------------
+def dry_run_jobs() -> dict[str, int]:
+    """Jobs per rule of the whole DAG (``snakemake -n``, no cluster needed)."""
+    proc = subprocess.run(
+        [str(VENV_BIN / "snakemake"), "-n", "--quiet", "rules", "--configfile", str(CONFIG),
+         "--config", "results=/tmp/rehearsal-dry-run"],
+        cwd=REPO, capture_output=True, text=True, check=True)
+    counts = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def estimate(args) -> int:
+    """Atoms, QM cluster atoms and the time of one ML (Θ0) force call per structure kind
+    of the example, built as the pipeline builds them (Θ0's elastic constants)."""
+    import yaml
+
+    from qmml.build import build_case, default_settings
+
+    config = yaml.safe_load(CONFIG.read_text())
+    jobs = dry_run_jobs()
+    print("jobs per rule:", json.dumps(jobs), f"(total {sum(jobs.values())})")
+    q, t3 = config["qmml"], config["three_d"]
+    kinds = {case: default_settings(kind=d["kind"], radius=d["radius"],
+                                    fixed_width=d["fixed_width"], qm_radius=q["qm_radius"],
+                                    buffer=q["buffer"], glide=d.get("glide_images", 0) > 0)
+             for case, d in config["dislocations"].items()}
+    for name, d in config["defects"].items():
+        host = config["dislocations"][d["dislocation"]]
+        kinds[f"3d {name}"] = default_settings(
+            kind=host["kind"], radius=t3["radius"], fixed_width=t3["fixed_width"],
+            n_line=t3["n_line"], qm_radius=t3["qm_radius"], buffer=t3["buffer"],
+            defect=d["defect"], distance=d["distances"][0],
+            direction=d.get("direction", [1.0, 0.0]))
+    from qmml.potential import SNAPPotential, resolve_prefix
+
+    pot = SNAPPotential.read(resolve_prefix(config["start_potential"]))
+    print("| structure | atoms | QM atoms | buffer atoms | QM cluster | ML force call s |")
+    print("|---|---|---|---|---|---|")
+    for label, settings in kinds.items():
+        states, _ = build_case(settings)
+        atoms = states[0]
+        region = atoms.arrays["region"]
+        atoms.calc = pot.calculator()
+        atoms.get_forces()  # LAMMPS set-up
+        times = []
+        for _ in range(args.repeats):
+            atoms.positions[0, 0] += 1e-3
+            start = time.perf_counter()
+            atoms.get_forces()
+            times.append(time.perf_counter() - start)
+        n_qm, n_buf = int((region == "QM").sum()), int((region == "buffer").sum())
+        print(f"| {label} | {len(atoms)} | {n_qm} | {n_buf} | {n_qm + n_buf} | "
+              f"{min(times):.2f} |", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    return 0
+
 # ---- collecting -------------------------------------------------------------------------
 def benchmark_rows(results: Path) -> dict[str, dict]:
     """Snakemake's benchmark TSV of every finished job, keyed by its path under
@@ -297,10 +358,12 @@ def main() -> int:
                    help="rerun snakemake (it resumes) if a run fails, e.g. the cluster "
                         "was stopped under it")
     r.add_argument("--stop", action="store_true", help="stop the cluster at the end")
+    e = sub.add_parser("estimate", help="job list, atoms and ML time per structure")
+    e.add_argument("--repeats", type=int, default=2, help="timed ML force calls")
     c = sub.add_parser("collect", help="tabulate what has finished (and what runs)")
     c.add_argument("--markdown", action="store_true", help="a Markdown table, not JSON")
     args = ap.parse_args()
-    return {"run": run, "collect": collect}[args.action](args)
+    return {"run": run, "estimate": estimate, "collect": collect}[args.action](args)
 
 
 if __name__ == "__main__":
