@@ -291,15 +291,22 @@ LOG_STEP = re.compile(r"step\s+(\d+)\s+QM call\s+(\d+) \(real (\d+)\)\s+fmax ([\
                       r"([\d.]+) s/QM call")
 
 
+LOG_OUTER = re.compile(r"accelerated: outer\s+(\d+)\s+QM calls\s+(\d+)\s+true fmax ([\d.]+)")
+
+
 def log_progress(log: Path) -> dict:
-    """Last optimiser step of a (running) QM job from its log."""
-    steps = LOG_STEP.findall(log.read_text(errors="replace")) if log.is_file() else []
-    if not steps:
-        return {}
-    step, calls, real, fmax, per_call = steps[-1]
-    return {"steps": int(step), "n_qm_calls": int(calls), "n_qm_real_calls": int(real),
-            "fmax": float(fmax), "qm_s_per_call": float(per_call),
-            "log_age_s": time.time() - log.stat().st_mtime}
+    """Last optimiser step of a (running) QM job from its log: ASE optimisers log the
+    time per QM call, the accelerated one its outer steps and QM calls (cached ones too)."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    if steps := LOG_STEP.findall(text):
+        step, calls, real, fmax, per_call = steps[-1]
+        return {"steps": int(step), "n_qm_calls": int(calls), "n_qm_real_calls": int(real),
+                "fmax": float(fmax), "qm_s_per_call": float(per_call)}
+    if outer := LOG_OUTER.findall(text):
+        step, calls, fmax = outer[-1]
+        return {"surrogate_outer_steps": int(step), "n_qm_calls": int(calls),
+                "fmax": float(fmax)}
+    return {}
 
 
 def frame_info(path: Path) -> dict:
@@ -349,8 +356,9 @@ def collect(args) -> int:
                 if not progress and not log.is_file():
                     continue  # not started
                 row.update(progress, state="running" if log.is_file() else "")
-                if progress:
-                    row["qm_seconds_process"] = progress["qm_s_per_call"] * progress["n_qm_real_calls"]
+                if "qm_s_per_call" in progress:
+                    row["qm_seconds_process"] = (progress["qm_s_per_call"]
+                                                 * progress["n_qm_real_calls"])
             row["cluster_atoms"] = cluster_atoms(out, output)
         real = row.get("n_qm_real_calls_process", row.get("n_qm_real_calls"))
         if real and row.get("wall_s") is not None and row.get("qm_seconds_process") is not None:
@@ -368,7 +376,9 @@ def collect(args) -> int:
 COLUMNS = [("job", "job", "{}"), ("state", "state", "{}"), ("wall_s", "wall s", "{:.0f}"),
            ("max_rss_mb", "max RSS MB", "{:.0f}"), ("atoms", "atoms", "{}"),
            ("cluster_atoms", "QM cluster atoms", "{}"), ("steps", "steps", "{}"),
-           ("n_qm_real_calls", "QM calls", "{}"),
+           ("surrogate_outer_steps", "outer steps", "{}"),
+           ("n_qm_calls", "QM calls", "{}"), ("n_qm_real_calls", "real QM calls", "{}"),
+           ("fmax", "fmax eV/Å", "{:.3f}"),
            ("qm_seconds_process", "s in QM (double)", "{:.0f}"),
            ("outside_qm_s_per_call", "s outside QM / call", "{:.1f}"),
            ("outside_qm_s_per_outer_step", "s outside QM / outer step", "{:.1f}"),
