@@ -355,7 +355,8 @@ def collect(args) -> int:
                 progress = log_progress(log)
                 if not progress and not log.is_file():
                     continue  # not started
-                row.update(progress, state="running" if log.is_file() else "")
+                error = re.findall(r"^error: (.*)$", log.read_text(errors="replace"), re.M)
+                row.update(progress, state=f"failed: {error[-1]}" if error else "running")
                 if "qm_s_per_call" in progress:
                     row["qm_seconds_process"] = (progress["qm_s_per_call"]
                                                  * progress["n_qm_real_calls"])
