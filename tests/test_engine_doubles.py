@@ -18,7 +18,7 @@ from ase.build import bulk
 from ase.io import read
 
 from conftest import MILADY
-from qmml import QmmlError
+from qmml import QmmlError, potential_path
 from qmml.engines import (EngineFailed, EngineNotRunnable, engine_settings_hash,
                           is_retryable, make_qm_calculator)
 from qmml.engines.cluster import BOX_STEP, open_vacuum
@@ -364,3 +364,31 @@ def test_vasp_example_config_writes_the_papers_input(programs):
             incar["GGA"]) == (550.0, "1", 0.1, "0", "PE")
     assert "BULK_KPTS" not in incar and "KPTS_LINE" not in incar and "VACUUM" not in incar
     assert (run / "KPOINTS").read_text().splitlines()[3].split() == ["1", "1", "12"]
+
+
+def test_bulk_reference_and_relaxations_run_in_folders_of_their_own(programs, milady):
+    """Concurrent jobs of one workflow share a working directory: each output gets its
+    own run folder, and the bulk reference's strained cells never read another cell's
+    WAVECAR (the double, like VASP with ISTART=1, refuses a WAVECAR of another system)."""
+    from qmml.steps import qm_bulk_reference_file, relax_file
+    from qmml.frames import write_output_frames
+
+    cfg = {"engine": "vasp", "command": str(DOUBLES / "vasp_double")}
+    ref = qm_bulk_reference_file({"qm_cell": 1}, cfg, programs / "cache",
+                                 programs / "bulk" / "reference.json")
+    assert ref["qm_calls"] >= 4 and ref["C11"] > ref["C12"] > 0 and 3.0 < ref["a0"] < 3.4
+    bulk_run = programs / "vasp-run" / "bulk_reference.json"
+    assert "ISTART = 0" in (bulk_run / "INCAR").read_text()
+
+    atoms = dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
+                                 MILADY["C44"], radius=12.0, fixed_width=4.0)
+    cylinder_region(atoms, None, qm_radius=2.0, buffer_width=BUFFER, ml_cutoff=milady.cutoff)
+    write_output_frames(programs / "start.xyz", [atoms])
+    relax_file(programs / "start.xyz", programs / "out" / "screw.xyz",
+               potential_path("W_milady_lml"), cfg,
+               programs / "cache", optimizer="FIRE", fmax=0.5, buffer=BUFFER, steps=3,
+               require_convergence=False)
+    relax_run = programs / "vasp-run" / "out_screw.xyz"
+    assert len(read(relax_run / "POSCAR", format="vasp")) < len(atoms)
+    assert sorted(p.name for p in (programs / "vasp-run").iterdir()) == [
+        "bulk_reference.json", "out_screw.xyz"]

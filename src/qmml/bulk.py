@@ -18,7 +18,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from qmml import QmmlError
 from qmml.elastic import measure_cubic_elastic
 from qmml.io import json_text, read_mapping, write_text
-from qmml.engines import (BUILDERS, NO_KPOINTS, engine_label, engine_settings_hash,
+from qmml.engines import (BUILDERS, SPECS, NO_KPOINTS, engine_label, engine_settings_hash,
                           resolved_settings)
 from qmml.qmcache import QMCache, cluster_key
 
@@ -39,7 +39,10 @@ def bulk_calculator(cfg: dict, n_cells: int) -> Calculator:
     if name == "gpaw" and s.get("mode") == "lcao":
         s["mode"] = "pw"  # GPAW has no stress in LCAO mode (setup notes)
     # not make_qm_calculator: its adapters return no stress and tblite's replicates clusters
-    return BUILDERS[name](s, (k, k, k))
+    calc = BUILDERS[name](s, (k, k, k))
+    if name in SPECS:  # every strained cell starts from atoms, never from another cell's
+        SPECS[name].prepare(calc, False)  # wavefunction (VASP would read WAVECAR)
+    return calc
 
 
 def bulk_kpoints(cfg: dict, n_cells: int) -> int:

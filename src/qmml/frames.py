@@ -48,6 +48,9 @@ def provenance(stats, engine: str, settings_hash: str, potential: str,
             "n_qm_calls": stats.n_qm_calls, "n_qm_real_calls": stats.n_qm_real_calls,
             "n_qm_calls_process": stats.n_qm_calls_process,
             "n_qm_real_calls_process": stats.n_qm_real_calls_process,
+            # seconds of this process: inside the QM engine, and in the whole run
+            "qm_seconds_process": round(stats.qm_seconds, 3),
+            "wall_seconds_process": round(stats.wall_seconds, 3),
             "buffer_width": buffer_width,
             **({"surrogate_hard_residual_max": stats.surrogate_hard_residual_max,
                 "surrogate_outer_steps": stats.outer_steps}

@@ -37,6 +37,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ from qmml.engines.programs import SPECS, castep, cp2k, espresso, gpaw, vasp
 __all__ = ["BUILDERS", "COMMON_KEYS", "DEFAULTS", "NO_KPOINTS", "OPTIONAL", "REFERENCE_LABEL",
            "Adapter", "EngineFailed", "EngineNotRunnable", "EngineSpec", "engine_label",
            "engine_settings_hash", "is_retryable", "make_qm_calculator", "read_engine_config",
-           "resolved_settings"]
+           "resolved_settings", "with_run_folder"]
 
 REFERENCE_LABEL = "reference (classical stand-in, not QM)"
 
@@ -197,6 +198,19 @@ def read_engine_config(path) -> dict:
     except QmmlError as err:
         raise QmmlError(f"{path}: {str(err).removeprefix('engine config: ')}") from None
     return cfg
+
+
+def with_run_folder(cfg: dict, output) -> dict:
+    """``cfg`` with the program's run folder made private to the job writing ``output``:
+    ``<directory>/<output path as one name>``.  Jobs of one workflow (several SLURM jobs
+    in one working directory) would otherwise write each other's input and restart files
+    (INCAR, POSCAR, WAVECAR) in the one configured folder.  Engines without a run folder
+    (tblite, gpaw, reference) are returned unchanged."""
+    folder = cfg.get("directory", DEFAULTS.get(cfg.get("engine"), {}).get("directory"))
+    if not folder:
+        return cfg
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.relpath(os.fspath(output))).strip("_.")
+    return dict(cfg, directory=os.path.join(folder, name))
 
 
 def engine_settings_hash(cfg: dict) -> str:

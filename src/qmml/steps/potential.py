@@ -48,7 +48,8 @@ def qm_bulk_reference_file(elastic: dict, engine_config: dict | PathLike, cache:
 
     writable(output)
     writable_dir(Path(cache) / "bulk", "QM cache folder")
-    ref = qm_bulk_reference(elastic, engine_settings(engine_config), cache, log=log)
+    ref = qm_bulk_reference(elastic, engine_settings(engine_config, output), cache,
+                            log=log)
     write_json(output, ref)
     _say(log, json.dumps(ref, indent=2))
     return ref

@@ -13,20 +13,22 @@ class NotConverged(QmmlError):
     """A relaxation/NEB ran out of steps before fmax (its output is written)."""
 
 
-def engine_settings(engine_config: dict | PathLike) -> dict:
-    """An engine config given as a mapping or as an engine-config file."""
-    if isinstance(engine_config, dict):
-        return engine_config
-    from qmml.engines import read_engine_config
+def engine_settings(engine_config: dict | PathLike, output: PathLike | None = None) -> dict:
+    """An engine config given as a mapping or as an engine-config file; with ``output``,
+    the program runs in a folder of its own for that output (``with_run_folder``)."""
+    from qmml.engines import read_engine_config, with_run_folder
 
-    return read_engine_config(engine_config)
+    if not isinstance(engine_config, dict):
+        engine_config = read_engine_config(engine_config)
+    return engine_config if output is None else with_run_folder(engine_config, output)
 
 
-def _qm_setup(pot, engine_config: dict | PathLike, cache: PathLike, log: Log):
+def _qm_setup(pot, engine_config: dict | PathLike, cache: PathLike, output: PathLike,
+              log: Log):
     from qmml.engines import engine_label
     from qmml.qmcache import CachedQMCalculator
 
-    engine_config = engine_settings(engine_config)
+    engine_config = engine_settings(engine_config, output)
     qm = CachedQMCalculator.from_config(engine_config, cache, log=log)
     label = engine_label(engine_config)
     if engine_config["engine"] == "reference":  # a classical stand-in, labelled as such
@@ -105,7 +107,7 @@ def relax_file(input: PathLike, output: PathLike, potential: PathLike,
                          vacuum=vacuum, outputs=(output, checkpoint, qm_frames), cache=cache,
                          folders=(descriptor_cache,))
     progress = None if quiet else log
-    qm, label, pot_id = _qm_setup(pot, engine_config, cache, progress)
+    qm, label, pot_id = _qm_setup(pot, engine_config, cache, output, progress)
     stats = relax(atoms, qm, pot.calculator(), buffer, optimizer=optimizer, fmax=fmax,
                   steps=steps, checkpoint=checkpoint, vacuum=vacuum, log=progress,
                   fingerprint_extra=pot_id,
@@ -154,7 +156,7 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
                          steps=steps, vacuum=vacuum, outputs=(output, checkpoint, qm_frames),
                          cache=cache, folders=(descriptor_cache,))
     progress = None if quiet else log
-    qm, label, pot_id = _qm_setup(pot, engine_config, cache, progress)
+    qm, label, pot_id = _qm_setup(pot, engine_config, cache, output, progress)
     band, stats, profile = neb(start, end, images, qm, pot.calculator, buffer,
                                optimizer=optimizer, fmax=fmax, steps=steps, k=spring,
                                checkpoint=checkpoint, vacuum=vacuum, log=progress,
@@ -172,7 +174,8 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
     _write_qm_frames(qm_frames, band, neb_moving_images(len(band)), stats, info)
     _say(log, f"neb: {'converged' if stats.converged else 'NOT converged'} fmax "
          f"{stats.fmax:.5f} eV/A after {stats.steps} steps; virtual-work barrier "
-         f"{profile['barrier']:.4f} eV; {_qm_counts(stats)}); engine {label}; "
+         f"{profile['barrier']:.4f} eV; {_qm_counts(stats)}, {stats.qm_seconds:.1f} s in "
+         f"QM, {stats.wall_seconds:.1f} s total); engine {label}; "
          f"wrote {output}")
     _check_converged(stats, "NEB", output, require_convergence)
     return stats, profile
@@ -203,7 +206,8 @@ def binding_path_file(far: PathLike, near: PathLike, far_structure: PathLike,
     writable(output)
     writable_dir(cache, "QM cache folder")
     result = compute(str(far), str(near), str(far_structure), str(near_structure),
-                     str(potential), engine_settings(engine_config), str(cache), int(images),
+                     str(potential), engine_settings(engine_config, output), str(cache),
+                     int(images),
                      float(buffer),
                      vacuum=float(vacuum), qm_radius=qm_radius,
                      ml_fmax=ML_FMAX if ml_fmax is None else ml_fmax,

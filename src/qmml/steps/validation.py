@@ -31,7 +31,7 @@ def qm_vacancy_reference_file(engine_config: dict | PathLike, cache: PathLike,
     from qmml.qmcache import CachedQMCalculator, QMCache
     from qmml.validation import vacancy_properties
 
-    cfg = engine_settings(engine_config)
+    cfg = engine_settings(engine_config, output)
     reference = bulk_reference if isinstance(bulk_reference, dict) else \
         read_targets(bulk_reference)
     start = time.perf_counter()
