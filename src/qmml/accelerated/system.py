@@ -38,6 +38,24 @@ class _QMTap(Calculator):
         self.results["energy"] = float(self.qm.results.get("energy", 0.0))
 
 
+def qm_force_rows(atoms: Atoms, space: SNAPPotential, qm_mask: np.ndarray) -> np.ndarray:
+    """Force rows (3 per QM atom, in atom order) of the potential's descriptor space.
+
+    Species the potential lacks (He in W) are invisible to it, as in its LAMMPS pair style
+    (type NULL): the rows are those of the structure without them, and their own rows are
+    zero (the surrogate cannot change the force on them; the Δ-correction still makes it
+    exact at the anchor)."""
+    known = np.isin(atoms.get_chemical_symbols(), space.elements)
+    if known.all():
+        return compute_descriptors(atoms, space, force_mask=qm_mask,
+                                   source="QM/ML geometry").forces
+    rows = np.zeros((int(qm_mask.sum()), 3, space.n_coefficients))
+    sub = compute_descriptors(atoms[known], space, force_mask=qm_mask[known],
+                              source="QM/ML geometry").forces
+    rows[known[np.flatnonzero(qm_mask)]] = sub.reshape(-1, 3, space.n_coefficients)
+    return rows.reshape(-1, space.n_coefficients)
+
+
 @dataclass
 class SurrogateStep:
     """A relaxation of the surrogate from the anchor: where it ended, the surrogate forces
@@ -141,8 +159,7 @@ class MixedSystem:
                 continue
             a = Atoms(self.images[j].numbers, p, cell=self.images[j].cell,
                       pbc=self.images[j].pbc)
-            rows.append(compute_descriptors(a, self.space, force_mask=self.qm_mask,
-                                            source="QM/ML geometry").forces)
+            rows.append(qm_force_rows(a, self.space, self.qm_mask))
         return rows
 
     def set_surrogate(self, theta: np.ndarray, positions: np.ndarray,
@@ -202,9 +219,7 @@ class MixedSystem:
             fq.qm_selection_mask[fq.qm_buffer_mask]]
         atoms = Atoms(self.images[j].numbers, x, cell=self.images[j].cell,
                       pbc=self.images[j].pbc)
-        rows = compute_descriptors(atoms, self.space, force_mask=self.qm_mask,
-                                   source="QM/ML geometry").forces
-        return rows, qm_forces
+        return qm_force_rows(atoms, self.space, self.qm_mask), qm_forces
 
     def relax_ml(self, fmax: float, optimizer: str, steps: int, leg: float,
                  theta: np.ndarray | None = None) -> tuple[np.ndarray, int]:
