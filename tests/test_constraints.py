@@ -192,9 +192,10 @@ def test_cli_bad_input(tmp_path, capsys):
                "--md", str(tmp_path / "m.xyz")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "nope.snapcoeff" in err and "not found" in err
-    rc = main(["constraints", "--potential", "W_milady_lml", "--temperatures", "300", "-10",
-               "--md", str(tmp_path / "m.xyz")])
-    err = capsys.readouterr().err.strip()
+    with pytest.raises(SystemExit) as stop:  # refused while parsing the options
+        main(["constraints", "--potential", "W_milady_lml", "--temperatures", "300", "-10",
+              "--md", str(tmp_path / "m.xyz")])
+    rc, err = stop.value.code, capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "-10" in err
     assert not (tmp_path / "m.xyz").exists()
     rc = main(["constraints", "--potential", "W_milady_lml"])

@@ -57,7 +57,7 @@ def test_vasp_needs_a_command(monkeypatch):
 
 @pytest.mark.parametrize("command, missing", [
     ("vasp_std_nowhere", "vasp_std_nowhere"),
-    ("srun -n 64 vasp_std_nowhere", "srun"),
+    ("launcher_nowhere -n 64 vasp_std", "launcher_nowhere"),
     ("sh -c true", None),
 ])
 def test_command_check_names_the_missing_program(command, missing):
@@ -214,3 +214,12 @@ def test_failure_quote_finds_cp2k_abort_message(tmp_path):
     quote = output_tail([tmp_path / "missing.out", out])
     assert quote.startswith("last lines of cp2k.out: CP2K ABORT: MT1D unimplemented")
     assert "1 routine_1" in quote and "\n" not in quote
+
+
+def test_cp2k_refuses_a_run_folder_too_long_for_its_input_lines(tmp_path):
+    """Refused when the engine is built (before its first call), not as a CP2K parse error."""
+    long = tmp_path / ("x" * 70)
+    settings = resolved_settings({"engine": "cp2k", "directory": str(long)})
+    with pytest.raises(QmmlError, match=r"key 'directory'.*at most 64"):
+        BUILDERS["cp2k"](settings, 1)
+    assert not long.exists()

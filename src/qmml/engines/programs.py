@@ -226,11 +226,22 @@ def _cp2k_input(s: dict, k: tuple[int, int, int], pbc) -> str:
         "  &END DFT\n&END FORCE_EVAL\n")
 
 
+# ASE writes the run folder into the input's PROJECT line, which cp2k_shell's WRITE_FILE
+# wraps at 80 characters (measured: an 86-character folder path broke the parse at its
+# 66th character)
+CP2K_PROJECT_CHARS = 64
+
+
 def cp2k(s: dict, k, pbc=FULL) -> Calculator:
     from ase.calculators.cp2k import CP2K
 
     k = _kpts(k)
     directory = Path(s["directory"])
+    project = str(directory / CP2K_LABEL)
+    if len(project) > CP2K_PROJECT_CHARS:  # cp2k_shell wraps longer input lines: parse error
+        raise QmmlError(f"engine 'cp2k': key 'directory': the run folder path {project!r} has "
+                        f"{len(project)} characters; CP2K's input lines hold at most "
+                        f"{CP2K_PROJECT_CHARS} for it (use a shorter, e.g. relative, folder)")
     directory.mkdir(parents=True, exist_ok=True)
     data = s.get("data_dir") or os.environ.get("CP2K_DATA_DIR", "/usr/share/cp2k")
     return CP2K(command=s["command"], directory=str(directory), label=CP2K_LABEL,
