@@ -93,13 +93,16 @@ def strain_set(potential: SNAPPotential, a0: float | None = None, n_cells: int =
     return configs
 
 
-def _relax(atoms: Atoms, fmax: float, max_steps: int, what: str) -> int:
-    # ODE12r: adaptive force-only steps, far fewer force calls than FIRE here
-    opt = ODE12r(atoms, logfile=None)
+def relax_or_fail(atoms: Atoms, fmax: float, max_steps: int, what: str,
+                  optimizer=ODE12r) -> int:
+    """Relax ``atoms`` (its calculator) to ``fmax``; the step count, or a one-line QmmlError
+    naming ``what`` when ``max_steps`` run out.  ODE12r by default: adaptive force-only
+    steps, far fewer force calls than FIRE on these cells."""
+    opt = optimizer(atoms, logfile=None)
     if not opt.run(fmax=fmax, steps=max_steps):
         f = np.linalg.norm(atoms.get_forces(), axis=1).max()
-        raise QmmlError(f"{what}: not relaxed to fmax {fmax} eV/Å in {max_steps} ODE12r steps "
-                        f"(max force {f:.3g} eV/Å)")
+        raise QmmlError(f"{what}: not relaxed to fmax {fmax} eV/Å in {max_steps} "
+                        f"{optimizer.__name__} steps (max force {f:.3g} eV/Å)")
     return opt.nsteps
 
 
@@ -142,7 +145,8 @@ def vacancy_neb(potential: SNAPPotential, a0: float | None = None, n_cells: int 
     endpoints = []
     for atoms, name in ((initial, "initial"), (final, "final")):
         atoms.calc = potential.calculator(zbl=zbl)
-        _relax(atoms, fmax=min(fmax, 1e-3), max_steps=max_steps, what=f"vacancy NEB {name} state")
+        relax_or_fail(atoms, fmax=min(fmax, 1e-3), max_steps=max_steps,
+                      what=f"vacancy NEB {name} state")
         # freeze the relaxed endpoint: NEB only needs its energy, so no LAMMPS instance stays
         atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
                                            forces=atoms.get_forces())

@@ -64,17 +64,6 @@ def elastic_rows(elastic: dict, reference: dict, source: str = "elastic.json vs 
 
 
 # ---- vacancy ---------------------------------------------------------------------------
-def _relax(atoms: Atoms, fmax: float, steps: int, what: str) -> int:
-    from ase.optimize import BFGS
-
-    opt = BFGS(atoms, logfile=None)
-    if not opt.run(fmax=fmax, steps=steps):
-        f = np.linalg.norm(atoms.get_forces(), axis=1).max()
-        raise QmmlError(f"{what}: not relaxed to fmax {fmax} eV/Å in {steps} BFGS steps "
-                        f"(max force {f:.3g} eV/Å)")
-    return opt.nsteps
-
-
 def vacancy_properties(calc: Calculator, a0: float, n_cells: int = 2, fmax: float = 0.01,
                        steps: int = 200, symbol: str = "W") -> dict:
     """Vacancy formation energy and migration barrier (eV) of ``calc`` in a periodic
@@ -87,7 +76,9 @@ def vacancy_properties(calc: Calculator, a0: float, n_cells: int = 2, fmax: floa
     saddle of the single-hump bcc path): E_m = E(saddle) − E(vacancy).
     """
     from ase.constraints import FixAtoms
+    from ase.optimize import BFGS
 
+    from qmml.constraints import relax_or_fail
     from qmml.elastic import bcc_cell
 
     perfect = bcc_cell(a0, n_cells, symbol)
@@ -99,14 +90,14 @@ def vacancy_properties(calc: Calculator, a0: float, n_cells: int = 2, fmax: floa
     vacancy = perfect.copy()
     del vacancy[0]
     vacancy.calc = calc
-    steps_vacancy = _relax(vacancy, fmax, steps, "vacancy")
+    steps_vacancy = relax_or_fail(vacancy, fmax, steps, "vacancy", BFGS)
     e_vacancy = float(vacancy.get_potential_energy())
     saddle = perfect.copy()
     saddle.positions[hopper] = a0 / 4 * np.ones(3)
     del saddle[0]
     saddle.set_constraint(FixAtoms(indices=[hopper - 1]))
     saddle.calc = calc
-    steps_saddle = _relax(saddle, fmax, steps, "vacancy saddle")
+    steps_saddle = relax_or_fail(saddle, fmax, steps, "vacancy saddle", BFGS)
     e_saddle = float(saddle.get_potential_energy())
     return {"formation_energy": e_vacancy - (n - 1) / n * e_perfect,
             "migration_barrier": e_saddle - e_vacancy, "a0": float(a0), "n_cells": n_cells,
