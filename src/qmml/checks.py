@@ -16,12 +16,17 @@ from qmml import QmmlError
 PathLike = str | Path
 
 
+def _number(name: str, value, expected: str) -> float:
+    """``value`` as a float, or a one-line error saying what ``name`` expected."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise QmmlError(f"{name}: expected {expected}, got {value!r}") from None
+
+
 def positive(name: str, value: float) -> float:
     """``value`` as a positive finite float (``name``: the option, for the message)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise QmmlError(f"{name}: expected a number, got {value!r}") from None
+    x = _number(name, value, "a number")
     if not (math.isfinite(x) and x > 0):
         raise QmmlError(f"{name}: must be a positive finite number, got {value!r}")
     return x
@@ -29,10 +34,7 @@ def positive(name: str, value: float) -> float:
 
 def positive_int(name: str, value: int) -> int:
     """``value`` as a positive integer (a float with an integral value is accepted)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise QmmlError(f"{name}: expected a positive integer, got {value!r}") from None
+    x = _number(name, value, "a positive integer")
     if not (math.isfinite(x) and x == int(x) and x >= 1):
         raise QmmlError(f"{name}: must be a positive integer, got {value!r}")
     return int(x)
@@ -40,10 +42,7 @@ def positive_int(name: str, value: int) -> int:
 
 def nonnegative(name: str, value: float) -> float:
     """``value`` as a finite float >= 0."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise QmmlError(f"{name}: expected a number, got {value!r}") from None
+    x = _number(name, value, "a number")
     if not (math.isfinite(x) and x >= 0):
         raise QmmlError(f"{name}: must be a finite number >= 0, got {value!r}")
     return x
@@ -122,10 +121,7 @@ def check_buffer(buffer: float, cutoff: float, potential: PathLike) -> float:
 
 def finite(name: str, value: float) -> float:
     """``value`` as a finite float."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise QmmlError(f"{name}: expected a number, got {value!r}") from None
+    x = _number(name, value, "a number")
     if not math.isfinite(x):
         raise QmmlError(f"{name}: must be a finite number, got {value!r}")
     return x

@@ -197,17 +197,6 @@ def _chunk_job(potential: SNAPPotential, chunk: list) -> dict:
         release_free_memory()
 
 
-def _release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise): an idle worker
-    then holds ~100 MB instead of its last image's ~300 MB while the main process solves."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to release
-        pass
-
-
 def _compute_chunk(potential: SNAPPotential, chunk: list) -> dict:
     out: dict = {"normal": {}, "kept": {}, "energy": {}}
     for _, kind, k, payload in chunk:
