@@ -54,6 +54,23 @@ def hard_row_space(hard: np.ndarray, rtol: float | None = None):
     return u[:, :rank], s[:rank], vt[:rank].T, vt[rank:].T, s
 
 
+@dataclass(frozen=True)
+class HardRows:
+    """Hard rows with their SVD (:func:`hard_row_space`), decomposed once for every fit
+    that keeps them exact: a loop that refits with the same rows passes this instead of
+    the array, and pays for the SVD (k³ in the number of coefficients) once."""
+
+    rows: np.ndarray
+    rtol: float
+    space: tuple  # hard_row_space(rows, rtol)
+
+    @classmethod
+    def of(cls, rows: np.ndarray, rtol: float | None = None) -> "HardRows":
+        rows = np.atleast_2d(np.asarray(rows, dtype=float))
+        cut = rank_cut(rows.shape) if rtol is None else rtol
+        return cls(rows, cut, hard_row_space(rows, cut))
+
+
 def numerical_rank(s: np.ndarray, rtol: float) -> int:
     """Number of singular values (descending) above ``rtol``·s_max."""
     return int(np.sum(s > rtol * s[0])) if s.size and s[0] > 0 else 0
@@ -85,14 +102,16 @@ def rank_spectrum(s: np.ndarray, rtol: float, width: int = 3) -> dict:
 
 
 def solve_constrained(theta0: np.ndarray, gtg: np.ndarray | None = None,
-                      gtf: np.ndarray | None = None, *, hard: np.ndarray | None = None,
+                      gtf: np.ndarray | None = None, *,
+                      hard: "np.ndarray | HardRows | None" = None,
                       hard_rhs: np.ndarray | None = None, soft_ata: np.ndarray | None = None,
                       lambda_soft: float = 1.0, lambda0: float = 500.0,
                       rtol: float | None = None, feasibility_tol: float = 1e-8) -> FitResult:
     """Θ minimising the loss above with hard rows exact; see the module docstring.
 
     ``gtg``/``gtf``: normal-equation sums of the force rows (None: no force targets).
-    ``soft_ata``: A_SᵀA_S.  The Tikhonov centre is Θ0.
+    ``soft_ata``: A_SᵀA_S.  The Tikhonov centre is Θ0.  ``hard``: the rows, or
+    :class:`HardRows` (already decomposed; ``rtol`` is then its own).
     """
     start = time.perf_counter()
     theta0 = np.asarray(theta0, dtype=float)
@@ -110,14 +129,18 @@ def solve_constrained(theta0: np.ndarray, gtg: np.ndarray | None = None,
     rank = 0
     n_hard = 0
     spectrum = None
+    decomposed = hard if isinstance(hard, HardRows) else None
+    if decomposed is not None:
+        hard = decomposed.rows
     if hard is not None and len(hard):
         hard = np.atleast_2d(np.asarray(hard, dtype=float))
         n_hard = hard.shape[0]
         if hard.shape[1] != k:
             raise QmmlError(f"hard rows have {hard.shape[1]} columns, Θ has {k}")
         rhs = hard @ theta0 if hard_rhs is None else np.asarray(hard_rhs, dtype=float)
-        cut = rank_cut(hard.shape) if rtol is None else rtol
-        u, s, v, null, s_all = hard_row_space(hard, cut)
+        decomposed = decomposed or HardRows.of(hard, rtol)
+        cut = decomposed.rtol
+        u, s, v, null, s_all = decomposed.space
         rank = s.size
         spectrum = rank_spectrum(s_all, cut)
         if len(spectrum["candidate_ranks"]) > 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from ase import Atoms
+from ase.constraints import FixAtoms
 from ase.mep import NEB
 
 
@@ -36,7 +37,14 @@ class ForceNEB(NEB):
                 # read back by NEB.get_forces through get_potential_energy (no new call:
                 # the positions did not change)
                 im.calc.results["energy"] = float(e)
-        return super().get_forces()
+        forces = super().get_forces().reshape(self.nimages - 2, self.natoms, 3)
+        for f, image in zip(forces, self.images[1:-1]):
+            # a fixed atom cannot move: the spring force along the tangent must not
+            # count on it (atoms fixed for a partial relaxation differ between images)
+            for c in image.constraints:
+                if isinstance(c, FixAtoms):
+                    f[c.index] = 0.0
+        return forces.reshape(-1, 3)
 
 
 def make_neb(images: list[Atoms], k: float = 0.1, climb: bool = False, precon=None) -> NEB:

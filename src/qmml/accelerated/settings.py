@@ -35,6 +35,11 @@ class AcceleratedSettings:
     neb_probe: bool = True           # NEB (4+ moving images): QM calls on every other
                                      # image train a first surrogate, relaxed before the
                                      # whole band is QM-called
+    active_width: float | None = None  # Å: the surrogate relaxation moves the free atoms
+                                     # within this of a QM atom (at least the buffer
+                                     # width; None: buffer + 2 ML cutoffs; inf: all);
+                                     # the far field follows in ML-only relaxations
+                                     # (no QM call)
     keep_ratio: float = 0.5          # NEB: images whose surrogate move can be undone with
                                      # the surrogate band still below keep_ratio*fmax stay
                                      # at their QM point (no QM call); 0: every image moves
@@ -54,6 +59,8 @@ class AcceleratedSettings:
             raise QmmlError(f"accelerated: force_weight must be >= 0, got {self.force_weight}")
         if not 0 <= self.keep_ratio < 1:
             raise QmmlError(f"accelerated: keep_ratio must be in [0, 1), got {self.keep_ratio}")
+        if self.active_width is not None and not self.active_width > 0:
+            raise QmmlError(f"accelerated: active_width must be > 0, got {self.active_width}")
         if self.lambda0 <= 0:
             raise QmmlError("accelerated: lambda0 must be > 0 (the fit is underdetermined "
                             "after the first QM call)")

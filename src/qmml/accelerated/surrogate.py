@@ -9,7 +9,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from qmml.descriptors import DescriptorCache, energy_rows
-from qmml.fitting import solve_constrained
+from qmml.fitting import HardRows, solve_constrained
 from qmml.potential import SNAPPotential
 
 
@@ -22,8 +22,9 @@ def default_hard_set(potential: SNAPPotential) -> list[Atoms]:
 
 def hard_rows(configs: Sequence[Atoms], space: SNAPPotential,
               descriptor_cache: DescriptorCache | None = None,
-              log: Callable[[str], None] | None = None) -> np.ndarray:
-    """Energy rows of the hard configurations in the surrogate's descriptor space ``space``.
+              log: Callable[[str], None] | None = None) -> HardRows:
+    """Energy rows of the hard configurations in the surrogate's descriptor space ``space``,
+    decomposed once for all the run's fits.
 
     The pipeline's constraint_descriptors job caches these very rows (same frames, same
     order, same descriptor space) for the retraining: with ``descriptor_cache`` they are
@@ -34,11 +35,11 @@ def hard_rows(configs: Sequence[Atoms], space: SNAPPotential,
         how = "read from" if len(descriptor_cache.read) > n_read else "computed into"
         log(f"accelerated: {len(rows)} hard rows {how} the descriptor cache "
             f"{descriptor_cache.folder}")
-    return rows
+    return HardRows.of(rows)
 
 
 def fit_surrogate(theta_i: np.ndarray, data: "ForceDifferences", anchor: int,
-                  force_weight: float, hard: np.ndarray, lambda0: float
+                  force_weight: float, hard: HardRows, lambda0: float
                   ) -> tuple[np.ndarray, float]:
     """Surrogate coefficients Θ_k fitted to every QM geometry in ``data`` (secants from
     geometry ``anchor`` plus absolute forces), the ``hard`` rows kept exact, Tikhonov
@@ -65,46 +66,85 @@ class SurrogateMixing(Calculator):
     ``reach`` of a QM atom, cut at the geometry of :meth:`set_potential` (the anchor).
     A force on atom k depends only on atoms within twice the SNAP cutoff of k, so the
     cluster forces are exact while no atom moves further than (reach − 2·cutoff)/2 from
-    the anchor; the caller keeps the trust radius below that.  In a large (3D) system
-    this makes the surrogate's half of every inner step cost a QM-sized cluster, not
-    the whole system.
+    the anchor; the caller keeps the trust radius below that.
+
+    ``phase`` says which atoms the evaluation is for (the others get zero force, and the
+    caller fixes them):
+
+    - ``"whole"``: every atom; the ML forces of the whole system (``ml_calc``);
+    - ``"active"``: the atoms of ``active`` only; their ML forces from a second cluster
+      (the active atoms and everything within ``reach`` of them, ``ml_cluster_calc``), so
+      that in a large system an inner step costs the region around the QM atoms, not the
+      whole system;
+    - ``"far"``: the atoms outside ``active``, with plain ML forces of the whole system
+      (their true forces are those; no QM atom moves).
+
+    ``plain`` (Θ_i itself, no offsets, no linear term): the QM atoms get the ML forces
+    too, with no cluster evaluation.
     """
 
     implemented_properties = ["energy", "forces"]
 
     def __init__(self, qm_mask: np.ndarray, ml_calc: Calculator, potential: SNAPPotential,
-                 reach: float, zero_mean: bool = True) -> None:
+                 reach: float, zero_mean: bool = True, active: np.ndarray | None = None,
+                 ml_cluster_calc: Calculator | None = None) -> None:
         super().__init__()
         self.qm_mask = np.asarray(qm_mask, dtype=bool)
         self.ml_calc, self.potential, self.reach = ml_calc, potential, reach
         self.zero_mean = zero_mean
+        self.active = None if active is None else np.asarray(active, dtype=bool)
+        self.ml_cluster_calc = ml_cluster_calc
+        self.phase = "whole"
+        self.plain = False
         self.offset = np.zeros((int(self.qm_mask.sum()), 3))
         self.secant = None  # (cluster mask, anchor cluster positions, M, Y): see linear_term
         self._cluster = None  # (atom indices, cluster Atoms with calculator, QM rows)
+        self._ml_cluster = None  # (atom indices, cluster Atoms, rows of the active atoms)
 
-    def set_potential(self, potential: SNAPPotential) -> None:
-        """New surrogate coefficients; the cluster is cut afresh at the next evaluation."""
-        self.potential = potential
-        self._cluster = None
+    def set_potential(self, potential: SNAPPotential, plain: bool = False) -> None:
+        """New surrogate coefficients; the clusters are cut afresh at the next evaluation."""
+        self.potential, self.plain = potential, plain
+        self._cluster = self._ml_cluster = None
         self.reset()
+
+    def set_phase(self, phase: str) -> None:
+        if phase != "whole" and self.active is None:
+            raise ValueError(f"surrogate phase '{phase}' needs an active region")
+        self.phase = phase
+        self.reset()
+
+    def _cut(self, atoms: Atoms, centre: np.ndarray, calc: Calculator):
+        """Atoms within ``reach`` of the ``centre`` atoms, as (indices, cluster Atoms with
+        ``calc``, rows of the centre atoms in the cluster)."""
+        from ase.geometry import get_distances
+
+        _, dist = get_distances(atoms.positions[centre], atoms.positions, cell=atoms.cell,
+                                pbc=atoms.pbc)
+        index = np.flatnonzero(dist.min(axis=0) <= self.reach)
+        cluster = Atoms(atoms.numbers[index], atoms.positions[index], cell=atoms.cell,
+                        pbc=atoms.pbc)
+        cluster.calc = calc
+        return index, cluster, centre[index]
 
     def _cluster_of(self, atoms: Atoms):
         if self._cluster is None:
-            from ase.geometry import get_distances
-
-            _, dist = get_distances(atoms.positions[self.qm_mask], atoms.positions,
-                                    cell=atoms.cell, pbc=atoms.pbc)
-            index = np.flatnonzero(dist.min(axis=0) <= self.reach)
-            cluster = Atoms(atoms.numbers[index], atoms.positions[index], cell=atoms.cell,
-                            pbc=atoms.pbc)
-            cluster.calc = self.potential.calculator()
-            self._cluster = (index, cluster, self.qm_mask[index])
+            self._cluster = self._cut(atoms, self.qm_mask, self.potential.calculator())
         return self._cluster
 
     def raw_surrogate_qm_forces(self, atoms: Atoms) -> np.ndarray:
         index, cluster, qm_rows = self._cluster_of(atoms)
         cluster.positions = atoms.positions[index]
         return np.array(cluster.get_forces())[qm_rows]
+
+    def _active_ml_forces(self, atoms: Atoms) -> np.ndarray:
+        """ML forces on the active atoms (zero elsewhere), from their cluster."""
+        if self._ml_cluster is None:
+            self._ml_cluster = self._cut(atoms, self.active, self.ml_cluster_calc)
+        index, cluster, rows = self._ml_cluster
+        cluster.positions = atoms.positions[index]
+        forces = np.zeros((len(atoms), 3))
+        forces[index[rows]] = np.array(cluster.get_forces())[rows]
+        return forces
 
     def linear_term(self, positions: np.ndarray) -> np.ndarray | float:
         """QM-atom force correction J·d, d = displacement of the QM cluster's atoms from
@@ -115,13 +155,16 @@ class SurrogateMixing(Calculator):
         d = (positions[cluster] - anchor).ravel()
         return ((m @ d) @ y).reshape(-1, 3)
 
-    def renew(self, ml_calc: Calculator) -> None:
+    def renew(self, ml_factory: Callable[[], Calculator]) -> None:
         """Fresh LAMMPS instances (a LAMMPS error such as lost atoms leaves an instance
-        unusable): ``ml_calc`` for Θ_i, a new one on the same cluster for the surrogate;
-        coefficients, offsets and linear term are kept."""
-        self.ml_calc = ml_calc
+        unusable) from ``ml_factory`` (Θ_i) and for the surrogate's cluster; coefficients,
+        offsets and linear term are kept."""
+        self.ml_calc = ml_factory()
+        if self.ml_cluster_calc is not None:
+            self.ml_cluster_calc = ml_factory()
         if self._cluster is not None:
             self._cluster[1].calc = self.potential.calculator()
+        self._ml_cluster = None
         self.reset()
 
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
@@ -129,12 +172,20 @@ class SurrogateMixing(Calculator):
         atoms = self.atoms
         if not np.isfinite(atoms.positions).all():
             raise SurrogateFailure("non-finite positions")
-        forces = np.array(self.ml_calc.get_forces(atoms))
-        forces[self.qm_mask] = (self.raw_surrogate_qm_forces(atoms) + self.offset
-                                + self.linear_term(atoms.positions))
+        if self.phase == "active":
+            forces = self._active_ml_forces(atoms)
+        else:
+            forces = np.array(self.ml_calc.get_forces(atoms))
+        if self.phase == "far":
+            forces[self.active] = 0.0
+        elif not self.plain:
+            forces[self.qm_mask] = (self.raw_surrogate_qm_forces(atoms) + self.offset
+                                    + self.linear_term(atoms.positions))
         if not np.isfinite(forces).all():  # before an optimiser steps on them
             raise SurrogateFailure("non-finite surrogate forces")
-        if self.zero_mean:  # exactly what ForceQMMM does to the true forces
+        if self.zero_mean and self.phase != "far":
+            # what ForceQMMM does to the true forces (in the active phase the far atoms
+            # count as force-free: their share of the mean is negligible)
             forces -= forces.mean(axis=0)
         self.results["forces"] = forces
         self.results["energy"] = 0.0

@@ -10,6 +10,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixAtoms
 
 from qmml import QmmlError
 from qmml.accelerated.settings import AcceleratedSettings
@@ -98,6 +99,10 @@ class MixedSystem:
                 self.taps[j] = tap
         self.space = potential.to_quadratic() if settings.space == "quadratic" else potential
         self.theta_i = self.space.theta
+        self.active = active_region(true_images[self.moving[0]], self.qm_mask, self.free,
+                                    max(buffer_width, 2 * potential.cutoff + buffer_width
+                                        if settings.active_width is None
+                                        else settings.active_width))
         self.sur_images = []
         for j, im in enumerate(true_images):
             s = im.copy()
@@ -106,7 +111,9 @@ class MixedSystem:
                 s.calc = SurrogateMixing(self.qm_mask, ml_factory(),
                                          self.space.with_theta(self.theta_i),
                                          reach=2 * potential.cutoff + 2 * settings.trust_max
-                                         + 0.5)
+                                         + 0.5, active=self.active,
+                                         ml_cluster_calc=None if self.active is None
+                                         else ml_factory())
             else:  # NEB end points: fixed; their true forces (cached QM calls) only
                 # enter the climbing image's virtual-work energies
                 forces = np.zeros((len(s), 3))
@@ -123,6 +130,24 @@ class MixedSystem:
 
             self.true_target = make_neb(true_images, **neb_kwargs)
             self.sur_target = make_neb(self.sur_images, **neb_kwargs)
+
+    @property
+    def far(self) -> np.ndarray:
+        """Free atoms outside the active region (none without one)."""
+        return self.free & ~self.active if self.active is not None \
+            else np.zeros_like(self.free)
+
+    def set_phase(self, phase: str) -> None:
+        """Which atoms the surrogate images move (SurrogateMixing.phase): the others are
+        fixed for their optimiser."""
+        if self.active is None:
+            return
+        fixed = {"whole": ~self.free, "active": ~self.free | ~self.active,
+                 "far": ~self.free | self.active}[phase]
+        for j in self.moving:
+            image = self.sur_images[j]
+            image.set_constraint(FixAtoms(mask=fixed) if fixed.any() else [])
+            image.calc.set_phase(phase)
 
     # positions of the moving images, (n_moving, N, 3)
     def positions(self, which: str = "true") -> np.ndarray:
@@ -170,10 +195,12 @@ class MixedSystem:
         ``qm_forces`` there, offsets δ so the surrogate = truth at that point (none: plain
         Θ); with ``secants``, the linear term that makes it the truth at every geometry."""
         pot = self.space.with_theta(theta)
+        plain = qm_forces is None and secants is None and np.array_equal(theta, self.theta_i)
         self.set_positions(positions, "sur")
+        self.set_phase("whole" if plain else "active")
         for n, j in enumerate(self.moving):
             calc = self.sur_images[j].calc
-            calc.set_potential(pot)
+            calc.set_potential(pot, plain)
             calc.offset = np.zeros_like(calc.offset)
             if qm_forces is not None:
                 calc.offset = qm_forces[n] - calc.raw_surrogate_qm_forces(self.sur_images[j])
@@ -190,7 +217,7 @@ class MixedSystem:
     def renew_surrogates(self) -> None:
         """Fresh LAMMPS instances behind every surrogate image (see SurrogateMixing.renew)."""
         for j in self.moving:
-            self.sur_images[j].calc.renew(self.ml_factory())
+            self.sur_images[j].calc.renew(self.ml_factory)
 
     @contextmanager
     def _failures(self, passing: tuple = ()) -> Iterator[None]:
@@ -258,7 +285,52 @@ class MixedSystem:
                     x, hit = fixed_point, False
                 else:
                     self.set_positions(x, "sur")
-            return SurrogateStep(x, self.surrogate_forces(), n, hit)
+            predicted = self.surrogate_forces()
+            if self.active is not None:
+                if _largest(anchor.forces[:, self.far]) > fmax:
+                    x, m, hit, predicted = self.relax_with_far_field(
+                        x, hit, anchor.positions, trust, inner_fmax, settings)
+                    n += m
+                else:  # the far atoms stay; their forces change only at the boundary
+                    predicted[:, self.far] = anchor.forces[:, self.far]
+            return SurrogateStep(x, predicted, n, hit)
+
+    def relax_with_far_field(self, x: np.ndarray, hit: bool, anchor: np.ndarray,
+                             trust: float, fmax: float, settings: AcceleratedSettings,
+                             rounds: int = 10) -> tuple[np.ndarray, int, bool, np.ndarray]:
+        """Alternate ML-only relaxations of the far field with surrogate relaxations of
+        the active region (still inside the trust radius around ``anchor``) until both
+        are below ``fmax``: the two regions meet atom to atom, so one pass leaves the
+        active region's edge out of balance.  Returns (positions, steps, hit the trust
+        radius, predicted forces)."""
+        steps = 0
+        for _ in range(rounds):
+            x, n = self.relax_far(x, fmax, settings.inner_optimizer, settings.inner_steps)
+            steps += n
+            far_forces = self.surrogate_forces()
+            self.set_phase("active")
+            self.set_positions(x, "sur")
+            predicted = self.surrogate_forces()
+            predicted[:, self.far] = far_forces[:, self.far]
+            if hit or _largest(predicted[:, self.free & self.active]) <= fmax:
+                break
+            x, n, hit = self.relax_surrogate(x, trust, fmax, settings.inner_optimizer,
+                                             settings.inner_steps, centre=anchor)
+            steps += n
+        return x, steps, hit, predicted
+
+    def relax_far(self, x: np.ndarray, fmax: float, optimizer: str, steps: int
+                  ) -> tuple[np.ndarray, int]:
+        """The far atoms relaxed with Θ_i, the active region held at ``x``: their true
+        forces are exactly these ML forces, and no QM force depends on them (the active
+        region holds the QM cluster), so this costs no QM call.  Returns (positions,
+        steps)."""
+        self.set_phase("far")
+        self.set_positions(x, "sur")
+        opt = make_optimizer(optimizer, self.sur_target)
+        for _ in opt.irun(fmax=fmax, steps=steps):
+            pass
+        return self.positions("sur"), opt.nsteps
 
     def probe_step(self, theta: np.ndarray, x: np.ndarray, probed: dict[int, np.ndarray],
                    settings: AcceleratedSettings, fmax: float) -> SurrogateStep:
@@ -308,11 +380,14 @@ class MixedSystem:
             return SurrogateStep(x, self.surrogate_forces(), step.steps, step.hit, kept)
 
     def relax_surrogate(self, start: np.ndarray, trust: float, fmax: float, optimizer: str,
-                        steps: int) -> tuple[np.ndarray, int, bool]:
-        """Surrogate relaxation from ``start``, stopped at the trust radius.
+                        steps: int, centre: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, int, bool]:
+        """Surrogate relaxation from ``start``, stopped at the trust radius around
+        ``centre`` (default: ``start``).
 
         Returns (positions, steps taken, hit_trust_radius).
         """
+        centre = start if centre is None else centre
         self.set_positions(start, "sur")
         opt = make_optimizer(optimizer, self.sur_target)
         hit = False
@@ -320,9 +395,9 @@ class MixedSystem:
         for _ in opt.irun(fmax=fmax, steps=steps):
             n = opt.nsteps
             x = self.positions("sur")
-            d = max_displacement(x, start)
+            d = max_displacement(x, centre)
             if d > trust:  # pull back onto the trust sphere along the surrogate path
-                self.set_positions(start + (x - start) * (trust / d), "sur")
+                self.set_positions(centre + (x - centre) * (trust / d), "sur")
                 hit = True
                 break
         return self.positions("sur"), n, hit
@@ -344,7 +419,7 @@ class MixedSystem:
         them): a failed evaluation ends the search (None), with fresh LAMMPS instances."""
         from scipy.optimize import root
 
-        free = self.free
+        free = self.free if self.active is None else self.free & self.active
         evaluations = 0
 
         def displaced(dx: np.ndarray) -> np.ndarray:  # dx: the free atoms' displacements
@@ -374,6 +449,24 @@ class MixedSystem:
             return None
         self.set_positions(x, "sur")
         return x
+
+
+def active_region(atoms: Atoms, qm_mask: np.ndarray, free: np.ndarray, width: float
+                  ) -> np.ndarray | None:
+    """Free atoms within ``width`` of a QM atom: what the surrogate relaxation moves (the
+    rest follows in ML-only relaxations of the far field).  None when that is every free
+    atom."""
+    from ase.geometry import get_distances
+
+    _, dist = get_distances(atoms.positions[qm_mask], atoms.positions, cell=atoms.cell,
+                            pbc=atoms.pbc)
+    active = free & (dist.min(axis=0) <= width)
+    return None if np.array_equal(active, free) else active
+
+
+def _largest(forces: np.ndarray) -> float:
+    """Largest atomic force in an (..., 3) array; 0 for none."""
+    return float(np.sqrt((forces ** 2).sum(axis=-1)).max(initial=0.0))
 
 
 def max_displacement(x: np.ndarray, start: np.ndarray) -> float:
