@@ -241,6 +241,8 @@ def test_real_pipeline_qm_rules_run_as_slurm_jobs(slurm_cluster: SlurmCluster, t
     jobs = subprocess.run(["squeue", "-t", "all", "-h", "-n", run_id(log), "-o", "%k"],
                           capture_output=True, text=True, check=True).stdout.split()
     rules = sorted(j.split("_wildcards")[0] for j in jobs)  # comment: rule_<name>[_wildcards_…]
-    assert rules == ["rule_fit_elastic", "rule_qm_bulk_reference", "rule_qmml_relax"]
+    # constraint_sets: the accelerated optimiser's hard rows
+    assert rules == ["rule_constraint_sets", "rule_fit_elastic", "rule_qm_bulk_reference",
+                     "rule_qmml_relax"]
     for local in ("engine_config", "build_dislocation"):
         assert f"localrule {local}:" in log

@@ -1,6 +1,6 @@
-"""The Snakemake pipeline: DAGs of every shipped config, bad configs, and end-to-end runs
-of a tiny config (classical stand-in QM): 2 iterations with a partial rerun, and one
-iteration with the accelerated optimiser."""
+"""The Snakemake pipeline: DAGs of every shipped config, bad configs, and one end-to-end run
+of a tiny config (classical stand-in QM, accelerated optimiser, 2 iterations) that the
+end-to-end tests share, the partial rerun last."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from ase.io import read
 
+from conftest import NO_SLURM
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIGS = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "examples").glob("*.yaml")),
@@ -21,7 +23,7 @@ CONFIGS = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "examples
 
 
 def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True):
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    env = dict(os.environ, PATH=f"{NO_SLURM}:{BIN}:{os.environ['PATH']}")
     cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), "--cores", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -116,8 +118,8 @@ def test_accelerated_runs_are_seeded_by_the_previous_iteration(tmp_path, use_3d)
     adds no job."""
     tiny = (ROOT / "tests" / "data" / "tiny.yaml").read_text()
     config = tmp_path / "accelerated.yaml"
-    config.write_text(tiny.replace("optimizer: FIRE", "optimizer: accelerated")
-                      .replace("use_3d: false", f"use_3d: {str(use_3d).lower()}"))
+    assert "optimizer: accelerated" in tiny
+    config.write_text(tiny.replace("use_3d: false", f"use_3d: {str(use_3d).lower()}"))
     proc = snakemake(tmp_path, config, "-n")
     jobs = planned_jobs(proc)
     assert jobs["qmml_relax"] == 2 and jobs["qmml_3d_defect"] == (6 if use_3d else 2)
@@ -156,11 +158,21 @@ def _qm_cache_entries(results: Path) -> int:
         sum(1 for _ in (results / "qm_cache").rglob("bulk/*.json"))
 
 
+# One run of the tiny pipeline serves the end-to-end tests below (one work unit, see
+# conftest.SHARED; in file order: the partial rerun, which changes the run, comes last).
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny config run to its report: 2 iterations, accelerated optimiser."""
+    work = tmp_path_factory.mktemp("tiny_pipeline")
+    snakemake(work, ROOT / "tests" / "data" / "tiny.yaml")
+    return work
+
+
 @pytest.mark.slow
-def test_end_to_end_two_iterations_and_partial_rerun(tmp_path):
-    config = ROOT / "tests" / "data" / "tiny.yaml"
-    snakemake(tmp_path, config)
-    res = tmp_path / "results"
+def test_end_to_end_potentials_figures_and_validation(tiny_run):
+    res = tiny_run / "results"
     # iteration-1 retrained potential exists and keeps the elastic constants of Θ0
     assert (res / "iter_1" / "potential.snapcoeff").is_file()
     e0 = json.loads((res / "iter_0" / "elastic.json").read_text())
@@ -201,49 +213,15 @@ def test_end_to_end_two_iterations_and_partial_rerun(tmp_path):
     assert (res / "figures" / "validation.png").stat().st_size > 5000
     assert 'id="validation"' in html
 
-    # adding an iteration runs only the new one: nothing of iterations 0 and 1 is planned
-    more = tmp_path / "three.yaml"
-    more.write_text(config.read_text().replace("iterations: 2", "iterations: 3"))
-    jobs = planned_jobs(snakemake(tmp_path, more, "-n"))
-    assert jobs["retrain"] == 1 and jobs["qmml_relax"] == 1 and jobs["extract_forces"] == 1
-    assert "fit_elastic" not in jobs and "qm_bulk_reference" not in jobs
-
-    # rerun after deleting one iteration-1 QM/ML output (named as a target, as the README
-    # says): it and everything downstream of it rerun, nothing upstream, and every QM call
-    # comes from the cache
-    n_cache = _qm_cache_entries(res)
-    relaxed = res / "iter_1" / "qmml" / "screw_initial.xyz"
-    relaxed.unlink()
-    target = str(relaxed.relative_to(tmp_path))
-    jobs = planned_jobs(snakemake(tmp_path, config, "-n", target, "all"))
-    assert jobs["qmml_relax"] == 1 and jobs["extract_forces"] == 1 and jobs["retrain"] == 1
-    for upstream in ("fit_elastic", "qm_bulk_reference", "constraint_sets", "build_dislocation"):
-        assert upstream not in jobs, jobs
-    assert jobs["report"] == 1
-    snakemake(tmp_path, config, target, "all")
-    assert relaxed.is_file()
-    assert _qm_cache_entries(res) == n_cache
-    # the rerun relaxation reproduced its frame from the QM cache bit for bit, so the
-    # retraining found even its targets' descriptors in the descriptor cache
-    rerun = json.loads((res / "iter_2" / "retrain.json").read_text())["descriptor_cache"]
-    assert rerun == {"read": ["soft", "targets", "hard set"], "computed": []}, rerun
-    logs = [res / "logs" / "iter_1" / "qmml_relax_screw_initial.log",
-            *(res / "logs" / "iter_2").glob("qmml_3d_defect_*.log")]
-    for log in logs:
-        assert "(new 0," in log.read_text(), log
 
 
 @pytest.mark.slow
-def test_end_to_end_accelerated_optimizer(tmp_path):
-    """The tiny config with ``optimizer: accelerated``: the dislocation and both 3D defect
-    relaxations get the iteration's hard sets, converge on the true QM/ML forces in a few
-    QM calls, each iteration retrains on their frames, iteration 1 starts from iteration
-    0's cached QM points, and binding energies come out."""
-    tiny = (ROOT / "tests" / "data" / "tiny.yaml").read_text()
-    config = tmp_path / "accelerated.yaml"
-    config.write_text(tiny.replace("optimizer: FIRE", "optimizer: accelerated"))
-    snakemake(tmp_path, config)
-    res = tmp_path / "results"
+def test_end_to_end_accelerated_optimizer(tiny_run):
+    """The dislocation and both 3D defect relaxations get the iteration's hard sets,
+    converge on the true QM/ML forces in a few QM calls, each iteration retrains on their
+    frames, iteration 1 starts from iteration 0's cached QM points, and binding energies
+    come out."""
+    res = tiny_run / "results"
     frames = [res / f"iter_{i}" / "qmml" / "screw_initial.xyz" for i in (0, 1)]
     frames += sorted((res / "iter_2" / "3d").glob("vac_?.xyz"))
     assert len(frames) == 4
@@ -302,3 +280,47 @@ def test_end_to_end_accelerated_optimizer(tmp_path):
         np.testing.assert_array_equal(read(frames[1]).positions, best.positions)
     table = pd.read_csv(res / "iter_2" / "binding.csv")
     assert len(table) == 2 and np.isfinite(table["E_b_qmml"]).all()
+
+
+@pytest.mark.slow
+def test_end_to_end_partial_rerun(tiny_run):
+    config = ROOT / "tests" / "data" / "tiny.yaml"
+    tmp_path, res = tiny_run, tiny_run / "results"
+    # adding an iteration runs only the new one: nothing of iterations 0 and 1 is planned
+    more = tmp_path / "three.yaml"
+    more.write_text(config.read_text().replace("iterations: 2", "iterations: 3"))
+    jobs = planned_jobs(snakemake(tmp_path, more, "-n"))
+    assert jobs["retrain"] == 1 and jobs["qmml_relax"] == 1 and jobs["extract_forces"] == 1
+    assert "fit_elastic" not in jobs and "qm_bulk_reference" not in jobs
+
+    # rerun after deleting one iteration-1 QM/ML output (named as a target, as the README
+    # says): it and everything downstream of it rerun, nothing upstream, and every QM call
+    # comes from the cache
+    n_cache = _qm_cache_entries(res)
+    relaxed = res / "iter_1" / "qmml" / "screw_initial.xyz"
+    relaxed.unlink()
+    target = str(relaxed.relative_to(tmp_path))
+    proc = snakemake(tmp_path, config, "-n", target, "all")
+    jobs = planned_jobs(proc)
+    assert jobs["qmml_relax"] == 1 and jobs["extract_forces"] == 1 and jobs["retrain"] == 1
+    for upstream in ("fit_elastic", "qm_bulk_reference", "build_dislocation"):
+        assert upstream not in jobs, jobs
+    # the sets of potentials 0 and 1 stay; potential 2 is retrained from the rerun, and the
+    # accelerated 3D runs take their hard rows from its sets
+    sets = [out for job in dry_run_jobs(proc) if job["rule"] == "constraint_sets"
+            for out in job["output"]]
+    assert sets and all(out.startswith("results/iter_2/") for out in sets), sets
+    assert jobs["report"] == 1
+    snakemake(tmp_path, config, target, "all")
+    assert relaxed.is_file()
+    assert _qm_cache_entries(res) == n_cache
+    # the rerun relaxation reproduced its frame from the QM cache bit for bit, so the
+    # retraining found even its targets' descriptors in the descriptor cache
+    rerun = json.loads((res / "iter_2" / "retrain.json").read_text())["descriptor_cache"]
+    assert rerun == {"read": ["soft", "targets", "hard set"], "computed": []}, rerun
+    logs = [res / "logs" / "iter_1" / "qmml_relax_screw_initial.log",
+            *(res / "logs" / "iter_2").glob("qmml_3d_defect_*.log")]
+    for log in logs:
+        assert "(new 0," in log.read_text(), log
+
+
