@@ -6,7 +6,7 @@ CORES  ?= 2
 EXTRAS ?= test,workflow
 # test processes (pytest-xdist); files sharing module fixtures stay on one (tests/conftest.py)
 TEST_WORKERS ?= 2
-XDIST  := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+XDIST  := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: install demo test test-fast bench clean-demo
 

@@ -15,12 +15,12 @@ Fixtures for any test file (session-scoped ones are built once per test process)
   test that counts real QM calls from an empty cache (use ``tmp_path`` for that).
 - ``rng``: a seeded numpy Generator.
 
-Schedule: ``make test`` runs the suite on two processes (pytest-xdist, ``--dist
-loadgroup``).  Files whose tests share module-scoped fixtures (relaxations, QM/ML runs)
-stay on one worker (``xdist_group`` = file name), and the files with the longest runs go
-first so that the two workers finish together; files in ``SPREAD`` hand out single tests.
-A new file is grouped and scheduled after the listed ones; list it in ``LONGEST_FIRST``
-when its tests take more than ~30 s together.
+Schedule: ``make test`` runs the suite on two processes (pytest-xdist).  The work units
+are :func:`work_unit`'s: a file's tests stay on one worker, so that its module-scoped
+fixtures (relaxations, QM/ML runs) are built once; files in ``SPREAD`` hand out single
+tests, except those sharing a module fixture (``SHARED``).  The files with the longest runs
+go first, so that the two workers finish together.  A new file is scheduled after the
+listed ones; list it in ``LONGEST_FIRST`` when its tests take more than ~30 s together.
 """
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ import pytest
 
 from qmml import potential_path
 from qmml.potential import SNAPPotential, reference_potential
+
+# first on PATH for Snakemake runs that do not use SLURM (see tests/no_slurm/scontrol)
+NO_SLURM = Path(__file__).parent / "no_slurm"
 
 # W_milady_lml (Goryaeva et al. 2021), method.md: the paper's Θ0
 MILADY = {"a0": 3.18551, "C11": 513.1, "C12": 201.0, "C44": 144.9}
@@ -51,9 +54,36 @@ SPREAD = ("test_workflow.py", "test_resume.py", "test_docs.py", "test_structures
           "test_layers.py")
 
 
+# tests of a SPREAD file that share its module fixture: one work unit (name prefix: unit)
+SHARED = {"test_workflow.py::test_end_to_end": "test_workflow.py: the tiny pipeline run"}
+
+
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: its file, or the test itself in a SPREAD file."""
+    path, _, name = nodeid.partition("::")
+    test = f"{Path(path).name}::{name}"
+    for prefix, unit in SHARED.items():
+        if test.startswith(prefix):
+            return unit
+    return nodeid if Path(path).name in SPREAD else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Work units by :func:`work_unit` (``--dist loadscope`` groups by module; the
+    ``xdist_group`` marks of ``--dist loadgroup`` are lost where pytest ignores the node
+    id they rename)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return Scheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     """Longest files first (a file's tests stay together, so module fixtures are built
-    once); with xdist, one work unit per file except the SPREAD files."""
+    once)."""
     rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
     order = {id(item): k for k, item in enumerate(items)}
 
@@ -64,11 +94,6 @@ def pytest_collection_modifyitems(config, items):
         return rank.get(name, len(rank)), name, late, order[id(item)]
 
     items.sort(key=key)
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            name = Path(str(item.path)).name
-            if name not in SPREAD:
-                item.add_marker(pytest.mark.xdist_group(name.removesuffix(".py")))
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,14 @@ import pytest
 import yaml
 
 from qmml import QmmlError
+from conftest import NO_SLURM
 from qmml.config import merge_config, pipeline_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DEMO = ROOT / "config" / "config.yaml"
 EXAMPLES = sorted((ROOT / "config" / "examples").glob("*.yaml"))
-ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}",
+ENV = dict(os.environ, PATH=f"{NO_SLURM}:{BIN}:{os.environ['PATH']}",
            PYTHONPATH=os.pathsep.join([str(ROOT / "src"),
                                        *filter(None, [os.environ.get("PYTHONPATH")])]))
 
