@@ -37,9 +37,10 @@ class AcceleratedSettings:
                                      # whole band is QM-called
     active_width: float | None = None  # Å: the surrogate relaxation moves the free atoms
                                      # within this of a QM atom (at least the buffer
-                                     # width; None: buffer + 2 ML cutoffs; inf: all);
-                                     # the far field follows in ML-only relaxations
-                                     # (no QM call)
+                                     # width; inf: all; None: buffer + 2 ML cutoffs
+                                     # where their cluster holds at most half the
+                                     # atoms); the far field follows in ML-only
+                                     # relaxations (no QM call)
     keep_ratio: float = 0.5          # NEB: images whose surrogate move can be undone with
                                      # the surrogate band still below keep_ratio*fmax stay
                                      # at their QM point (no QM call); 0: every image moves

@@ -99,10 +99,14 @@ class MixedSystem:
                 self.taps[j] = tap
         self.space = potential.to_quadratic() if settings.space == "quadratic" else potential
         self.theta_i = self.space.theta
-        self.active = active_region(true_images[self.moving[0]], self.qm_mask, self.free,
-                                    max(buffer_width, 2 * potential.cutoff + buffer_width
-                                        if settings.active_width is None
-                                        else settings.active_width))
+        reach = 2 * potential.cutoff + 2 * settings.trust_max + 0.5
+        if settings.active_width is None:  # the default, where it pays
+            self.active = active_region(true_images[self.moving[0]], self.qm_mask,
+                                        self.free, buffer_width + 2 * potential.cutoff,
+                                        reach)
+        else:
+            self.active = active_region(true_images[self.moving[0]], self.qm_mask,
+                                        self.free, max(buffer_width, settings.active_width))
         self.sur_images = []
         for j, im in enumerate(true_images):
             s = im.copy()
@@ -110,8 +114,7 @@ class MixedSystem:
             if j in self.moving:
                 s.calc = SurrogateMixing(self.qm_mask, ml_factory(),
                                          self.space.with_theta(self.theta_i),
-                                         reach=2 * potential.cutoff + 2 * settings.trust_max
-                                         + 0.5, active=self.active,
+                                         reach=reach, active=self.active,
                                          ml_cluster_calc=None if self.active is None
                                          else ml_factory())
             else:  # NEB end points: fixed; their true forces (cached QM calls) only
@@ -403,7 +406,7 @@ class MixedSystem:
         return self.positions("sur"), n, hit
 
     def nearest_fixed_point(self, start: np.ndarray, trust: float, fmax: float,
-                            max_evaluations: int = 100) -> np.ndarray | None:
+                            max_evaluations: int = 65) -> np.ndarray | None:
         """The surrogate's fixed point nearest ``start`` (Newton-Krylov on the free atoms'
         surrogate forces), or None if the solver fails, needs more than ``max_evaluations``
         surrogate force evaluations (converging searches took 33-65, failing ones could
@@ -451,17 +454,23 @@ class MixedSystem:
         return x
 
 
-def active_region(atoms: Atoms, qm_mask: np.ndarray, free: np.ndarray, width: float
-                  ) -> np.ndarray | None:
+def active_region(atoms: Atoms, qm_mask: np.ndarray, free: np.ndarray, width: float,
+                  reach: float = 0.0) -> np.ndarray | None:
     """Free atoms within ``width`` of a QM atom: what the surrogate relaxation moves (the
     rest follows in ML-only relaxations of the far field).  None when that is every free
-    atom."""
+    atom, or, with ``reach`` > 0, when their ML cluster (everything within ``reach`` of
+    them) would hold more than half the atoms: it would cost about as much as the whole
+    system, and the far field's relaxations come on top."""
     from ase.geometry import get_distances
 
     _, dist = get_distances(atoms.positions[qm_mask], atoms.positions, cell=atoms.cell,
                             pbc=atoms.pbc)
-    active = free & (dist.min(axis=0) <= width)
-    return None if np.array_equal(active, free) else active
+    dist = dist.min(axis=0)
+    active = free & (dist <= width)
+    if np.array_equal(active, free) or \
+            (reach > 0 and (dist <= width + reach).sum() > 0.5 * len(atoms)):
+        return None
+    return active
 
 
 def _largest(forces: np.ndarray) -> float:
