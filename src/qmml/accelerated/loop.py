@@ -320,6 +320,7 @@ class _OuterLoop:
                   f"true fmax {ev.fmax:.5f}  prediction error {error:.5f}  "
                   f"{'accepted' if accept else 'REJECTED'}  surrogate steps {step.steps:4d}"
                   f"{' (trust)' if step.hit else ''}"
+                  f"{f' (fixed point {step.fixed_point})' if step.fixed_point else ''}"
                   f"{f'  {step.kept} images kept' if step.kept else ''}  step "
                   f"{max_displacement(ev.positions, anchor.positions):.3f} A  trust "
                   f"{state.trust:.3f} A  hard residual "

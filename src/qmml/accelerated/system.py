@@ -68,6 +68,7 @@ class SurrogateStep:
     steps: int
     hit: bool
     kept: int = 0                  # NEB images left at their QM point (no QM call)
+    fixed_point: str = ""          # "found" / "not found": the step's fixed-point search
 
 
 @dataclass
@@ -282,8 +283,10 @@ class MixedSystem:
             inner_fmax = settings.inner_fmax_ratio * fmax
             x, n, hit = self.relax_surrogate(anchor.positions, trust, inner_fmax,
                                              settings.inner_optimizer, settings.inner_steps)
+            searched = ""
             if hit and settings.fixed_point_step:
                 fixed_point = self.nearest_fixed_point(anchor.positions, trust, inner_fmax)
+                searched = "not found" if fixed_point is None else "found"
                 if fixed_point is not None:
                     x, hit = fixed_point, False
                 else:
@@ -296,7 +299,7 @@ class MixedSystem:
                     n += m
                 else:  # the far atoms stay; their forces change only at the boundary
                     predicted[:, self.far] = anchor.forces[:, self.far]
-            return SurrogateStep(x, predicted, n, hit)
+            return SurrogateStep(x, predicted, n, hit, fixed_point=searched)
 
     def relax_with_far_field(self, x: np.ndarray, hit: bool, anchor: np.ndarray,
                              trust: float, fmax: float, settings: AcceleratedSettings,
@@ -380,7 +383,8 @@ class MixedSystem:
                 if max_force(self.sur_target) <= limit:
                     x, kept = trial, kept + 1
             self.set_positions(x, "sur")
-            return SurrogateStep(x, self.surrogate_forces(), step.steps, step.hit, kept)
+            return SurrogateStep(x, self.surrogate_forces(), step.steps, step.hit, kept,
+                                 step.fixed_point)
 
     def relax_surrogate(self, start: np.ndarray, trust: float, fmax: float, optimizer: str,
                         steps: int, centre: np.ndarray | None = None
