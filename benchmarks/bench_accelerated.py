@@ -142,11 +142,9 @@ def main() -> None:
                       qm_point_frames([start], [0], st, {}), format="extxyz")
         extra = ""
         if name == "accelerated":
-            n = max(st.outer_steps, 1)
             extra = (f" (rejected {st.rejected_steps}, fallback {st.fallback_steps}, "
-                     f"hard residual max {st.surrogate_hard_residual_max:.1e}; per outer "
-                     f"step: fit {st.seconds_fit / n:.1f} s, surrogate relaxation "
-                     f"{st.seconds_surrogate / n:.1f} s, QM {st.qm_seconds / n:.1f} s)")
+                     f"hard residual max {st.surrogate_hard_residual_max:.1e}; "
+                     f"{time_per_outer_step(st)})")
         print(f"| {name}{extra} | {st.converged} ({st.fmax:.4f}) | {st.n_qm_real_calls} | "
               f"{st.steps} | {wall:.1f} | {st.qm_seconds:.1f} |", flush=True)
     if "accelerated" in rows and "FIRE" in rows:
@@ -155,6 +153,13 @@ def main() -> None:
         print(f"\nFIRE / accelerated QM calls: "
               f"{fire[0].n_qm_real_calls / acc[0].n_qm_real_calls:.1f}x; max |Δx| of free "
               f"atoms between their end points {np.abs(fire[1] - acc[1])[free].max():.4f} Å")
+
+
+def time_per_outer_step(st) -> str:
+    """Where an accelerated run's outer step spends its time (AcceleratedStats)."""
+    n = max(st.outer_steps, 1)
+    return (f"per outer step: fit {st.seconds_fit / n:.1f} s, surrogate relaxation "
+            f"{st.seconds_surrogate / n:.1f} s, QM {st.qm_seconds / n:.1f} s")
 
 
 def ml_minimum(start: Atoms, pot: SNAPPotential) -> Atoms:
@@ -218,11 +223,8 @@ def run_neb(args: argparse.Namespace) -> None:
             wall = time.perf_counter() - t0
             extra = ""
             if name == "accelerated":  # where an outer step's time goes
-                n = max(st.outer_steps, 1)
                 extra = (f" (outer steps {st.outer_steps}, rejected {st.rejected_steps}, "
-                         f"images kept {st.kept_images}; per outer step: fit "
-                         f"{st.seconds_fit / n:.1f} s, surrogate relaxation "
-                         f"{st.seconds_surrogate / n:.1f} s, QM {st.qm_seconds / n:.1f} s)")
+                         f"images kept {st.kept_images}; {time_per_outer_step(st)})")
             print(f"| {name}{extra} | {st.converged} ({st.fmax:.4f}) | {qm.n_real_calls} | "
                   f"{st.steps} | {wall:.1f} | {qm.qm_seconds:.1f} | "
                   f"{profile['barrier']:.4f} |", flush=True)

@@ -143,8 +143,13 @@ class RunStats:
         self.earlier_qm_calls = 0 if replayed else int(counts.get("n_qm_calls", 0))
 
 
+def largest_norm(vectors: np.ndarray) -> float:
+    """Largest Euclidean norm of an (..., 3) array of atomic vectors (forces,
+    displacements); 0 for none."""
+    return float(np.sqrt((np.asarray(vectors) ** 2).sum(axis=-1)).max(initial=0.0))
+
+
 def max_force(target) -> float:
     """Largest atomic force of Atoms (constraints applied: fixed atoms do not count) or of
     an NEB (projected forces of its moving images)."""
-    f = np.asarray(target.get_forces()).reshape(-1, 3)
-    return float(np.sqrt((f ** 2).sum(axis=1)).max())
+    return largest_norm(np.asarray(target.get_forces()).reshape(-1, 3))

@@ -19,7 +19,7 @@ from qmml.accelerated.surrogate import (ForceDifferences, SurrogateFailure, defa
 from qmml.accelerated.system import Evaluation, MixedSystem, SurrogateStep, max_displacement
 from qmml.ase_optimizers import QMMLOptimizer
 from qmml.descriptors import DescriptorCache
-from qmml.forcemixing import neb_moving_images, run_fingerprint
+from qmml.forcemixing import largest_norm, neb_moving_images, run_fingerprint
 from qmml.interrupt import checkpoint_on_stop
 from qmml.io import read_checkpoint, write_pickle
 from qmml.potential import SNAPPotential
@@ -303,7 +303,7 @@ class _OuterLoop:
         state.pending = None
         self.record(ev)
         free = self.system.free
-        error = float(np.sqrt(((step.predicted - ev.forces)[:, free] ** 2).sum(axis=2)).max())
+        error = largest_norm((step.predicted - ev.forces)[:, free])
         state.prediction_errors.append(error)
         accept = ev.fmax < anchor.fmax or error < anchor.fmax
         if accept:

@@ -17,7 +17,8 @@ from qmml.accelerated.settings import AcceleratedSettings
 from qmml.accelerated.surrogate import ForceDifferences, SurrogateFailure, SurrogateMixing
 from qmml.ase_optimizers import make_optimizer
 from qmml.descriptors import compute_descriptors
-from qmml.forcemixing import apply_fix_mask, make_force_qmmm, max_force, qm_mask_from_region
+from qmml.forcemixing import (apply_fix_mask, largest_norm, make_force_qmmm, max_force,
+                               qm_mask_from_region)
 from qmml.potential import SNAPPotential
 from qmml.qmcache import CachedQMCalculator
 
@@ -293,7 +294,7 @@ class MixedSystem:
                     self.set_positions(x, "sur")
             predicted = self.surrogate_forces()
             if self.active is not None:
-                if _largest(anchor.forces[:, self.far]) > fmax:
+                if largest_norm(anchor.forces[:, self.far]) > fmax:
                     x, m, hit, predicted = self.relax_with_far_field(
                         x, hit, anchor.positions, trust, inner_fmax, settings)
                     n += m
@@ -318,7 +319,7 @@ class MixedSystem:
             self.set_positions(x, "sur")
             predicted = self.surrogate_forces()
             predicted[:, self.far] = far_forces[:, self.far]
-            if hit or _largest(predicted[:, self.free & self.active]) <= fmax:
+            if hit or largest_norm(predicted[:, self.free & self.active]) <= fmax:
                 break
             x, n, hit = self.relax_surrogate(x, trust, fmax, settings.inner_optimizer,
                                              settings.inner_steps, centre=anchor)
@@ -334,8 +335,7 @@ class MixedSystem:
         self.set_phase("far")
         self.set_positions(x, "sur")
         opt = make_optimizer(optimizer, self.sur_target)
-        for _ in opt.irun(fmax=fmax, steps=steps):
-            pass
+        opt.run(fmax=fmax, steps=steps)
         return self.positions("sur"), opt.nsteps
 
     def probe_step(self, theta: np.ndarray, x: np.ndarray, probed: dict[int, np.ndarray],
@@ -477,14 +477,9 @@ def active_region(atoms: Atoms, qm_mask: np.ndarray, free: np.ndarray, width: fl
     return active
 
 
-def _largest(forces: np.ndarray) -> float:
-    """Largest atomic force in an (..., 3) array; 0 for none."""
-    return float(np.sqrt((forces ** 2).sum(axis=-1)).max(initial=0.0))
-
-
 def max_displacement(x: np.ndarray, start: np.ndarray) -> float:
     """Largest atomic distance between two (images, atoms, 3) position arrays."""
-    return float(np.sqrt(((x - start) ** 2).sum(axis=2)).max())
+    return largest_norm(x - start)
 
 
 class _OutOfBudget(Exception):
