@@ -114,13 +114,17 @@ class SurrogateMixing(Calculator):
         self.reset()
 
     def _cut(self, atoms: Atoms, centre: np.ndarray, calc: Calculator):
-        """Atoms within ``reach`` of the ``centre`` atoms, as (indices, cluster Atoms with
-        ``calc``, rows of the centre atoms in the cluster)."""
+        """Every atom within ``reach`` of a ``centre`` atom, as (indices, cluster Atoms with
+        ``calc``, rows of the centre atoms in the cluster).  Distances are taken from the
+        QM atoms only (few), not from every centre atom: the atoms within ``reach`` plus
+        the centre's largest distance from them hold every atom within ``reach`` of the
+        centre."""
         from ase.geometry import get_distances
 
-        _, dist = get_distances(atoms.positions[centre], atoms.positions, cell=atoms.cell,
-                                pbc=atoms.pbc)
-        index = np.flatnonzero(dist.min(axis=0) <= self.reach)
+        _, dist = get_distances(atoms.positions[self.qm_mask], atoms.positions,
+                                cell=atoms.cell, pbc=atoms.pbc)
+        dist = dist.min(axis=0)
+        index = np.flatnonzero(dist <= self.reach + dist[centre].max())
         cluster = Atoms(atoms.numbers[index], atoms.positions[index], cell=atoms.cell,
                         pbc=atoms.pbc)
         cluster.calc = calc
