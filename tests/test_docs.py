@@ -142,6 +142,10 @@ def test_cli_walkthrough_runs_as_written(tmp_path):
     assert float(validation["peierls_barrier", "screw"]["reference"]) == pytest.approx(
         barrier, abs=1e-9)
     assert validation["screw_core", "screw"]["value"] in ("easy", "hard", "split")
+    profile = json.loads((work / "ml_neb_profiles.json").read_text())["screw"]
+    assert len(profile["energy"]) == 5 and profile["energy"][0] == 0.0
+    assert float(validation["peierls_barrier", "screw"]["value"]) == pytest.approx(
+        max(profile["energy"]), abs=1e-9)
 
     full = yaml.safe_load((work / "my_full.yaml").read_text())
     assert full["qmml"]["fmax"] == 0.01 and full["retrain"]["lambda0"] == 500.0

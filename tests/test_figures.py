@@ -38,6 +38,7 @@ def run(tmp_path_factory):
     from qmml.qmmm import neb, relax
     from qmml.io import read_frames
     from qmml.retrain import retrain
+    from qmml.validation import peierls_profile
 
     R = tmp_path_factory.mktemp("results")
     it0, it1 = R / "iter_0", R / "iter_1"
@@ -94,9 +95,16 @@ def run(tmp_path_factory):
               "retrain": [(1, it1 / "retrain.json")],
               "relaxed": [(0, it0 / "qmml/screw_initial.xyz")],
               "structures": [it0 / "structures/screw_initial.xyz"],
-              "neb": [(0, it0 / "qmml/screw_neb.xyz")], "binding": [R / "binding.csv"]}
+              "neb": [(0, it0 / "qmml/screw_neb.xyz")], "binding": [R / "binding.csv"],
+              "ml_profiles": [(0, it0 / "ml_neb_profiles.json"),
+                              (1, it1 / "ml_neb_profiles.json")]}
+    # the ML-only glide NEBs of both potentials, as their validation writes them
+    neb_images = read_frames(it0 / "qmml" / "screw_neb.xyz")
+    for it in (it0, it1):
+        profile = peierls_profile(neb_images, it / "potential", "screw_neb.xyz")
+        (it / "ml_neb_profiles.json").write_text(json.dumps({"screw": profile}))
     outputs = {name: R / "figures" / f"{name}.png" for name in F.FIGURES}
-    numbers = F.make_all(inputs, outputs)
+    numbers = {name: F.make_figure(name, inputs, outputs[name]) for name in F.FIGURES}
     return {"R": R, "inputs": inputs, "outputs": outputs, "numbers": numbers}
 
 
@@ -246,7 +254,7 @@ def test_glide_barriers_profiles(run, tmp_path):
         assert np.argmax(e) == len(e) // 2
 
     empty = tmp_path / "glide.png"
-    assert F.glide_barriers([], run["inputs"]["potentials"], empty) == {}
+    assert F.glide_barriers([], run["inputs"]["ml_profiles"], empty) == {}
     assert_message_png(empty)
 
 

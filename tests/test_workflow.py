@@ -15,6 +15,7 @@ import pytest
 from ase.io import read
 
 from conftest import NO_SLURM
+from qmml.figures import FIGURES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -79,7 +80,7 @@ def test_dry_run_builds_full_dag(configfile, tmp_path):
     assert jobs.get("qmml_neb", 0) == n_iter * glide
     iters_3d = n_iter + 1 if cfg.get("retrain", {}).get("use_3d") else 1
     assert jobs.get("qmml_3d_defect", 0) == iters_3d * n_points
-    assert jobs["figures"] == 1 and jobs["report"] == 1
+    assert all(jobs[f"figure_{name}"] == 1 for name in FIGURES) and jobs["report"] == 1
     # every potential (0..N) is validated; the QM vacancy reference is computed once
     assert jobs["validate"] == n_iter + 1 and jobs["qm_vacancy_reference"] == 1
     assert jobs["validation_figure"] == 1
@@ -108,6 +109,12 @@ def test_dry_run_validation_and_path_targets(tmp_path):
         assert "results/qm_bulk/vacancy.json" in inputs
         assert sorted(f for f in inputs if f.endswith("heldout.xyz")) == \
             [f"results/iter_{m}/heldout.xyz" for m in held]
+    # the glide figure draws the ML-only NEBs the validation of Θ0 and of the last
+    # potential ran, and waits for nothing else but the QM/ML NEBs
+    (glide,) = [job for job in jobs if job["rule"] == "figure_glide_barriers"]
+    assert sorted(glide["input"]) == [
+        "results/iter_0/ml_neb_profiles.json", "results/iter_0/qmml/screw_neb.xyz",
+        "results/iter_1/qmml/screw_neb.xyz", "results/iter_2/ml_neb_profiles.json"]
 
 
 @pytest.mark.parametrize("use_3d", [False, True])

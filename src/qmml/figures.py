@@ -238,66 +238,35 @@ def read_neb_profile(path: PathLike) -> tuple[list[Atoms], np.ndarray, np.ndarra
     return images, s, energy - energy[0]
 
 
-def _ml_image(atoms: Atoms) -> Atoms:
-    from qmml.frames import FIX_MASK, free_mask
-    from qmml.qmmm import apply_fix_mask
+def glide_barriers(neb_files: Keyed, ml_profiles: Keyed, output: PathLike) -> dict:
+    """QM/ML virtual-work glide profiles vs the ML-only NEBs of Θ0 and the last potential.
 
-    image = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    image.arrays[FIX_MASK] = ~free_mask(atoms)
-    apply_fix_mask(image)
-    return image
-
-
-def ml_neb_profile(initial: Atoms, final: Atoms, potential: PathLike, n_images: int,
-                   fmax: float = 0.05, steps: int = 300, relax_ends: bool = True,
-                   ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """ML-only NEB (ASE, SNAP energies) between two end states; fixed atoms from fix_mask.
-
-    With `relax_ends` the end states are first relaxed with the same potential (they are
-    QM/ML minima, not ML ones).  Returns (s = normalised path length, E − E_initial in eV,
-    converged).
+    ``neb_files``: the QM/ML NEBs (``<case>_neb.xyz``; files of one case share a panel).
+    ``ml_profiles``: per potential, the JSON of its ML-only NEB profiles by case that the
+    validation writes (:func:`qmml.validation.peierls_profile`; end states of the QM/ML
+    NEB it validates against, relaxed with the potential); the first and last are drawn.
+    Returns {case: {"qmml": {i: {"s", "energy", "barrier"}}, "ml": {label: {...,
+    "converged"}}}}.
     """
-    from ase.mep import NEB
-    from ase.optimize import FIRE
+    import json
 
-    from qmml.potential import SNAPPotential
-
-    pot = SNAPPotential.read(potential)
-    ends = [_ml_image(initial), _ml_image(final)]
-    if relax_ends:
-        for end in ends:
-            end.calc = pot.calculator()
-            FIRE(end, logfile=None).run(fmax=0.01, steps=steps)
-    images = [ends[0]] + [ends[0].copy() for _ in range(n_images - 2)] + [ends[1]]
-    for im in images:
-        im.set_constraint(ends[0].constraints)
-        im.calc = pot.calculator()  # one LAMMPS instance per image
-    band = NEB(images, k=0.1, method="improvedtangent")
-    band.interpolate(method="linear")
-    opt = FIRE(band, logfile=None)
-    converged = bool(opt.run(fmax=fmax, steps=steps))
-    energy = np.array([im.get_potential_energy() for im in images])
-    steps_len = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images, images[1:])]
-    s = np.concatenate([[0.0], np.cumsum(steps_len)])
-    return s / s[-1], energy - energy[0], converged
-
-
-def glide_barriers(neb_files: Keyed, potentials: Keyed, output: PathLike, fmax: float = 0.05, steps: int = 300) -> dict:
-    """QM/ML virtual-work glide profiles vs ML-only NEBs with Θ0 and the last potential.
-
-    `potentials`: all iteration potentials (the first and last are used).  Files of the same
-    case (``<case>_neb.xyz``) share a panel; the ML NEBs run between the end states of the
-    case's latest QM/ML NEB.  Returns {case: {"qmml": {i: {"s", "energy", "barrier"}},
-    "ml": {label: {...,"converged"}}}}.
-    """
     if not neb_files:
         _message_figure(output, "Glide barriers",
                         "no glide cases configured (glide_images = 0 for every dislocation)")
         return {}
-    pots = by_iteration(potentials, "potentials")
-    if not pots:
-        raise QmmlError("glide_barriers: no potentials given")
-    first, last = min(pots), max(pots)
+    profiles = by_iteration(ml_profiles, "ml_profiles")
+    if not profiles:
+        raise QmmlError("glide_barriers: no ML NEB profiles given")
+    first, last = min(profiles), max(profiles)
+    labels = {first: f"ML Θ0 (iteration {first})"}
+    if last != first:
+        labels[last] = f"ML retrained (iteration {last})"
+    ml = {}
+    for i in labels:
+        try:
+            ml[i] = json.loads(Path(profiles[i]).read_text())
+        except (OSError, ValueError) as err:
+            raise QmmlError(f"{profiles[i]}: not an ML NEB profile file ({err})") from err
     cases: dict[str, dict[int, Path]] = {}
     for i, path in keyed(neb_files):
         case = path.name.removesuffix(".xyz").removesuffix("_neb")
@@ -311,11 +280,11 @@ def glide_barriers(neb_files: Keyed, potentials: Keyed, output: PathLike, fmax: 
             entry["qmml"][i] = {"s": s.tolist(), "energy": e.tolist(), "barrier": float(e.max())}
             ax.plot(s, e * 1e3, "o-", label=f"QM/ML (virtual work), iteration {i}: "
                     f"{e.max() * 1e3:.1f} meV")
-        labels = {first: f"ML Θ0 (iteration {first})"}
-        if last != first:
-            labels[last] = f"ML retrained (iteration {last})"
         for i, label in labels.items():
-            s, e, ok = ml_neb_profile(images[0], images[-1], pots[i], len(images), fmax, steps)
+            if case not in ml[i]:
+                raise QmmlError(f"{profiles[i]}: no ML NEB profile of case '{case}'")
+            profile = ml[i][case]
+            s, e, ok = np.array(profile["s"]), np.array(profile["energy"]), profile["converged"]
             entry["ml"][label] = {"s": s.tolist(), "energy": e.tolist(),
                                   "barrier": float(e.max()), "converged": ok}
             ax.plot(s, e * 1e3, "s--", label=f"{label}: {e.max() * 1e3:.1f} meV"
@@ -565,26 +534,30 @@ FIGURES = ("force_parity", "force_rmse", "elastic_constants", "glide_barriers", 
            "binding_energy")
 
 
-def make_all(inputs: dict, outputs: dict[str, PathLike], log=None) -> dict[str, object]:
-    """All six figures from the workflow's figure inputs: iteration-keyed (:data:`Keyed`)
-    ``elastic``, ``potentials``, ``targets``, ``targets_summary``, ``retrain``, ``relaxed``,
-    ``neb``; ``structures`` (paths, parallel to ``relaxed``) and ``binding`` (0 or 1 path).
-    ``log``: a line per figure as it starts (the glide barriers run ML NEBs)."""
-    potentials = list(inputs.get("potentials", []))
+# the inputs each figure draws from (names of the workflow's figure inputs)
+FIGURE_INPUTS = {"force_parity": ("targets", "potentials"),
+                 "force_rmse": ("retrain", "targets_summary"),
+                 "elastic_constants": ("elastic",),
+                 "glide_barriers": ("neb", "ml_profiles"),
+                 "dd_maps": ("relaxed", "structures"),
+                 "binding_energy": ("binding",)}
+
+
+def make_figure(name: str, inputs: dict, output: PathLike) -> object:
+    """Figure ``name`` (:data:`FIGURES`) from the workflow's figure inputs: iteration-keyed
+    (:data:`Keyed`) ``elastic``, ``potentials``, ``targets``, ``targets_summary``,
+    ``retrain``, ``relaxed``, ``neb``, ``ml_profiles``; ``structures`` (paths, parallel
+    to ``relaxed``) and ``binding`` (0 or 1 path).  Returns the numbers it drew."""
+    get = inputs.get
     makers = {
-        "force_parity": lambda out: force_parity(inputs.get("targets", []), potentials, out),
-        "force_rmse": lambda out: force_rmse(inputs.get("retrain", []),
-                                             inputs.get("targets_summary", []), out),
-        "elastic_constants": lambda out: elastic_constants(inputs["elastic"], out),
-        "glide_barriers": lambda out: glide_barriers(inputs.get("neb", []), potentials, out),
-        "dd_maps": lambda out: dd_maps(inputs.get("relaxed", []), out,
-                                       inputs.get("structures") or None),
-        "binding_energy": lambda out: binding_energy(
-            (list(inputs.get("binding", [])) or [None])[0], out),
+        "force_parity": lambda: force_parity(get("targets", []), get("potentials", []), output),
+        "force_rmse": lambda: force_rmse(get("retrain", []), get("targets_summary", []), output),
+        "elastic_constants": lambda: elastic_constants(inputs["elastic"], output),
+        "glide_barriers": lambda: glide_barriers(get("neb", []), get("ml_profiles", []), output),
+        "dd_maps": lambda: dd_maps(get("relaxed", []), output, get("structures") or None),
+        "binding_energy": lambda: binding_energy((list(get("binding", [])) or [None])[0],
+                                                 output),
     }
-    numbers = {}
-    for name, make in makers.items():
-        if log:
-            log(f"figure {name} -> {outputs[name]}")
-        numbers[name] = make(outputs[name])
-    return numbers
+    if name not in makers:
+        raise QmmlError(f"figure '{name}': unknown (one of {', '.join(FIGURES)})")
+    return makers[name]()

@@ -216,19 +216,71 @@ def path_energy_rows(case: str, images: Sequence[Atoms], potential, source: str
              "relative_error": rmse / float(reference.max())}]
 
 
-def peierls_rows(case: str, images: Sequence[Atoms], prefix: PathLike, source: str
-                 ) -> list[dict]:
-    """ML-only NEB barrier (same number of images, end states relaxed with the potential)
-    vs the QM/ML NEB's virtual-work barrier."""
-    from qmml.figures import ml_neb_profile
+def _ml_image(atoms: Atoms) -> Atoms:
+    from qmml.frames import FIX_MASK, free_mask
+    from qmml.qmmm import apply_fix_mask
 
+    image = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    image.arrays[FIX_MASK] = ~free_mask(atoms)
+    apply_fix_mask(image)
+    return image
+
+
+def ml_neb_profile(initial: Atoms, final: Atoms, potential: PathLike, n_images: int,
+                   fmax: float = 0.05, steps: int = 300, relax_ends: bool = True,
+                   ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """ML-only NEB (ASE, SNAP energies) between two end states; fixed atoms from fix_mask.
+
+    With `relax_ends` the end states are first relaxed with the same potential (they are
+    QM/ML minima, not ML ones).  Returns (s = normalised path length, E − E_initial in eV,
+    converged).
+    """
+    from ase.mep import NEB
+    from ase.optimize import FIRE
+
+    from qmml.potential import SNAPPotential
+
+    pot = SNAPPotential.read(potential)
+    ends = [_ml_image(initial), _ml_image(final)]
+    if relax_ends:
+        for end in ends:
+            end.calc = pot.calculator()
+            FIRE(end, logfile=None).run(fmax=0.01, steps=steps)
+    images = [ends[0]] + [ends[0].copy() for _ in range(n_images - 2)] + [ends[1]]
+    for im in images:
+        im.set_constraint(ends[0].constraints)
+        im.calc = pot.calculator()  # one LAMMPS instance per image
+    band = NEB(images, k=0.1, method="improvedtangent")
+    band.interpolate(method="linear")
+    opt = FIRE(band, logfile=None)
+    converged = bool(opt.run(fmax=fmax, steps=steps))
+    energy = np.array([im.get_potential_energy() for im in images])
+    steps_len = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images, images[1:])]
+    s = np.concatenate([[0.0], np.cumsum(steps_len)])
+    return s / s[-1], energy - energy[0], converged
+
+
+def peierls_profile(images: Sequence[Atoms], prefix: PathLike, source: str) -> dict:
+    """The potential's ML-only NEB between the end states of the QM/ML NEB ``images``
+    (same number of images, end states relaxed with the potential): {"s", "energy" (eV,
+    from the initial state), "barrier", "converged", "qmml_barrier" (the QM/ML NEB's
+    virtual-work barrier), "source"}."""
     if "neb_barrier_virtual_work" not in images[-1].info:
         raise QmmlError(f"{source}: info 'neb_barrier_virtual_work' missing (not a qmml "
                         "neb output)")
-    _, energy, converged = ml_neb_profile(images[0], images[-1], prefix, len(images))
-    return [row("peierls_barrier", case, float(images[-1].info["neb_barrier_virtual_work"]),
-                float(energy.max()), source + ("" if converged else
-                                               " (ML NEB not converged)"))]
+    s, energy, converged = ml_neb_profile(images[0], images[-1], prefix, len(images))
+    return {"s": s.tolist(), "energy": energy.tolist(), "barrier": float(energy.max()),
+            "converged": converged,
+            "qmml_barrier": float(images[-1].info["neb_barrier_virtual_work"]),
+            "source": source}
+
+
+def peierls_rows(case: str, profile: dict) -> list[dict]:
+    """ML-only NEB barrier vs the QM/ML NEB's virtual-work barrier (a
+    :func:`peierls_profile`)."""
+    return [row("peierls_barrier", case, profile["qmml_barrier"], profile["barrier"],
+                profile["source"] + ("" if profile["converged"] else
+                                     " (ML NEB not converged)"))]
 
 
 # ---- held-out frames -------------------------------------------------------------------

@@ -52,7 +52,6 @@ localrules:
     build_defect,
     extract_forces,
     binding_energies,
-    figures,
     report,
 
 

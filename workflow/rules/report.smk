@@ -21,6 +21,8 @@ def keyed_figure_inputs():
         "neb": [(i, f"{R}/iter_{i}/qmml/{case}_neb.xyz") for i in range(N) for case in CASES
                 if glide(case)],
         "binding": [(N, f"{R}/iter_{N}/binding.csv")] if DEFECTS else [],
+        # the ML-only glide NEBs of Θ0 and the last potential, run by their validation
+        "ml_profiles": [(i, f"{R}/iter_{i}/ml_neb_profiles.json") for i in sorted({0, N})],
     }
 
 
@@ -33,35 +35,48 @@ FIGURE_ITERATIONS = {name: [i for i, _ in pairs] for name, pairs in keyed_figure
                      if name not in ("structures", "binding")}
 
 
-FIGURES = ["force_parity", "force_rmse", "elastic_constants", "glide_barriers",
-           "dd_maps", "binding_energy"]
+# one job per figure, each started as soon as its own inputs (qmml.figures.FIGURE_INPUTS)
+# exist
+from qmml.figures import FIGURE_INPUTS, FIGURES
 
 
-rule figures:
-    input:
-        unpack(figure_inputs),
-    output:
-        **{
-            name: report(f"{R}/figures/{name}.png", caption=f"../report/{name}.rst",
-                         category="qmml")
-            for name in FIGURES
-        },
-    params:
-        iterations=FIGURE_ITERATIONS,
-    conda:
-        ENV
-    log:
-        f"{R}/logs/figures.log",
-    benchmark:
-        f"{R}/benchmarks/figures.tsv"
-    script:
-        "../scripts/figures.py"
+def one_figure_inputs(figure):
+    def inputs(w):
+        every = figure_inputs()
+        return {name: every[name] for name in FIGURE_INPUTS[figure]}
+
+    return inputs
+
+
+for _figure in FIGURES:
+
+    rule:
+        name:
+            f"figure_{_figure}"
+        localrule: True
+        input:
+            unpack(one_figure_inputs(_figure)),
+        output:
+            report(f"{R}/figures/{_figure}.png", caption=f"../report/{_figure}.rst",
+                   category="qmml"),
+        params:
+            figure=_figure,
+            iterations={name: FIGURE_ITERATIONS[name] for name in FIGURE_INPUTS[_figure]
+                        if name in FIGURE_ITERATIONS},
+        conda:
+            ENV
+        log:
+            f"{R}/logs/figures/{_figure}.log",
+        benchmark:
+            f"{R}/benchmarks/figures/{_figure}.tsv"
+        script:
+            "../scripts/figure.py"
 
 
 rule report:
     input:
         unpack(figure_inputs),
-        figures=rules.figures.output,
+        figures=[f"{R}/figures/{name}.png" for name in FIGURES],
         validation=rules.validation_figure.input,
         validation_figure=rules.validation_figure.output[0],
     output:

@@ -54,7 +54,9 @@ rule validate:
     input:
         unpack(validate_inputs),
     output:
-        f"{R}/iter_{{i}}/validation.csv",
+        table=f"{R}/iter_{{i}}/validation.csv",
+        # the ML-only glide NEB of each case, drawn by the glide_barriers figure
+        profiles=f"{R}/iter_{{i}}/ml_neb_profiles.json",
     params:
         prefix=lambda w: potential(w.i),
         neb_cases=[case for case in CASES if glide(case)],

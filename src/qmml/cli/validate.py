@@ -43,6 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout", nargs="+", default=[], metavar="FRAMES.xyz",
                         help="QM/ML frames no retraining saw (extract-forces --heldout)")
     parser.add_argument("--output", required=True, help="validation CSV")
+    parser.add_argument("--profiles", default=None, metavar="ML_NEB.json",
+                        help="also write the ML-only glide NEB profiles by case (JSON)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
                                   n_cells=args.vacancy_cells or VACANCY_CELLS, log=print_line)
     validate_file(args.potential, args.elastic, args.bulk_reference, args.vacancy_reference,
                   args.output, nebs=nebs, relaxed=relaxed,
-                  heldout=[(Path(f).stem, f) for f in args.heldout], log=print_line)
+                  heldout=[(Path(f).stem, f) for f in args.heldout],
+                  profiles=args.profiles, log=print_line)
     return 0

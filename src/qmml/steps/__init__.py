@@ -18,6 +18,6 @@ from qmml.steps.potential import (
     elastic_check_file)
 from qmml.steps.structures import (
     ELASTIC_KEYS, read_elastic, build_file, build_dislocation_file, build_defect_file)
-from qmml.steps.report import binding_table_file, figures_file, report_file
+from qmml.steps.report import binding_table_file, figure_file, report_file
 from qmml.steps.validation import (
     qm_vacancy_reference_file, validate_file, validation_figure_file)

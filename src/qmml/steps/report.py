@@ -49,13 +49,14 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def figures_file(inputs: dict, iterations: dict, outputs: dict, log: Log = None) -> dict:
-    """The paper's six figures (:func:`qmml.figures.make_all`) as PNG ``outputs`` (by
-    figure name); ``inputs``: lists of paths by input name, ``iterations``: the iteration
-    of each path of the iteration-keyed inputs.  Returns (and logs) their numbers."""
-    from qmml.figures import make_all
+def figure_file(name: str, inputs: dict, iterations: dict, output: PathLike,
+                log: Log = None) -> object:
+    """One of the paper's figures (:func:`qmml.figures.make_figure`) as PNG ``output``;
+    ``inputs``: lists of paths by input name, ``iterations``: the iteration of each path
+    of the iteration-keyed inputs.  Returns (and logs) its numbers."""
+    from qmml.figures import make_figure
 
-    numbers = make_all(_keyed_inputs(inputs, iterations), outputs, log=log)
+    numbers = make_figure(name, _keyed_inputs(inputs, iterations), output)
     _say(log, json.dumps(_plain(numbers), indent=2))
     return numbers
 
@@ -64,7 +65,7 @@ def report_file(output: PathLike, figures: dict, inputs: dict, iterations: dict,
                 config: dict | None = None, captions: PathLike | None = None,
                 log: Log = None) -> Path:
     """The self-contained HTML report (:func:`qmml.report.write_report`): ``figures`` by
-    name, ``inputs``/``iterations`` as :func:`figures_file`, captions read from the
+    name, ``inputs``/``iterations`` as :func:`figure_file`, captions read from the
     ``captions`` folder (``<figure>.rst``)."""
     from qmml.report import read_captions, write_report
 

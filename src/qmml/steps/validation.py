@@ -51,7 +51,7 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
                   nebs: Sequence[tuple[str, PathLike]] = (),
                   relaxed: Sequence[tuple[str, PathLike, PathLike]] = (),
                   heldout: Sequence[tuple[str, PathLike]] = (),
-                  log: Log = None):
+                  profiles: PathLike | None = None, log: Log = None):
     """``validation.csv`` of one potential (:mod:`qmml.validation`): elastic rows
     (``elastic``, the potential's elastic.json, or None to measure them, vs
     ``bulk_reference``), vacancy rows (the same procedure as
@@ -59,9 +59,11 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
     (case, QM/ML NEB file) the ML-only Peierls barrier and the ML energy profile on the
     QM/ML path, per screw case in ``relaxed`` (case, QM/ML relaxed frame, unrelaxed
     structure) the core structure of an ML-only relaxation vs the QM/ML one, per file of
-    ``heldout`` (label, frames) the force RMSE on its QM atoms.  Returns the table."""
+    ``heldout`` (label, frames) the force RMSE on its QM atoms; ``profiles``: JSON of the
+    ML-only NEB profiles by case (:func:`qmml.validation.peierls_profile`).  Returns the
+    table."""
     from qmml.frames import read_output_frames
-    from qmml.io import atomic_writer, read_frames, read_mapping
+    from qmml.io import atomic_writer, read_frames, read_mapping, write_text
     from qmml.potential import SNAPPotential
     from qmml import validation as V
 
@@ -82,10 +84,12 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
     rows += V.vacancy_rows(ml_vac, qm_vac, f"{qm_vac['n_cells']}^3 cell, "
                            f"{qm_vac.get('engine', 'QM')} ({vacancy_reference})")
     _say(log, f"validate: elastic and vacancy rows ({time.perf_counter() - start:.1f} s)")
+    ml_nebs = {}
     for case, path in nebs:
         images = read_output_frames(path)
         rows += V.path_energy_rows(case, images, pot, str(path))
-        rows += V.peierls_rows(case, images, potential, str(path))
+        ml_nebs[case] = V.peierls_profile(images, potential, str(path))
+        rows += V.peierls_rows(case, ml_nebs[case])
         _say(log, f"validate: {case} glide path and ML NEB "
              f"({time.perf_counter() - start:.1f} s)")
     for case, qmml_path, structure_path in relaxed:
@@ -100,6 +104,8 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
         if Path(path).stat().st_size:
             rows += V.heldout_rows(label, read_frames(path), pot, str(path))
     result = V.table(rows)
+    if profiles is not None:  # the glide-barrier figure draws them
+        write_text(profiles, json.dumps(ml_nebs, indent=1) + "\n")
     with atomic_writer(output) as fh:
         result.to_csv(fh, index=False)
     _say(log, result.to_string())
