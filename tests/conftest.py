@@ -40,13 +40,14 @@ MILADY = {"a0": 3.18551, "C11": 513.1, "C12": 201.0, "C44": 144.9}
 SMALL_SCREW = {"kind": "screw111", "radius": 14.0, "fixed_width": 4.0, "qm_radius": 3.0,
                "buffer": 5.0}
 
-# files by the CPU time of their tests (process + child processes), longest first: each
-# end-to-end pipeline run of test_workflow alone takes over 2 CPU minutes, test_accelerated
-# about 3 together
-LONGEST_FIRST = ("test_workflow.py", "test_accelerated.py", "test_slurm.py",
-                 "test_resume.py", "test_binding.py", "test_figures.py", "test_qmmm.py",
-                 "test_docs.py", "test_retrain.py", "test_config.py", "test_constraints.py",
-                 "test_descriptors_fast.py")
+# files by the CPU time of their tests (process + child processes), longest first, so that
+# the longest work units start first: the tiny pipeline run of test_workflow takes about 4
+# CPU minutes, real CP2K about 3, test_accelerated about 2.5
+LONGEST_FIRST = ("test_workflow.py", "test_engine_cp2k.py", "test_accelerated.py",
+                 "test_engine_doubles.py", "test_slurm.py", "test_accelerated_neb.py",
+                 "test_docs.py", "test_gpaw.py", "test_qmmm.py", "test_binding.py",
+                 "test_config.py", "test_resume.py", "test_figures.py", "test_constraints.py",
+                 "test_accelerated_active.py", "test_retrain.py", "test_descriptors_fast.py")
 # files whose tests share no expensive module fixture and no working directory: each test
 # is its own work unit (test_config stays whole: its runs share the repository's
 # .snakemake lock)

@@ -410,11 +410,15 @@ class MixedSystem:
         return self.positions("sur"), n, hit
 
     def nearest_fixed_point(self, start: np.ndarray, trust: float, fmax: float,
-                            max_evaluations: int = 65) -> np.ndarray | None:
+                            max_evaluations: int = 65, stall_ratio: float = 0.9
+                            ) -> np.ndarray | None:
         """The surrogate's fixed point nearest ``start`` (Newton-Krylov on the free atoms'
         surrogate forces), or None if the solver fails, needs more than ``max_evaluations``
         surrogate force evaluations (converging searches took 33-65, failing ones could
-        take minutes) or the point lies beyond ``trust``.
+        take minutes), stalls (a Newton iteration after the first leaves the largest
+        force above ``stall_ratio`` times the previous one's: converging searches cut it
+        by half or more per iteration, failing ones mostly stay at their first
+        iteration's force and would use up the budget) or the point lies beyond ``trust``.
 
         A minimiser leaves a fixed point at which the surrogate's Jacobian has a negative
         eigenvalue; near the QM/ML minimum the surrogate can have one along a core mode
@@ -443,12 +447,20 @@ class MixedSystem:
             forces = np.asarray(self.sur_target.get_forces())
             return forces.reshape(len(self.moving), -1, 3)[:, free].ravel()
 
+        residuals = []
+
+        def stop_if_stalled(dx: np.ndarray, forces: np.ndarray) -> None:
+            residuals.append(float(np.abs(forces).max()))
+            if len(residuals) > 1 and residuals[-1] > stall_ratio * residuals[-2]:
+                raise _OutOfBudget
+
         solver_failures = (_OutOfBudget, ValueError, np.linalg.LinAlgError, OverflowError)
         try:
             with self._failures(passing=solver_failures):
                 sol = root(target_forces, np.zeros(len(self.moving) * int(free.sum()) * 3),
-                           method="krylov", options={"fatol": fmax, "maxiter": 10,
-                                                     "jac_options": {"method": "lgmres"}})
+                           method="krylov", callback=stop_if_stalled,
+                           options={"fatol": fmax, "maxiter": 10,
+                                    "jac_options": {"method": "lgmres"}})
         except solver_failures + (SurrogateFailure,):
             return None
         x = displaced(sol.x)
@@ -483,4 +495,4 @@ def max_displacement(x: np.ndarray, start: np.ndarray) -> float:
 
 
 class _OutOfBudget(Exception):
-    """The fixed-point search used up its surrogate evaluations."""
+    """The fixed-point search used up its surrogate evaluations or stalled."""
