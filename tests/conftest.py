@@ -24,13 +24,20 @@ listed ones; list it in ``LONGEST_FIRST`` when its tests take more than ~30 s to
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import numpy as np
-import pytest
+# one thread per test process (before numpy loads its BLAS): the suite runs as many
+# processes as there are cores, and threaded BLAS, tblite, GPAW or CP2K then spin-wait on
+# busy cores (docs/performance.md, "Test suite")
+for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
 
-from qmml import potential_path
-from qmml.potential import SNAPPotential, reference_potential
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from qmml import potential_path  # noqa: E402
+from qmml.potential import SNAPPotential, reference_potential  # noqa: E402
 
 # first on PATH for Snakemake runs that do not use SLURM (see tests/no_slurm/scontrol)
 NO_SLURM = Path(__file__).parent / "no_slurm"
