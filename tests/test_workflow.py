@@ -42,6 +42,8 @@ def dry_run_jobs(proc) -> list[dict]:
             jobs.append({"rule": parts[1][:-1], "input": [], "output": []})
         elif jobs and line.startswith("    ") and parts and parts[0] in ("input:", "output:"):
             jobs[-1][parts[0][:-1]] = [p.rstrip(",") for p in parts[1:]]
+        elif jobs and line.startswith("    ") and parts and parts[0] == "priority:":
+            jobs[-1]["priority"] = int(parts[1])
     return jobs
 
 
@@ -109,6 +111,14 @@ def test_dry_run_validation_and_path_targets(tmp_path):
         assert "results/qm_bulk/vacancy.json" in inputs
         assert sorted(f for f in inputs if f.endswith("heldout.xyz")) == \
             [f"results/iter_{m}/heldout.xyz" for m in held]
+    # the glide case's structures, relaxations and NEB (the longest chain) go first; the
+    # 3D defects wait for the retraining anyway
+    firsts = {(job["rule"], job["output"][0].split("/")[-1]) for job in jobs
+              if job.get("priority", 0) > 0}
+    assert firsts == {(rule, f"screw_{name}.xyz") for rule, name in (
+        ("build_dislocation", "initial"), ("build_dislocation", "final"),
+        ("qmml_relax", "initial"), ("qmml_relax", "final"), ("qmml_neb", "neb"))}
+    assert sum(1 for job in jobs if job.get("priority")) == 10  # both iterations
     # the glide figure draws the ML-only NEBs the validation of Θ0 and of the last
     # potential ran, and waits for nothing else but the QM/ML NEBs
     (glide,) = [job for job in jobs if job["rule"] == "figure_glide_barriers"]

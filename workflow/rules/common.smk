@@ -68,6 +68,12 @@ def glide(case):
     return config["dislocations"][case]["glide_images"] > 0
 
 
+def glide_first(w):
+    """Job priority: the glide cases' structures and relaxations feed the NEB, the longest
+    chain of an iteration, so they go first when cores are short."""
+    return 1 if glide(w.case) else 0
+
+
 # The accelerated optimiser's surrogates are trained on the true QM/ML forces of every
 # QM-called geometry; each relaxation writes them next to its output (FRAME.qm_frames.xyz,
 # final point included) and retraining reads those instead of the final frames alone: the

@@ -18,6 +18,7 @@ rule qmml_relax:
         buffer=config["qmml"]["buffer"],
         cache=QM_CACHE,
         descriptor_cache=DESCRIPTOR_CACHE,
+    priority: glide_first
     conda:
         ENV
     log:
@@ -44,6 +45,7 @@ rule qmml_neb:
         images=lambda w: config["dislocations"][w.case]["glide_images"],
         cache=QM_CACHE,
         descriptor_cache=DESCRIPTOR_CACHE,
+    priority: 1
     conda:
         ENV
     log:

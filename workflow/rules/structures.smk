@@ -13,6 +13,7 @@ rule build_dislocation:
         case=lambda w: config["dislocations"][w.case],
         qmml=config["qmml"],
         prefix=lambda w: potential(w.i),
+    priority: glide_first
     conda:
         ENV
     log:
