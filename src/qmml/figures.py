@@ -248,8 +248,6 @@ def glide_barriers(neb_files: Keyed, ml_profiles: Keyed, output: PathLike) -> di
     Returns {case: {"qmml": {i: {"s", "energy", "barrier"}}, "ml": {label: {...,
     "converged"}}}}.
     """
-    import json
-
     if not neb_files:
         _message_figure(output, "Glide barriers",
                         "no glide cases configured (glide_images = 0 for every dislocation)")
@@ -261,12 +259,7 @@ def glide_barriers(neb_files: Keyed, ml_profiles: Keyed, output: PathLike) -> di
     labels = {first: f"ML Θ0 (iteration {first})"}
     if last != first:
         labels[last] = f"ML retrained (iteration {last})"
-    ml = {}
-    for i in labels:
-        try:
-            ml[i] = json.loads(Path(profiles[i]).read_text())
-        except (OSError, ValueError) as err:
-            raise QmmlError(f"{profiles[i]}: not an ML NEB profile file ({err})") from err
+    ml = {i: read_mapping(profiles[i]) for i in labels}
     cases: dict[str, dict[int, Path]] = {}
     for i, path in keyed(neb_files):
         case = path.name.removesuffix(".xyz").removesuffix("_neb")
@@ -283,12 +276,11 @@ def glide_barriers(neb_files: Keyed, ml_profiles: Keyed, output: PathLike) -> di
         for i, label in labels.items():
             if case not in ml[i]:
                 raise QmmlError(f"{profiles[i]}: no ML NEB profile of case '{case}'")
-            profile = ml[i][case]
-            s, e, ok = np.array(profile["s"]), np.array(profile["energy"]), profile["converged"]
-            entry["ml"][label] = {"s": s.tolist(), "energy": e.tolist(),
-                                  "barrier": float(e.max()), "converged": ok}
-            ax.plot(s, e * 1e3, "s--", label=f"{label}: {e.max() * 1e3:.1f} meV"
-                    + ("" if ok else " (NEB not converged)"))
+            profile = {key: ml[i][case][key] for key in ("s", "energy", "barrier", "converged")}
+            entry["ml"][label] = profile
+            ax.plot(profile["s"], np.array(profile["energy"]) * 1e3, "s--",
+                    label=f"{label}: {profile['barrier'] * 1e3:.1f} meV"
+                    + ("" if profile["converged"] else " (NEB not converged)"))
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_xlabel("reaction coordinate")
         ax.set_ylabel("energy (meV per cell)")

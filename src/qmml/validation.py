@@ -175,12 +175,9 @@ def core_type(relaxed: Atoms, structure: Atoms) -> tuple[str, np.ndarray, dict]:
 
 def ml_relaxed(structure: Atoms, potential, fmax: float = 0.01, steps: int = 500) -> Atoms:
     """``structure`` relaxed with the ML potential alone (its fix_mask held)."""
-    from ase.constraints import FixAtoms
     from ase.optimize import FIRE
 
-    atoms = Atoms(structure.numbers, structure.positions, cell=structure.cell,
-                  pbc=structure.pbc)
-    atoms.set_constraint(FixAtoms(mask=np.asarray(structure.arrays["fix_mask"], bool)))
+    atoms = _ml_image(structure)
     atoms.calc = potential.calculator()
     FIRE(atoms, logfile=None).run(fmax=fmax, steps=steps)
     return atoms
@@ -217,6 +214,7 @@ def path_energy_rows(case: str, images: Sequence[Atoms], potential, source: str
 
 
 def _ml_image(atoms: Atoms) -> Atoms:
+    """A bare copy of a frame (no calculator, no other arrays) with its fix_mask held."""
     from qmml.frames import FIX_MASK, free_mask
     from qmml.qmmm import apply_fix_mask
 
