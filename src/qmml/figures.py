@@ -13,15 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from ase import Atoms
 
-matplotlib.use("Agg")  # files only: no display on compute nodes
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from ase import Atoms  # noqa: E402
-
-from qmml import QmmlError  # noqa: E402
-from qmml.io import atomic_writer, read_mapping  # noqa: E402
+from qmml import QmmlError
+from qmml.io import atomic_writer, read_mapping
 
 PathLike = str | Path
 # iteration-keyed inputs: {iteration: path}, or (iteration, path) pairs where an iteration
@@ -57,18 +53,30 @@ def by_iteration(items: Keyed, what: str = "inputs") -> dict[int, Path]:
     return files
 
 
+def _pyplot():
+    """matplotlib's pyplot with the file-only Agg backend (no display on compute nodes),
+    imported with the first figure: the workflow imports this module for
+    :data:`FIGURES` on every parse, which pyplot would make several times slower."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig, output: PathLike) -> Path:
     output = Path(output)
     try:
         with atomic_writer(output, "wb") as fh:  # no half-written figure if the process dies
             fig.savefig(fh, format="png", dpi=DPI, bbox_inches="tight")
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
     return output
 
 
 def _message_figure(output: PathLike, title: str, message: str) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _pyplot().subplots(figsize=(5, 3))
     ax.set_axis_off()
     ax.set_title(title)
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
@@ -117,7 +125,7 @@ def force_parity(targets: Keyed, potentials: Keyed, output: PathLike) -> dict[in
     if not data:
         _message_figure(output, "QM-atom force parity", "no QM/ML target data")
         return {}
-    fig, axes = plt.subplots(1, len(data), figsize=(4.6 * len(data), 4.9), squeeze=False,
+    fig, axes = _pyplot().subplots(1, len(data), figsize=(4.6 * len(data), 4.9), squeeze=False,
                              layout="constrained")
     for ax, (i, e) in zip(axes[0], data.items()):
         ref = e["ref"].ravel()
@@ -163,7 +171,7 @@ def force_rmse(retrain: Keyed, targets_summary: Keyed, output: PathLike) -> dict
     if not (own or before):
         _message_figure(output, "QM-atom force RMSE", "no force data yet")
         return {"own": own, "before": before, "after": after}
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _pyplot().subplots(figsize=(5.5, 4))
     if own:
         # large circles: they coincide with "before" when retraining used only these data
         ax.plot(list(own), list(own.values()), "o-", color="tab:blue", ms=11,
@@ -198,7 +206,7 @@ def elastic_constants(elastic: Keyed, output: PathLike) -> dict:
     relative = {k: [(v - values[k][0]) / values[k][0] for v in values[k]] for k in ELASTIC_KEYS}
     # constrained layout: each panel's tick labels get their own room (no overlap with the
     # panel to the left)
-    fig, axes = plt.subplots(2, 4, figsize=(14, 6), sharex=True, layout="constrained")
+    fig, axes = _pyplot().subplots(2, 4, figsize=(14, 6), sharex=True, layout="constrained")
     for col, key in enumerate(ELASTIC_KEYS):
         top, bottom = axes[0, col], axes[1, col]
         top.plot(iters, values[key], "o-", color="tab:blue")
@@ -265,7 +273,7 @@ def glide_barriers(neb_files: Keyed, ml_profiles: Keyed, output: PathLike) -> di
         case = path.name.removesuffix(".xyz").removesuffix("_neb")
         cases.setdefault(case, {})[i] = path
     result = {}
-    fig, axes = plt.subplots(1, len(cases), figsize=(5.2 * len(cases), 4), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(cases), figsize=(5.2 * len(cases), 4), squeeze=False)
     for ax, (case, files) in zip(axes[0], cases.items()):
         entry = {"qmml": {}, "ml": {}}
         for i, path in sorted(files.items()):
@@ -365,7 +373,7 @@ def dd_maps(relaxed: Keyed, output: PathLike,
     n = len(relaxed)
     ncol = min(n, 3)
     nrow = -(-n // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(DD_PANEL_INCHES * ncol,
+    fig, axes = _pyplot().subplots(nrow, ncol, figsize=(DD_PANEL_INCHES * ncol,
                                                   DD_PANEL_INCHES * nrow + 0.6), squeeze=False,
                              layout="constrained")
     summary = {}
@@ -498,8 +506,8 @@ def binding_energy(binding: PathLike | None, output: PathLike) -> dict:
     if not groups:
         _message_figure(output, "Binding energies", f"{binding}: no rows")
         return {}
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = _pyplot().subplots(figsize=(6, 4.2))
+    colors = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
     for k, ((defect, disl), g) in enumerate(groups.items()):
         c = colors[k % len(colors)]
         # lines only where >= 3 distances trace a profile; two points are two points
