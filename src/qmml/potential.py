@@ -227,8 +227,6 @@ class SNAPCalculator(Calculator):
         self.potential = potential
         self.zbl = zbl
         self._lmp = None
-        self._tmp = tempfile.TemporaryDirectory(prefix="qmml-snap-")
-        self._files = Path(self._tmp.name) / "pot"
         self._key = None
         self.n_lammps_runs = 0
 
@@ -237,9 +235,7 @@ class SNAPCalculator(Calculator):
         self.potential.check_compatible(potential, "set_potential")
         self.potential = potential
         if self._lmp is not None:
-            self.potential.write(self._files)
-            self._lmp.commands_list(self.potential.pair_commands(
-                self._files, self._type_elements, self.zbl))
+            self._set_pair_style(self._lmp)
         self.reset()
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",),
@@ -264,13 +260,20 @@ class SNAPCalculator(Calculator):
         self._type_elements = type_elements(atoms, self.potential)
         lmp, self._prism = lammps_system(atoms, self._type_elements)
         self._triclinic = bool(lmp.extract_global("triclinic"))
-        self.potential.write(self._files)
-        lmp.commands_list(self.potential.pair_commands(self._files, self._type_elements, self.zbl))
+        self._set_pair_style(lmp)
         lmp.commands_list([
             "thermo_style custom step pe pxx pyy pzz pxy pxz pyz",
             "thermo_modify norm no",
         ])
         self._lmp = lmp
+
+    def _set_pair_style(self, lmp) -> None:
+        # LAMMPS reads the coefficient files when pair_coeff runs, so they live only that
+        # long (a directory held for the calculator's lifetime outlives killed processes)
+        with tempfile.TemporaryDirectory(prefix="qmml-snap-") as folder:
+            files = Path(folder) / "pot"
+            self.potential.write(files)
+            lmp.commands_list(self.potential.pair_commands(files, self._type_elements, self.zbl))
 
     def _set_cell(self, cell) -> None:
         self._prism = Prism(np.array(cell), pbc=self.atoms.pbc)
