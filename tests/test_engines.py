@@ -223,3 +223,16 @@ def test_cp2k_refuses_a_run_folder_too_long_for_its_input_lines(tmp_path):
     with pytest.raises(QmmlError, match=r"key 'directory'.*at most 64"):
         BUILDERS["cp2k"](settings, 1)
     assert not long.exists()
+
+
+def test_cp2k_eps_default_is_written_only_when_given(tmp_path, monkeypatch):
+    """&QS EPS_DEFAULT from the optional key; a config without it keeps its settings hash
+    (and so its cached QM results)."""
+    monkeypatch.chdir(tmp_path)
+    plain = {"engine": "cp2k", "directory": "run"}
+    tight = dict(plain, eps_default=1e-8)
+    assert "EPS_DEFAULT" not in BUILDERS["cp2k"](resolved_settings(plain), 1).parameters.inp
+    qs = BUILDERS["cp2k"](resolved_settings(tight), 1).parameters.inp
+    assert "&QS\n      EXTRAPOLATION ASPC\n      EPS_DEFAULT 1.0e-08\n    &END QS" in qs
+    assert engine_settings_hash(tight) != engine_settings_hash(plain)
+    assert "eps_default" not in resolved_settings(plain)

@@ -90,7 +90,7 @@ CASTEP_KEYS = ("pseudopotentials", "castep_pp_path", "elec_energy_tol", "max_scf
                "elec_method", "iprint")
 # keys an engine accepts besides its DEFAULTS (None: computed from ASE, see _optional)
 OPTIONAL: dict[str, tuple[str, ...] | None] = {
-    "tblite": (), "reference": (), "gpaw": ("mixer",), "cp2k": ("data_dir",),
+    "tblite": (), "reference": (), "gpaw": ("mixer",), "cp2k": ("data_dir", "eps_default"),
     "vasp": None, "espresso": None, "castep": CASTEP_KEYS}
 COMMAND_ENV = {"cp2k": "ASE_CP2K_COMMAND", "vasp": "ASE_VASP_COMMAND",
                "espresso": "ASE_ESPRESSO_COMMAND", "castep": "CASTEP_COMMAND"}

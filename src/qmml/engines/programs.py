@@ -206,6 +206,10 @@ def _cp2k_input(s: dict, k: tuple[int, int, int], pbc) -> str:
         # CP2K extrapolates wavefunctions (ASPC) at Γ only; with k-points it falls back to
         # the initial guess unless told to start from the previous density matrix
         extrapolation = "USE_PREV_P" if max(k) > 1 else "ASPC"
+    # Gaussian screening threshold (CP2K's default 1e-10 when not given; not in the
+    # settings hash then, so caches of configs without it stay valid)
+    eps_default = (f"      EPS_DEFAULT {float(s['eps_default']):.1e}\n"
+                   if "eps_default" in s else "")
     if max(k) > 1:
         kpoints = (f"      &KPOINTS\n        SCHEME MONKHORST-PACK {k[0]} {k[1]} {k[2]}\n"
                    "      &END KPOINTS\n")
@@ -220,7 +224,7 @@ def _cp2k_input(s: dict, k: tuple[int, int, int], pbc) -> str:
         "      &MIXING\n        METHOD BROYDEN_MIXING\n"
         f"        ALPHA {float(s['mixing_alpha'])}\n        NBROYDEN 8\n      &END MIXING\n"
         "    &END SCF\n"
-        f"    &QS\n      EXTRAPOLATION {extrapolation}\n    &END QS\n"
+        f"    &QS\n      EXTRAPOLATION {extrapolation}\n{eps_default}    &END QS\n"
         f"    &POISSON\n      PERIODIC {periodic}\n      PSOLVER {psolver}\n    &END POISSON\n"
         f"{kpoints}"
         "  &END DFT\n&END FORCE_EVAL\n")
