@@ -275,8 +275,8 @@ def _cp2k_check(calc) -> None:
 # cp2k_shell keeps the last wavefunction in memory and extrapolates it to the next
 # geometry: restarts need nothing on disk, the shell stays open across calls of one cluster.
 # Measured (CP2K 2023.1, 12-atom W slab cluster, SVP-MOLOPT, 100 Ry, Γ, QM/ML relaxation of
-# a screw core): SCF iterations 24 on the first call, then 8, 13, 15 restarted (half on
-# average); measure with `PYTHONPATH=src python -m pytest -s tests/test_engine_cp2k.py`
+# a screw core): SCF iterations 24 on the first call, then 15 and 13 restarted; measure
+# with `PYTHONPATH=src python -m pytest -s tests/test_engine_cp2k.py`
 CP2K = EngineSpec(build=cp2k, box="open", check=_cp2k_check,
                   outputs=lambda c: [Path(c.directory) / f"{CP2K_LABEL}.out"],
                   run_dir=lambda c: Path(c.directory))
