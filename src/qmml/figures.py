@@ -530,34 +530,30 @@ def binding_energy(binding: PathLike | None, output: PathLike) -> dict:
     return groups
 
 
-FIGURES = ("force_parity", "force_rmse", "elastic_constants", "glide_barriers", "dd_maps",
-           "binding_energy")
-
-
-# the inputs each figure draws from (names of the workflow's figure inputs)
-FIGURE_INPUTS = {"force_parity": ("targets", "potentials"),
-                 "force_rmse": ("retrain", "targets_summary"),
-                 "elastic_constants": ("elastic",),
-                 "glide_barriers": ("neb", "ml_profiles"),
-                 "dd_maps": ("relaxed", "structures"),
-                 "binding_energy": ("binding",)}
+# every figure: the workflow's figure inputs it reads (their names, in its argument order)
+# and how it draws them into ``output``; the workflow makes one job per entry
+FIGURE_TABLE = {
+    "force_parity": (("targets", "potentials"), force_parity),
+    "force_rmse": (("retrain", "targets_summary"), force_rmse),
+    "elastic_constants": (("elastic",), elastic_constants),
+    "glide_barriers": (("neb", "ml_profiles"), glide_barriers),
+    "dd_maps": (("relaxed", "structures"),
+                lambda relaxed, structures, output: dd_maps(relaxed, output, structures or None)),
+    "binding_energy": (("binding",),  # 0 or 1 path
+                       lambda binding, output: binding_energy((list(binding) or [None])[0],
+                                                              output)),
+}
+FIGURES = tuple(FIGURE_TABLE)
+FIGURE_INPUTS = {name: names for name, (names, _) in FIGURE_TABLE.items()}
 
 
 def make_figure(name: str, inputs: dict, output: PathLike) -> object:
     """Figure ``name`` (:data:`FIGURES`) from the workflow's figure inputs: iteration-keyed
     (:data:`Keyed`) ``elastic``, ``potentials``, ``targets``, ``targets_summary``,
     ``retrain``, ``relaxed``, ``neb``, ``ml_profiles``; ``structures`` (paths, parallel
-    to ``relaxed``) and ``binding`` (0 or 1 path).  Returns the numbers it drew."""
-    get = inputs.get
-    makers = {
-        "force_parity": lambda: force_parity(get("targets", []), get("potentials", []), output),
-        "force_rmse": lambda: force_rmse(get("retrain", []), get("targets_summary", []), output),
-        "elastic_constants": lambda: elastic_constants(inputs["elastic"], output),
-        "glide_barriers": lambda: glide_barriers(get("neb", []), get("ml_profiles", []), output),
-        "dd_maps": lambda: dd_maps(get("relaxed", []), output, get("structures") or None),
-        "binding_energy": lambda: binding_energy((list(get("binding", [])) or [None])[0],
-                                                 output),
-    }
-    if name not in makers:
+    to ``relaxed``) and ``binding`` (0 or 1 path); a missing input is empty.  Returns the
+    numbers it drew."""
+    if name not in FIGURE_TABLE:
         raise QmmlError(f"figure '{name}': unknown (one of {', '.join(FIGURES)})")
-    return makers[name]()
+    names, draw = FIGURE_TABLE[name]
+    return draw(*(inputs.get(key, []) for key in names), output)
