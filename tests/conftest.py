@@ -48,8 +48,9 @@ SMALL_SCREW = {"kind": "screw111", "radius": 14.0, "fixed_width": 4.0, "qm_radiu
                "buffer": 5.0}
 
 # files by the CPU time of their tests (process + child processes), longest first, so that
-# the longest work units start first: the tiny pipeline run of test_workflow takes about 4
-# CPU minutes, real CP2K (one thread) about 4, test_accelerated about 2.5
+# the longest work units start first: the tiny pipeline run of test_workflow and its rerun
+# take about 3.5 CPU minutes, real CP2K (one thread) about 3, test_accelerated and
+# test_engine_doubles about 2 each
 LONGEST_FIRST = ("test_workflow.py", "test_engine_cp2k.py", "test_accelerated.py",
                  "test_engine_doubles.py", "test_slurm.py", "test_accelerated_neb.py",
                  "test_docs.py", "test_gpaw.py", "test_qmmm.py", "test_binding.py",
