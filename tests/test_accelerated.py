@@ -329,6 +329,24 @@ def test_fixed_point_step_stays_where_a_minimiser_leaves(start, milady, tmp_path
     assert max_force_at_fixed_point() <= 0.001
 
 
+def test_no_fixed_point_search_after_a_quick_trust_hit(start, milady, tmp_path):
+    """From the elastic-field start (forces near 1 eV/Å) the surrogate relaxation reaches a
+    0.05 Å trust radius in a few steps: no fixed-point search follows, and the step is
+    where the relaxation stopped."""
+    from qmml.accelerated.system import FIXED_POINT_MIN_STEPS
+
+    settings = AcceleratedSettings(secant_correction=False)
+    system = MixedSystem([start.copy()], [0], cached(tmp_path), milady.calculator, milady,
+                         settings, BUFFER, 5.0, None)
+    anchor = system.evaluate_true()
+    assert anchor.fmax > 0.5
+    step = system.surrogate_step(system.theta_i, anchor, 0, None, settings, 0.05, 0.01)
+    assert step.hit and step.steps < FIXED_POINT_MIN_STEPS
+    assert step.fixed_point == "not searched"
+    moved = np.sqrt(((step.positions - anchor.positions) ** 2).sum(axis=2)).max()
+    assert moved == pytest.approx(0.05)
+
+
 def test_hard_rows_come_from_the_descriptor_cache(start, milady, tmp_path):
     """A relaxation stores its hard rows in the descriptor cache; the next one (or the
     pipeline's retraining, same frames and space) reads them, and gets the same path."""

@@ -32,7 +32,8 @@ The outer loop (one QM call per image per outer step):
    relaxation reaches r, look for the surrogate's fixed point nearest x_k by Newton-Krylov
    and step there if it lies inside r (``fixed_point_step``): near the QM/ML minimum the
    surrogate can have negative curvature along a core mode the secants have not explored
-   (Θ_i's own), which a minimiser leaves and Newton does not;
+   (Θ_i's own), which a minimiser leaves and Newton does not (a minimiser leaves such a
+   saddle slowly: a relaxation that reaches r in a few steps gets no search);
 5. call QM at the new point x_{k+1}.  Prediction error e = max |F_sur(x_{k+1}) − F_true|.
    Accept x_{k+1} if its true fmax dropped or e < fmax_true(x_k) (the surrogate predicted
    better than "nothing changes"); otherwise reject (stay at x_k; the new point still

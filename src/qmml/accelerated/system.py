@@ -31,6 +31,14 @@ from qmml.qmcache import CachedQMCalculator
 # with the same 6 QM calls
 KRYLOV_VECTORS = 10
 
+# No fixed-point search after a surrogate relaxation that reached the trust radius in fewer
+# steps: its forces stayed large all the way, so no fixed point lies near the anchor (a
+# minimiser leaves a saddle slowly).  Measured: the 5 searches after 2-7 steps on the
+# demo's tblite glide NEB all failed (32 s of the 95 s it takes replayed from its QM
+# cache); searches that found a point followed 13-44 steps (tests, tblite 9 Å edge).
+# A failing search leaves the step as it was, so skipping one changes no QM point
+FIXED_POINT_MIN_STEPS = 8
+
 
 class _QMTap(Calculator):
     """Per-image proxy in front of the shared cached QM calculator: keeps this image's
@@ -78,7 +86,8 @@ class SurrogateStep:
     steps: int
     hit: bool
     kept: int = 0                  # NEB images left at their QM point (no QM call)
-    fixed_point: str = ""          # "found" / "not found": the step's fixed-point search
+    fixed_point: str = ""          # the step's fixed-point search: "found", "not found" or
+                                   # "not searched" (FIXED_POINT_MIN_STEPS)
 
 
 @dataclass
@@ -292,7 +301,9 @@ class MixedSystem:
             x, n, hit = self.relax_surrogate(anchor.positions, trust, inner_fmax,
                                              settings.inner_optimizer, settings.inner_steps)
             searched = ""
-            if hit and settings.fixed_point_step:
+            if hit and settings.fixed_point_step and n < FIXED_POINT_MIN_STEPS:
+                searched = "not searched"  # reached the trust radius in a few steps
+            elif hit and settings.fixed_point_step:
                 fixed_point = self.nearest_fixed_point(anchor.positions, trust, inner_fmax)
                 searched = "not found" if fixed_point is None else "found"
                 if fixed_point is not None:
