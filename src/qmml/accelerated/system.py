@@ -23,19 +23,12 @@ from qmml.potential import SNAPPotential
 from qmml.qmcache import CachedQMCalculator
 
 
-# Krylov vectors per Newton iteration of the fixed-point search (lgmres).  Measured, 10
-# against scipy's default 30: the seven failing searches of the tiny pipeline's 3D vacancy
-# one hop from the core take 222 surrogate evaluations against 349 (a failing search's
-# first iteration costs ~12 against 30-33), with the same QM points; the converging
-# search of the tblite 9 Å edge takes 51 against 61 (4 Newton iterations against 2),
-# with the same 6 QM calls
-KRYLOV_VECTORS = 10
-
 # No fixed-point search after a surrogate relaxation that reached the trust radius in fewer
 # steps: its forces stayed large all the way, so no fixed point lies near the anchor (a
 # minimiser leaves a saddle slowly).  Measured: the 5 searches after 2-7 steps on the
-# demo's tblite glide NEB all failed (32 s of the 95 s it takes replayed from its QM
-# cache); searches that found a point followed 13-44 steps (tests, tblite 9 Å edge).
+# demo's tblite glide NEB all failed (replayed from its QM cache it takes 84 s without
+# them, 134 s with them); searches that found a point followed 13-44 steps (tests, the
+# tblite 9 Å edge, the demo's vacancy one hop from the core).
 # A failing search leaves the step as it was, so skipping one changes no QM point
 FIXED_POINT_MIN_STEPS = 8
 
@@ -478,8 +471,7 @@ class MixedSystem:
                 sol = root(target_forces, np.zeros(len(self.moving) * int(free.sum()) * 3),
                            method="krylov", callback=stop_if_stalled,
                            options={"fatol": fmax, "maxiter": 10,
-                                    "jac_options": {"method": "lgmres",
-                                                    "inner_inner_m": KRYLOV_VECTORS}})
+                                    "jac_options": {"method": "lgmres"}})
         except solver_failures + (SurrogateFailure,):
             return None
         x = displaced(sol.x)
