@@ -125,8 +125,8 @@ def force_parity(targets: Keyed, potentials: Keyed, output: PathLike) -> dict[in
     if not data:
         _message_figure(output, "QM-atom force parity", "no QM/ML target data")
         return {}
-    fig, axes = _pyplot().subplots(1, len(data), figsize=(4.6 * len(data), 4.9), squeeze=False,
-                             layout="constrained")
+    fig, axes = _pyplot().subplots(1, len(data), figsize=(4.6 * len(data), 4.9),
+                                   squeeze=False, layout="constrained")
     for ax, (i, e) in zip(axes[0], data.items()):
         ref = e["ref"].ravel()
         ax.scatter(ref, e["before"].ravel(), s=9, alpha=0.7, color="tab:blue",
@@ -374,8 +374,8 @@ def dd_maps(relaxed: Keyed, output: PathLike,
     ncol = min(n, 3)
     nrow = -(-n // ncol)
     fig, axes = _pyplot().subplots(nrow, ncol, figsize=(DD_PANEL_INCHES * ncol,
-                                                  DD_PANEL_INCHES * nrow + 0.6), squeeze=False,
-                             layout="constrained")
+                                                        DD_PANEL_INCHES * nrow + 0.6),
+                                   squeeze=False, layout="constrained")
     summary = {}
     heights = None
     for ax, (iteration, path), spath in zip(axes.ravel(), relaxed, structures):
@@ -506,8 +506,9 @@ def binding_energy(binding: PathLike | None, output: PathLike) -> dict:
     if not groups:
         _message_figure(output, "Binding energies", f"{binding}: no rows")
         return {}
-    fig, ax = _pyplot().subplots(figsize=(6, 4.2))
-    colors = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, ((defect, disl), g) in enumerate(groups.items()):
         c = colors[k % len(colors)]
         # lines only where >= 3 distances trace a profile; two points are two points
