@@ -113,11 +113,12 @@ class MixedSystem:
         self.space = potential.to_quadratic() if settings.space == "quadratic" else potential
         self.theta_i = self.space.theta
         reach = 2 * potential.cutoff + 2 * settings.trust_max + 0.5
-        default = settings.active_width is None  # used only where it pays
-        self.active = active_region(
-            true_images[self.moving[0]], self.qm_mask, self.free,
-            buffer_width + 2 * potential.cutoff if default
-            else max(buffer_width, settings.active_width), reach if default else 0.0)
+        if settings.active_width is None:  # the default, used only where it pays
+            width, limit = buffer_width + 2 * potential.cutoff, reach
+        else:
+            width, limit = max(buffer_width, settings.active_width), 0.0
+        self.active = active_region(true_images[self.moving[0]], self.qm_mask, self.free,
+                                    width, limit)
         self.sur_images = []
         for j, im in enumerate(true_images):
             s = im.copy()
