@@ -309,10 +309,11 @@ def test_fixed_point_step_stays_where_a_minimiser_leaves(start, milady, tmp_path
     system.set_surrogate(system.theta_i, ev.positions, ev.qm_forces)
     x_min, _, hit = system.relax_surrogate(ev.positions, 0.3, 0.001, "LBFGS", 3000)
     assert not hit
-    x_fp = system.nearest_fixed_point(ev.positions, 0.3, 0.001)
+    x_fp = system.nearest_fixed_point(ev.positions, 0.3, 0.001).positions
     assert max_force_at_fixed_point() <= 0.001
     assert np.abs(x_fp - x_min).max() < 2e-3
-    assert system.nearest_fixed_point(ev.positions, 0.5 * max_step(x_fp), 0.001) is None
+    assert system.nearest_fixed_point(ev.positions, 0.5 * max_step(x_fp),
+                                      0.001).positions is None
     # a saddle: an outward spring of 40 eV/Å² on the QM atoms (force +k·d, as a surrogate
     # with Θ_i's negative curvature along a core mode has)
     cluster = system.images[0].calc.qm_buffer_mask
@@ -324,8 +325,11 @@ def test_fixed_point_step_stays_where_a_minimiser_leaves(start, milady, tmp_path
     calc.reset()
     x_min, _, hit = system.relax_surrogate(ev.positions, 0.3, 0.001, "LBFGS", 3000)
     assert hit and max_step(x_min) == pytest.approx(0.3)
-    x_fp = system.nearest_fixed_point(ev.positions, 0.3, 0.001)
+    search = system.nearest_fixed_point(ev.positions, 0.3, 0.001)
+    x_fp = search.positions
     assert x_fp is not None and max_step(x_fp) < 0.05
+    # Newton converges: each iteration cuts the largest surrogate force at least in half
+    assert all(b <= 0.5 * a for a, b in zip(search.residuals, search.residuals[1:]))
     assert max_force_at_fixed_point() <= 0.001
 
 
@@ -656,10 +660,36 @@ def test_fixed_point_search_losing_atoms_ends_without_a_step(start, milady, tmp_
         return real(self, x, which)
 
     monkeypatch.setattr(MixedSystem, "set_positions", far)
-    assert system.nearest_fixed_point(ev.positions, 0.3, 0.001) is None
+    assert system.nearest_fixed_point(ev.positions, 0.3, 0.001).positions is None
     monkeypatch.undo()
     system.set_positions(ev.positions, "sur")
     np.testing.assert_allclose(system.surrogate_forces(), ev.forces, rtol=0, atol=1e-9)
+
+
+def test_fixed_point_search_stops_at_an_iteration_that_does_not_halve_the_force(
+        start, milady, tmp_path):
+    """A Newton iteration that leaves the largest surrogate force above half of what it
+    started from ends the search (failing searches barely cut it, converging ones 10-230
+    times).  Seen through f -> sign(f)|f|^0.7 the surrogate keeps its fixed point, but
+    Newton converges only linearly there: its second iteration cuts the force by about
+    a third, and the search ends, not found, well inside its evaluation budget."""
+    system = MixedSystem([start.copy()], [0], cached(tmp_path), milady.calculator, milady,
+                         AcceleratedSettings(), BUFFER, 5.0, None)
+    ev = system.evaluate_true()
+    system.set_surrogate(system.theta_i, ev.positions, ev.qm_forces)
+    target = system.sur_target
+    forces = type(target).get_forces
+    target.get_forces = lambda *args, **kwargs: (
+        lambda f: np.sign(f) * np.abs(f) ** 0.7)(forces(target, *args, **kwargs))
+    search = system.nearest_fixed_point(ev.positions, 0.3, 0.001)
+    del target.get_forces
+    assert search.positions is None and search.outcome.startswith("not found")
+    at_start, first, second = search.residuals
+    # the start's force is the true one (transformed): Θ_i + Δ is exact at the anchor
+    assert at_start == pytest.approx(np.abs(ev.forces[:, system.free]).max() ** 0.7,
+                                     rel=1e-8)
+    assert first < 0.5 * at_start and second > 0.5 * first
+    assert search.evaluations < 65  # the budget a search may use
 
 
 def test_old_and_foreign_checkpoints_resume_or_restart_from_the_cache(start, milady,

@@ -79,8 +79,24 @@ class SurrogateStep:
     steps: int
     hit: bool
     kept: int = 0                  # NEB images left at their QM point (no QM call)
-    fixed_point: str = ""          # the step's fixed-point search: "found", "not found" or
-                                   # "not searched" (FIXED_POINT_MIN_STEPS)
+    fixed_point: str = ""          # the step's fixed-point search (FixedPointSearch.outcome)
+                                   # or "not searched" (FIXED_POINT_MIN_STEPS)
+
+
+@dataclass
+class FixedPointSearch:
+    """A Newton-Krylov search for the surrogate's fixed point: where it is (None if not
+    found), the largest surrogate force at the start and after each Newton iteration, and
+    the surrogate force evaluations it took."""
+
+    positions: np.ndarray | None
+    residuals: list[float]
+    evaluations: int
+
+    @property
+    def outcome(self) -> str:
+        found = "found" if self.positions is not None else "not found"
+        return f"{found}, {self.evaluations} evaluations"
 
 
 @dataclass
@@ -298,10 +314,10 @@ class MixedSystem:
             if hit and settings.fixed_point_step and n < FIXED_POINT_MIN_STEPS:
                 searched = "not searched"  # reached the trust radius in a few steps
             elif hit and settings.fixed_point_step:
-                fixed_point = self.nearest_fixed_point(anchor.positions, trust, inner_fmax)
-                searched = "not found" if fixed_point is None else "found"
-                if fixed_point is not None:
-                    x, hit = fixed_point, False
+                search = self.nearest_fixed_point(anchor.positions, trust, inner_fmax)
+                searched = search.outcome
+                if search.positions is not None:
+                    x, hit = search.positions, False
                 else:
                     self.set_positions(x, "sur")
             predicted = self.surrogate_forces()
@@ -422,15 +438,15 @@ class MixedSystem:
         return self.positions("sur"), n, hit
 
     def nearest_fixed_point(self, start: np.ndarray, trust: float, fmax: float,
-                            max_evaluations: int = 65, stall_ratio: float = 0.9
-                            ) -> np.ndarray | None:
+                            max_evaluations: int = 65, stall_ratio: float = 0.5
+                            ) -> FixedPointSearch:
         """The surrogate's fixed point nearest ``start`` (Newton-Krylov on the free atoms'
-        surrogate forces), or None if the solver fails, needs more than ``max_evaluations``
-        surrogate force evaluations (converging searches took 33-65, failing ones could
-        take minutes), stalls (a Newton iteration after the first leaves the largest
-        force above ``stall_ratio`` times the previous one's: converging searches cut it
-        by half or more per iteration, failing ones mostly stay at their first
-        iteration's force and would use up the budget) or the point lies beyond ``trust``.
+        surrogate forces); not found (positions None) if the solver fails, needs more
+        than ``max_evaluations`` surrogate force evaluations (converging searches took
+        33-65, failing ones could take minutes), stalls (a Newton iteration leaves the
+        largest force above ``stall_ratio`` times the one before it, at ``start`` for the
+        first: converging searches cut it 10-230 times in their first iteration, failing
+        ones 4.5 times at most, docs/design.md) or the point lies beyond ``trust``.
 
         A minimiser leaves a fixed point at which the surrogate's Jacobian has a negative
         eigenvalue; near the QM/ML minimum the surrogate can have one along a core mode
@@ -439,7 +455,8 @@ class MixedSystem:
         0.014–0.017 Å of the minimum.  Newton converges to the fixed point itself.
 
         Newton's trial points can lie far from ``start`` (atoms flying apart, LAMMPS losing
-        them): a failed evaluation ends the search (None), with fresh LAMMPS instances."""
+        them): a failed evaluation ends the search (not found), with fresh LAMMPS
+        instances."""
         from scipy.optimize import root
 
         free = self.free if self.active is None else self.free & self.active
@@ -457,13 +474,16 @@ class MixedSystem:
                 raise _OutOfBudget
             self.set_positions(displaced(dx), "sur")
             forces = np.asarray(self.sur_target.get_forces())
-            return forces.reshape(len(self.moving), -1, 3)[:, free].ravel()
+            forces = forces.reshape(len(self.moving), -1, 3)[:, free].ravel()
+            if evaluations == 1:  # the solver's first evaluation is at ``start``
+                residuals.append(float(np.abs(forces).max()))
+            return forces
 
         residuals = []
 
         def stop_if_stalled(dx: np.ndarray, forces: np.ndarray) -> None:
             residuals.append(float(np.abs(forces).max()))
-            if len(residuals) > 1 and residuals[-1] > stall_ratio * residuals[-2]:
+            if residuals[-1] > stall_ratio * residuals[-2]:
                 raise _OutOfBudget
 
         solver_failures = (_OutOfBudget, ValueError, np.linalg.LinAlgError, OverflowError)
@@ -474,12 +494,12 @@ class MixedSystem:
                            options={"fatol": fmax, "maxiter": 10,
                                     "jac_options": {"method": "lgmres"}})
         except solver_failures + (SurrogateFailure,):
-            return None
+            return FixedPointSearch(None, residuals, min(evaluations, max_evaluations))
         x = displaced(sol.x)
         if not sol.success or max_displacement(x, start) > trust:
-            return None
+            return FixedPointSearch(None, residuals, evaluations)
         self.set_positions(x, "sur")
-        return x
+        return FixedPointSearch(x, residuals, evaluations)
 
 
 def active_region(atoms: Atoms, qm_mask: np.ndarray, free: np.ndarray, width: float,
