@@ -2,6 +2,7 @@
 
     python benchmarks/bench_core.py calculator [--cells 20] [--repeats 3]
     python benchmarks/bench_core.py retrain [--workers 2]
+    python benchmarks/bench_core.py ml-relax [--config tests/data/tiny.yaml]
 
 ``calculator``: time per force call on bcc W (2·cells³ atoms, W_milady_lml, 2J=8) of
 (a) a bare LAMMPS instance set up by hand (``pair_style snap``, positions moved in place,
@@ -14,6 +15,11 @@ hard = strain set (102 × 250 atoms) + vacancy NEB (13), soft = MD snapshots, qu
 2J=8 space (1596 coefficients), with an empty, a constraint-sets-only and a full
 descriptor cache.  Prints wall and CPU time, the report's time split and the peak RSS of
 every process and of their sum.
+
+``ml-relax``: ML-only relaxations (W_milady_lml) of a config's 3D defect structures as
+built (``qmml.binding.build_defect``, every configured distance), to the binding
+energies' ML fmax, with FIRE and with :func:`qmml.ml_relax.relax_ml`: steps, force calls,
+CPU time and energy.
 """
 from __future__ import annotations
 
@@ -273,6 +279,42 @@ def _is_target_entry(entry: Path) -> bool:
         return data["kept_counts"].size > 0  # only the targets keep QM-atom rows
 
 
+# ---- (3) ML-only relaxations ----------------------------------------------------------
+def run_ml_relax(args: argparse.Namespace) -> dict:
+    from ase.optimize import FIRE
+
+    from qmml.binding import ML_FMAX, build_defect
+    from qmml.config import load_config
+    from qmml.ml_relax import ml_image, relax_ml
+
+    cfg = load_config(args.config)
+    pot = SNAPPotential.read(potential_path(cfg["start_potential"]))
+    rows = []
+    for name, defect in cfg["defects"].items():
+        for k in range(len(defect["distances"])):
+            built, _ = build_defect(name, defect, cfg["dislocations"][defect["dislocation"]],
+                                    cfg["three_d"], str(potential_path(cfg["start_potential"])),
+                                    k, elastic=MILADY)
+            for method in ("FIRE", "relax_ml"):
+                atoms = ml_image(built)
+                calc = pot.calculator()
+                calls = []
+                real = calc.calculate
+                calc.calculate = lambda *a, **kw: (calls.append(1), real(*a, **kw))[1]
+                cpu = time.process_time()
+                if method == "FIRE":
+                    atoms.calc = calc
+                    opt = FIRE(atoms, logfile=None)
+                    converged = opt.run(fmax=ML_FMAX, steps=5000)
+                else:
+                    converged = relax_ml(atoms, calc, ML_FMAX, 5000)
+                rows.append({"structure": f"{name}_{k}", "atoms": len(atoms), "method": method,
+                             "converged": bool(converged), "force_calls": len(calls),
+                             "cpu_s": round(time.process_time() - cpu, 2),
+                             "energy_eV": float(atoms.get_potential_energy())})
+    return {"config": str(args.config), "fmax": ML_FMAX, "rows": rows}
+
+
 # ---- entry point ----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -287,10 +329,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder for the generated targets/hard/soft extxyz (reused)")
     r.add_argument("--workers", type=int, nargs="+", default=[2])
     r.add_argument("--json", type=Path)
+    m = sub.add_parser("ml-relax")
+    m.add_argument("--config", type=Path, default=Path("tests/data/tiny.yaml"))
+    m.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.what == "calculator":
         result = run_calculator(args)
         result["peak_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    elif args.what == "ml-relax":
+        result = run_ml_relax(args)
     else:
         result = run_retrain(args)
     result["load_average_1min_at_end"] = os.getloadavg()[0]

@@ -39,7 +39,7 @@ It is an indicator, not a bound: on a one-hop screw-core vacancy path (stand-in 
 images gave E_b = 0.033 eV with an ML error of 0.040 eV, 13 images 0.119 eV with 0.002 eV;
 use ≥ 13 images for a one-hop path.
 The ML-only binding energy (``E_b_ml``) is separate: both end states relaxed with the ML
-potential alone (FIRE, fixed shell), E_ML(A') − E_ML(B').  It is NaN for defects with
+potential alone (fixed shell), E_ML(A') − E_ML(B').  It is NaN for defects with
 species the ML potential does not know (He): the ML potential gives He no interaction.
 
 Caveats (read before trusting a number):
@@ -73,11 +73,11 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
-from ase.constraints import FixAtoms
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from qmml import QmmlError
+from qmml.ml_relax import ml_image, relax_ml
 from qmml.regions import HOST, _periodic_delta, assign_regions, fix_mask_of
 
 MATCH_TOLERANCE = 1e-3   # Å: unrelaxed positions of the same atom in both end states
@@ -230,14 +230,9 @@ def ml_knows_all(atoms: Atoms) -> bool:
 
 def ml_relaxed_energy(atoms: Atoms, ml_calc: Calculator, fmax: float = ML_FMAX,
                       steps: int = ML_STEPS) -> tuple[float, Atoms]:
-    """Relax a copy with the ML potential alone (FIRE, fixed shell); its ML energy."""
-    from ase.optimize import FIRE
-
-    work = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    work.set_constraint(FixAtoms(mask=fix_mask_of(atoms)))
-    work.calc = ml_calc
-    opt = FIRE(work, logfile=None)
-    if not opt.run(fmax=fmax, steps=steps):
+    """Relax a copy with the ML potential alone (fixed shell); its ML energy."""
+    work = ml_image(atoms)
+    if not relax_ml(work, ml_calc, fmax, steps):
         raise QmmlError(f"ML relaxation of an end state did not reach fmax {fmax} eV/Å in "
                         f"{steps} steps")
     return float(work.get_potential_energy()), work

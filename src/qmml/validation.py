@@ -30,6 +30,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from qmml import QmmlError
+from qmml.ml_relax import ml_image, relax_ml
 
 PathLike = str | Path
 COLUMNS = ("property", "case", "reference", "value", "error", "relative_error", "source")
@@ -175,11 +176,8 @@ def core_type(relaxed: Atoms, structure: Atoms) -> tuple[str, np.ndarray, dict]:
 
 def ml_relaxed(structure: Atoms, potential, fmax: float = 0.01, steps: int = 500) -> Atoms:
     """``structure`` relaxed with the ML potential alone (its fix_mask held)."""
-    from ase.optimize import FIRE
-
-    atoms = _ml_image(structure)
-    atoms.calc = potential.calculator()
-    FIRE(atoms, logfile=None).run(fmax=fmax, steps=steps)
+    atoms = ml_image(structure)
+    relax_ml(atoms, potential.calculator(), fmax, steps)
     return atoms
 
 
@@ -213,17 +211,6 @@ def path_energy_rows(case: str, images: Sequence[Atoms], potential, source: str
              "relative_error": rmse / float(reference.max())}]
 
 
-def _ml_image(atoms: Atoms) -> Atoms:
-    """A bare copy of a frame (no calculator, no other arrays) with its fix_mask held."""
-    from qmml.frames import FIX_MASK, free_mask
-    from qmml.qmmm import apply_fix_mask
-
-    image = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    image.arrays[FIX_MASK] = ~free_mask(atoms)
-    apply_fix_mask(image)
-    return image
-
-
 def ml_neb_profile(initial: Atoms, final: Atoms, potential: PathLike, n_images: int,
                    fmax: float = 0.05, steps: int = 300, relax_ends: bool = True,
                    ) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -239,11 +226,10 @@ def ml_neb_profile(initial: Atoms, final: Atoms, potential: PathLike, n_images: 
     from qmml.potential import SNAPPotential
 
     pot = SNAPPotential.read(potential)
-    ends = [_ml_image(initial), _ml_image(final)]
+    ends = [ml_image(initial), ml_image(final)]
     if relax_ends:
         for end in ends:
-            end.calc = pot.calculator()
-            FIRE(end, logfile=None).run(fmax=0.01, steps=steps)
+            relax_ml(end, pot.calculator(), 0.01, steps)
     images = [ends[0]] + [ends[0].copy() for _ in range(n_images - 2)] + [ends[1]]
     for im in images:
         im.set_constraint(ends[0].constraints)
