@@ -4,8 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 EXTRAS ?= test,workflow
-# test processes (pytest-xdist); files sharing module fixtures stay on one (tests/conftest.py)
-TEST_WORKERS ?= 2
+# test processes (pytest-xdist): one more than the cores, so that tests waiting on a
+# subprocess or the SLURM queue leave no core idle (docs/performance.md, "Test suite");
+# files sharing module fixtures stay on one (tests/conftest.py)
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 XDIST  := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: install demo test test-fast bench clean-demo

@@ -15,12 +15,14 @@ Fixtures for any test file (session-scoped ones are built once per test process)
   test that counts real QM calls from an empty cache (use ``tmp_path`` for that).
 - ``rng``: a seeded numpy Generator.
 
-Schedule: ``make test`` runs the suite on two processes (pytest-xdist).  The work units
-are :func:`work_unit`'s: a file's tests stay on one worker, so that its module-scoped
-fixtures (relaxations, QM/ML runs) are built once; files in ``SPREAD`` hand out single
-tests, except those sharing a module fixture (``SHARED``).  The files with the longest runs
-go first, so that the two workers finish together.  A new file is scheduled after the
-listed ones; list it in ``LONGEST_FIRST`` when its tests take more than ~30 s together.
+Schedule: ``make test`` runs the suite on one process more than the cores (pytest-xdist),
+so that a test waiting on a subprocess or the SLURM queue leaves no core idle.  The work
+units are :func:`work_unit`'s: a file's tests stay on one worker, so that its
+module-scoped fixtures (relaxations, QM/ML runs) are built once; files in ``SPREAD`` hand
+out single tests, except those sharing a module fixture (``SHARED``).  The files with the
+longest runs go first, so that the workers finish together.  A new file is scheduled
+after the listed ones; list it in ``LONGEST_FIRST`` when its tests take more than ~30 s
+together.
 """
 from __future__ import annotations
 
