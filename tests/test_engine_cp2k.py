@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 BUFFER = 3.0  # Å: thinner than the ML cutoff, to keep the CP2K cluster at 12 atoms
 CHEAP = {"engine": "cp2k", "basis_set": "SVP-MOLOPT-PBE-GTH-q14", "cutoff": 100.0,
-         "eps_default": 1e-8,
+         "eps_default": 1e-6,
          "added_mos": 20, "eps_scf": 1e-5, "vacuum": 5.0}
 
 
