@@ -73,10 +73,10 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial import cKDTree
 
 from qmml import QmmlError
+# scipy and ase.constraints (which loads scipy through ase.spacegroup, ~0.5 s) are imported
+# where they are used: the workflow imports this module for reference_index on every parse
 from qmml.ml_relax import ml_image, relax_ml
 from qmml.regions import HOST, _periodic_delta, assign_regions, fix_mask_of
 
@@ -104,6 +104,8 @@ def atom_correspondence(a: Atoms, b: Atoms, tolerance: float = MATCH_TOLERANCE) 
     `tolerance` Å) are the same atom; the remaining atoms of each species are paired at
     minimum total distance.
     """
+    from scipy.optimize import linear_sum_assignment
+
     if len(a) != len(b):
         raise QmmlError(f"end states: {len(a)} vs {len(b)} atoms; the two defect "
                         "configurations must hold the same atoms")
@@ -138,6 +140,8 @@ def atom_correspondence(a: Atoms, b: Atoms, tolerance: float = MATCH_TOLERANCE) 
 
 def _nearest(points: np.ndarray, queries: np.ndarray, atoms: Atoms):
     """Nearest of `points` to each query, periodic along the periodic axes of `atoms`."""
+    from scipy.spatial import cKDTree
+
     lo = np.minimum(points.min(axis=0), queries.min(axis=0))
     span = np.maximum(points.max(axis=0), queries.max(axis=0)) - lo
     box = np.where(atoms.pbc, np.diag(atoms.cell), 4.0 * span + 10.0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from ase import Atoms
 from ase.calculators.calculator import Calculator
-from ase.constraints import FixAtoms
 
 from qmml.frames import FIX_MASK
 from qmml.regions import fix_mask_of
@@ -18,6 +17,8 @@ from qmml.regions import fix_mask_of
 def ml_image(atoms: Atoms) -> Atoms:
     """A bare copy of a frame (no calculator, no other arrays) with its fixed atoms
     (fix_mask, or FixAtoms) held."""
+    from ase.constraints import FixAtoms  # see qmml.binding's imports
+
     image = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     fixed = fix_mask_of(atoms).copy()
     image.arrays[FIX_MASK] = fixed

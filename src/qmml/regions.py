@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from ase import Atoms
-from ase.constraints import FixAtoms
 
 from qmml import QmmlError
 
@@ -33,6 +32,8 @@ def fix_mask_of(atoms: Atoms) -> np.ndarray:
     """The fixed-atom mask: ``arrays["fix_mask"]``, else from FixAtoms constraints."""
     if "fix_mask" in atoms.arrays:
         return np.asarray(atoms.arrays["fix_mask"], bool)
+    from ase.constraints import FixAtoms  # see qmml.binding's imports
+
     mask = np.zeros(len(atoms), bool)
     for constraint in atoms.constraints:
         if isinstance(constraint, FixAtoms):
