@@ -288,13 +288,13 @@ def run_ml_relax(args: argparse.Namespace) -> dict:
     from qmml.ml_relax import ml_image, relax_ml
 
     cfg = load_config(args.config)
-    pot = SNAPPotential.read(potential_path(cfg["start_potential"]))
+    start = potential_path(cfg["start_potential"])
+    pot = SNAPPotential.read(start)
     rows = []
     for name, defect in cfg["defects"].items():
         for k in range(len(defect["distances"])):
             built, _ = build_defect(name, defect, cfg["dislocations"][defect["dislocation"]],
-                                    cfg["three_d"], str(potential_path(cfg["start_potential"])),
-                                    k, elastic=MILADY)
+                                    cfg["three_d"], str(start), k, elastic=MILADY)
             for method in ("FIRE", "relax_ml"):
                 atoms = ml_image(built)
                 calc = pot.calculator()

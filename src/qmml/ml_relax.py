@@ -17,13 +17,11 @@ from qmml.regions import fix_mask_of
 def ml_image(atoms: Atoms) -> Atoms:
     """A bare copy of a frame (no calculator, no other arrays) with its fixed atoms
     (fix_mask, or FixAtoms) held."""
-    from ase.constraints import FixAtoms  # see qmml.binding's imports
+    from qmml.forcemixing import apply_fix_mask  # see qmml.binding's imports
 
     image = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    fixed = fix_mask_of(atoms).copy()
-    image.arrays[FIX_MASK] = fixed
-    if fixed.any():
-        image.set_constraint(FixAtoms(mask=fixed))
+    image.arrays[FIX_MASK] = fix_mask_of(atoms).copy()
+    apply_fix_mask(image)
     return image
 
 
