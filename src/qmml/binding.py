@@ -467,9 +467,10 @@ def binding_table(path_files: list[str | Path], configured: dict | None = None):
 def compute(far: str, near: str, far_structure: str, near_structure: str, potential: str,
             engine_cfg: dict, cache: str, images: int, buffer_width: float,
             vacuum: float = 5.0, qm_radius: float | None = None, ml_fmax: float = ML_FMAX,
-            log=None) -> BindingPath:
+            ml_ranks: int = 1, log=None) -> BindingPath:
     """:func:`binding_path` of the structures in these files, QM calls through `cache`
-    (``qmml.steps.binding_path_file`` writes its frames)."""
+    (``qmml.steps.binding_path_file`` writes its frames); the ML potential on ``ml_ranks``
+    MPI processes (:mod:`qmml.lammps_mpi`)."""
     from qmml.engines import engine_label
     from qmml.io import read_frame
     from qmml.potential import SNAPPotential
@@ -479,7 +480,8 @@ def compute(far: str, near: str, far_structure: str, near_structure: str, potent
     qm = CachedQMCalculator.from_config(engine_cfg, cache, log=log)
     return binding_path(read_frame(far), read_frame(near),
                         read_frame(far_structure), read_frame(near_structure), qm,
-                        pot.calculator(), images, buffer_width, qm_radius=qm_radius,
+                        pot.calculator(ranks=ml_ranks), images, buffer_width,
+                        qm_radius=qm_radius,
                         vacuum=vacuum, engine=engine_label(engine_cfg),
                         ml_cutoff=pot.cutoff, ml_fmax=ml_fmax, log=log)
 

@@ -182,7 +182,14 @@ class SNAPPotential:
         styles[0] += " snap"
         return styles + coeffs + [f"pair_coeff * * snap {files}"]
 
-    def calculator(self, zbl: tuple[float, float] | None = None) -> "SNAPCalculator":
+    def calculator(self, zbl: tuple[float, float] | None = None, ranks: int = 1
+                   ) -> Calculator:
+        """An ASE calculator of this potential: LAMMPS in this process, or with ``ranks``
+        > 1 in a group of MPI processes (:class:`qmml.lammps_mpi.MPISNAPCalculator`)."""
+        if ranks > 1:
+            from qmml.lammps_mpi import MPISNAPCalculator
+
+            return MPISNAPCalculator(self, zbl=zbl, ranks=ranks)
         return SNAPCalculator(self, zbl=zbl)
 
 
@@ -220,6 +227,7 @@ class SNAPCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    ranks = 1  # LAMMPS in this process (qmml.lammps_mpi: on several)
 
     def __init__(self, potential: SNAPPotential, zbl: tuple[float, float] | None = None,
                  **kwargs) -> None:
@@ -260,6 +268,8 @@ class SNAPCalculator(Calculator):
         self._type_elements = type_elements(atoms, self.potential)
         lmp, self._prism = lammps_system(atoms, self._type_elements)
         self._triclinic = bool(lmp.extract_global("triclinic"))
+        # under mpiexec (qmml.lammps_mpi) the atoms are spread over the ranks
+        self._distributed = lmp.extract_setting("world_size") > 1
         self._set_pair_style(lmp)
         lmp.commands_list([
             "thermo_style custom step pe pxx pyy pzz pxy pxz pyz",
@@ -288,6 +298,10 @@ class SNAPCalculator(Calculator):
         self._lmp.command(f"change_box all {' '.join(dims)}{tilts} units box")
 
     def _set_positions(self, positions: np.ndarray) -> None:
+        if self._distributed:  # by atom ID, on whichever rank owns the atom
+            x = np.ascontiguousarray(self._prism.vector_to_lammps(positions)).ravel()
+            self._lmp.scatter_atoms("x", 1, 3, np.ctypeslib.as_ctypes(x))
+            return
         x = self._lmp.numpy.extract_atom("x")
         ids = self._lmp.numpy.extract_atom("id")
         n = len(positions)
@@ -296,10 +310,12 @@ class SNAPCalculator(Calculator):
     def _read_results(self, atoms: Atoms) -> None:
         lmp = self._lmp
         n = len(atoms)
-        ids = lmp.numpy.extract_atom("id")[:n]
-        f = lmp.numpy.extract_atom("f")[:n]
-        forces = np.empty((n, 3))
-        forces[ids - 1] = f
+        if self._distributed:  # gathered in atom-ID order
+            forces = np.ctypeslib.as_array(lmp.gather_atoms("f", 1, 3)).reshape(n, 3)
+        else:
+            ids = lmp.numpy.extract_atom("id")[:n]
+            forces = np.empty((n, 3))
+            forces[ids - 1] = lmp.numpy.extract_atom("f")[:n]
         self.results["forces"] = self._prism.vector_to_ase(forces)
         energy = float(lmp.get_thermo("pe"))
         self.results["energy"] = self.results["free_energy"] = energy

@@ -73,6 +73,7 @@ rule qmml_binding_path:
         prefix=lambda w: potential(w.i),
         three_d=config["three_d"],
         vacuum=config["qmml"]["vacuum"],
+        ml_ranks=config["qmml"]["ml_ranks"],
         cache=QM_CACHE,
     conda:
         ENV

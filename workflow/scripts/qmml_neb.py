@@ -12,4 +12,4 @@ with log_file(snakemake.log[0]) as log:
              hard=list(inp.hard) or None,
              descriptor_cache=p.descriptor_cache if inp.hard else None,
              qm_frames=getattr(out, "qm_frames", None), seed_frames=list(inp.seeds) or None,
-             require_convergence=q["require_convergence"], log=log)
+             require_convergence=q["require_convergence"], ml_ranks=q["ml_ranks"], log=log)

@@ -3,6 +3,7 @@ state, and the entry points: :func:`relax_accelerated`, :func:`neb_accelerated` 
 :class:`AcceleratedOptimizer` (the ``accelerated`` entry of :mod:`qmml.optimizers`)."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -374,7 +375,9 @@ def relax_accelerated(atoms: Atoms, qm: CachedQMCalculator, potential: SNAPPoten
                       checkpoint: str | Path | None = None, vacuum: float = 5.0,
                       log: Log = print, fingerprint_extra=(),
                       descriptor_cache: DescriptorCache | None = None,
-                      seeds: Sequence[np.ndarray] = ()) -> AcceleratedStats:
+                      seeds: Sequence[np.ndarray] = (),
+                      ml_factory: Callable[[], Calculator] | None = None
+                      ) -> AcceleratedStats:
     """Relax ``atoms`` in place with the accelerated QM/ML optimiser (package docstring).
 
     ``potential`` is the iteration's Θ_i (ML forces outside QM, Tikhonov centre, descriptor
@@ -382,12 +385,13 @@ def relax_accelerated(atoms: Atoms, qm: CachedQMCalculator, potential: SNAPPoten
     :func:`~qmml.accelerated.surrogate.default_hard_set`).  On return ``atoms.calc`` is the
     true ForceQMMM at the accepted geometry.  ``descriptor_cache``: where the hard rows are
     looked up first.  ``seeds``: earlier QM points of this structure, (1, N, 3) positions
-    each (:func:`~qmml.accelerated.points.seed_points`).
+    each (:func:`~qmml.accelerated.points.seed_points`).  ``ml_factory``: new Θ_i
+    calculators for the whole system (default ``potential.calculator``; e.g. on MPI ranks).
     """
     settings = settings or AcceleratedSettings()
     settings.check()
-    system = MixedSystem([atoms], [0], qm, potential.calculator, potential, settings,
-                         buffer_width, vacuum, None)
+    system = MixedSystem([atoms], [0], qm, ml_factory or potential.calculator, potential,
+                         settings, buffer_width, vacuum, None)
     fingerprint = run_fingerprint([atoms], "accelerated", fmax, buffer_width, vacuum,
                                   qm.cache.settings_hash, repr(settings),
                                   hard_id(hard), *seeds_id(seeds), *fingerprint_extra)
@@ -403,7 +407,8 @@ def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAP
                     checkpoint: str | Path | None = None, vacuum: float = 5.0,
                     log: Log = print, fingerprint_extra=(),
                     descriptor_cache: DescriptorCache | None = None,
-                    seeds: Sequence[np.ndarray] = (), climb: bool = False
+                    seeds: Sequence[np.ndarray] = (), climb: bool = False,
+                    ml_factory: Callable[[], Calculator] | None = None
                     ) -> tuple[AcceleratedStats, "object"]:
     """Accelerated NEB: the surrogate NEB is converged, then QM on all moving images
     (:func:`~qmml.forcemixing.neb_moving_images`).
@@ -412,13 +417,13 @@ def neb_accelerated(images: list[Atoms], qm: CachedQMCalculator, potential: SNAP
     place.  Returns the stats and the true ASE NEB object (for ``integrate_forces``).
     ``seeds``: earlier QM points of this path, (moving images, N, 3) positions each.
     ``climb``: climbing image at the virtual-work maximum, in the surrogate band and the
-    true one (:mod:`qmml.nebband`).
+    true one (:mod:`qmml.nebband`).  ``ml_factory`` as in :func:`relax_accelerated`.
     """
     settings = settings or AcceleratedSettings()
     settings.check()
-    system = MixedSystem(images, neb_moving_images(len(images)), qm, potential.calculator,
-                         potential, settings, buffer_width, vacuum,
-                         {"k": k, "climb": climb})
+    system = MixedSystem(images, neb_moving_images(len(images)), qm,
+                         ml_factory or potential.calculator, potential, settings,
+                         buffer_width, vacuum, {"k": k, "climb": climb})
     fingerprint = run_fingerprint(images, "neb-accelerated", fmax, k, buffer_width, vacuum,
                                   qm.cache.settings_hash, repr(settings), hard_id(hard),
                                   *seeds_id(seeds), *fingerprint_extra,
@@ -450,9 +455,13 @@ class AcceleratedOptimizer(QMMLOptimizer):
     def relax(self, atoms: Atoms, qm: CachedQMCalculator, ml_calc: Calculator,
               buffer_width: float, *, fmax: float, steps: int, checkpoint: Path | None,
               vacuum: float, log: Log, fingerprint_extra=()) -> AcceleratedStats:
+        # more Θ_i calculators of the caller's kind (its MPI ranks, if any); its ZBL, if
+        # any, is not part of Θ_i
+        factory = functools.partial(ml_calc.potential.calculator, ranks=ml_calc.ranks)
         return relax_accelerated(atoms, qm, ml_calc.potential, buffer_width, fmax=fmax,
                                  steps=steps, checkpoint=checkpoint, vacuum=vacuum, log=log,
-                                 fingerprint_extra=fingerprint_extra, **self._options())
+                                 fingerprint_extra=fingerprint_extra, ml_factory=factory,
+                                 **self._options())
 
     def neb(self, images: list[Atoms], qm: CachedQMCalculator,
             ml_factory: Callable[[], Calculator], buffer_width: float, *, fmax: float,
@@ -461,4 +470,4 @@ class AcceleratedOptimizer(QMMLOptimizer):
         return neb_accelerated(images, qm, ml_factory().potential, buffer_width, fmax=fmax,
                                steps=steps, k=k, checkpoint=checkpoint, vacuum=vacuum,
                                log=log, fingerprint_extra=fingerprint_extra, climb=climb,
-                               **self._options())
+                               ml_factory=ml_factory, **self._options())

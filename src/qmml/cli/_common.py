@@ -54,6 +54,12 @@ def engine_config(args: argparse.Namespace) -> dict:
     return cfg
 
 
+def add_ml_ranks_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ml-ranks", type=positive_int, default=1,
+                        help="MPI processes for the ML potential's LAMMPS (default 1: in "
+                        "this process); they wait while the QM engine runs")
+
+
 def add_qmml_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``qmml relax`` and ``qmml neb`` besides their inputs and fmax."""
     parser.add_argument("--potential", required=True,
@@ -90,6 +96,7 @@ def add_qmml_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="vacuum around the QM cluster")
     parser.add_argument("--steps", type=positive_int, default=1000,
                         help="maximum optimiser steps")
+    add_ml_ranks_argument(parser)
     parser.add_argument("--cache", required=True, help="QM cache directory")
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint file (default: OUTPUT.ckpt)")
@@ -108,5 +115,6 @@ def qmml_run_options(args: argparse.Namespace) -> dict:
                 checkpoint=args.checkpoint, hard=args.hard,
                 descriptor_cache=args.descriptor_cache, qm_frames=args.qm_frames,
                 seed_frames=args.seed_frames, surrogate_space=args.surrogate_space,
-                require_convergence=not args.allow_unconverged, quiet=args.quiet,
+                require_convergence=not args.allow_unconverged, ml_ranks=args.ml_ranks,
+                quiet=args.quiet,
                 log=print_line)

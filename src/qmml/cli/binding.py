@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from qmml.cli._common import (add_engine_arguments, engine_config, nonnegative_float,
-                              positive_float, positive_int, print_line)
+from qmml.cli._common import (add_engine_arguments, add_ml_ranks_argument, engine_config,
+                              nonnegative_float, positive_float, positive_int, print_line)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"fmax of the ML-only end-state relaxations (default {ML_FMAX})")
     parser.add_argument("--cache", required=True, help="QM cache directory")
     parser.add_argument("--output", required=True, help="path frames (extxyz)")
+    add_ml_ranks_argument(parser)
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     binding_path_file(args.far, args.near, args.far_structure, args.near_structure,
                       args.potential, engine_config(args), args.cache, args.output,
                       images=args.images, buffer=args.buffer, vacuum=args.vacuum,
-                      qm_radius=args.qm_radius, ml_fmax=args.ml_fmax, quiet=args.quiet,
+                      qm_radius=args.qm_radius, ml_fmax=args.ml_fmax,
+                      ml_ranks=args.ml_ranks, quiet=args.quiet,
                       log=print_line)
     return 0

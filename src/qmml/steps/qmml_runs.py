@@ -1,6 +1,7 @@
 """Force-mixed QM/ML steps: relaxation, NEB and the binding path."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Sequence
@@ -90,25 +91,28 @@ def relax_file(input: PathLike, output: PathLike, potential: PathLike,
                descriptor_cache: PathLike | None = None, qm_frames: PathLike | None = None,
                seed_frames: Sequence[PathLike] | None = None,
                surrogate_space: str | None = None, require_convergence: bool = True,
-               quiet: bool = False, log: Log = None):
+               ml_ranks: int = 1, quiet: bool = False, log: Log = None):
     """Force-mixed QM/ML relaxation of the structure in ``input`` (``region`` and
     ``fix_mask`` arrays) into ``output`` (QM/ML frame, qmml.frames).  Every QM call goes
     through ``cache``, every step is checkpointed (``checkpoint``, default OUTPUT.ckpt).
+    ``ml_ranks``: MPI processes for the ML potential (:mod:`qmml.lammps_mpi`).
     Returns the run statistics; with ``require_convergence`` a run that ends above fmax
     raises :class:`NotConverged` after writing its output.  ``quiet``: ``log`` gets the
     summary lines only, not every optimiser step and QM call."""
-    from qmml.checks import check_qmml_run
+    from qmml.checks import check_qmml_run, positive_int
     from qmml.frames import output_frame, provenance, read_structure, write_output_frames
     from qmml.qmmm import relax
 
     atoms = read_structure(input, "relax takes one structure")
+    positive_int("ml_ranks", ml_ranks)
     checkpoint = checkpoint or f"{output}.ckpt"
     pot = check_qmml_run({input: atoms}, potential, buffer=buffer, fmax=fmax, steps=steps,
                          vacuum=vacuum, outputs=(output, checkpoint, qm_frames), cache=cache,
                          folders=(descriptor_cache,))
     progress = None if quiet else log
     qm, label, pot_id = _qm_setup(pot, engine_config, cache, output, progress)
-    stats = relax(atoms, qm, pot.calculator(), buffer, optimizer=optimizer, fmax=fmax,
+    stats = relax(atoms, qm, pot.calculator(ranks=ml_ranks), buffer, optimizer=optimizer,
+                  fmax=fmax,
                   steps=steps, checkpoint=checkpoint, vacuum=vacuum, log=progress,
                   fingerprint_extra=pot_id,
                   **_accelerated_options(optimizer, [atoms], [0], hard, descriptor_cache,
@@ -136,12 +140,13 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
              descriptor_cache: PathLike | None = None, qm_frames: PathLike | None = None,
              seed_frames: Sequence[PathLike] | None = None,
              surrogate_space: str | None = None, require_convergence: bool = True,
-             climb: bool = False, quiet: bool = False, log: Log = None):
+             climb: bool = False, ml_ranks: int = 1, quiet: bool = False,
+             log: Log = None):
     """QM/ML NEB (``images`` including the end points) of a glide path between two
     relaxed states, written to ``output`` with the virtual-work energy of every image
     (``neb_energy_virtual_work``) and the barrier; cached and checkpointed as
-    :func:`relax_file`; ``climb``: climbing image at the virtual-work maximum.  Returns
-    (statistics, profile)."""
+    :func:`relax_file`; ``climb``: climbing image at the virtual-work maximum;
+    ``ml_ranks`` as in :func:`relax_file`.  Returns (statistics, profile)."""
     from qmml.checks import check_qmml_run, positive, positive_int
     from qmml.frames import output_frame, provenance, read_structure, write_output_frames
     from qmml.qmmm import neb, neb_moving_images
@@ -151,13 +156,15 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
     if positive_int("images", images) < 3:
         raise QmmlError(f"--images must be >= 3 (end points included), got {images}")
     positive("spring", spring)
+    positive_int("ml_ranks", ml_ranks)
     checkpoint = checkpoint or f"{output}.ckpt"
     pot = check_qmml_run({initial: start, final: end}, potential, buffer=buffer, fmax=fmax,
                          steps=steps, vacuum=vacuum, outputs=(output, checkpoint, qm_frames),
                          cache=cache, folders=(descriptor_cache,))
     progress = None if quiet else log
     qm, label, pot_id = _qm_setup(pot, engine_config, cache, output, progress)
-    band, stats, profile = neb(start, end, images, qm, pot.calculator, buffer,
+    band, stats, profile = neb(start, end, images, qm,
+                               functools.partial(pot.calculator, ranks=ml_ranks), buffer,
                                optimizer=optimizer, fmax=fmax, steps=steps, k=spring,
                                checkpoint=checkpoint, vacuum=vacuum, log=progress,
                                fingerprint_extra=pot_id, climb=climb,
@@ -186,11 +193,12 @@ def binding_path_file(far: PathLike, near: PathLike, far_structure: PathLike,
                       engine_config: dict | PathLike,
                       cache: PathLike, output: PathLike, *, buffer: float, images: int = 7,
                       vacuum: float = 5.0, qm_radius: float | None = None,
-                      ml_fmax: float | None = None, quiet: bool = False,
+                      ml_fmax: float | None = None, ml_ranks: int = 1, quiet: bool = False,
                       log: Log = None) -> dict:
     """QM/ML virtual-work path of one binding segment (near ← far) written as frames to
     ``output`` (:func:`qmml.binding.compute`); returns its summary.  ``ml_fmax`` of the
-    ML-only end-state relaxations: default ``qmml.binding.ML_FMAX``."""
+    ML-only end-state relaxations: default ``qmml.binding.ML_FMAX``; ``ml_ranks`` as in
+    :func:`relax_file`."""
     from qmml.binding import ML_FMAX, compute
     from qmml.checks import check_buffer, nonnegative, positive, positive_int, writable, \
         writable_dir
@@ -198,6 +206,7 @@ def binding_path_file(far: PathLike, near: PathLike, far_structure: PathLike,
     from qmml.potential import SNAPPotential
 
     positive_int("images", images)
+    positive_int("ml_ranks", ml_ranks)
     nonnegative("vacuum", vacuum)
     for name, value in (("qm_radius", qm_radius), ("ml_fmax", ml_fmax)):
         if value is not None:
@@ -211,7 +220,7 @@ def binding_path_file(far: PathLike, near: PathLike, far_structure: PathLike,
                      float(buffer),
                      vacuum=float(vacuum), qm_radius=qm_radius,
                      ml_fmax=ML_FMAX if ml_fmax is None else ml_fmax,
-                     log=None if quiet else log)
+                     ml_ranks=ml_ranks, log=None if quiet else log)
     write_output_frames(output, result.frames)  # atomic (tmp + rename)
     _say(log, json.dumps(result.summary, default=str))
     return result.summary
