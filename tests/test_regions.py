@@ -11,6 +11,7 @@ from ase.io import read
 
 from qmml import QmmlError, potential_path
 from qmml.cli import main
+from qmml.frames import fixed_mask, free_mask
 from qmml.potential import SNAPPotential
 from qmml.regions import cylinder_region, sphere_region
 from qmml.structures import add_point_defect, dislocation_cylinder, glide_endpoints
@@ -92,6 +93,15 @@ def test_region_extxyz_round_trip_through_forceqmmm(tmp_path):
     back = read(path)
     assert (back.arrays["fix_mask"] == atoms.arrays["fix_mask"]).all()
     assert back.info["defect"] == "He2V1"
+    # without the array the fixed atoms are those of the FixAtoms constraint (extxyz keeps
+    # it as move_mask), and the region checks see the same shell
+    del back.arrays["fix_mask"]
+    assert back.constraints and back.arrays.get("fix_mask") is None
+    np.testing.assert_array_equal(fixed_mask(back), atoms.arrays["fix_mask"])
+    np.testing.assert_array_equal(free_mask(back), ~atoms.arrays["fix_mask"])
+    assert atoms.arrays["fix_mask"].sum() > 100
+    with pytest.raises(QmmlError, match="fix_mask"):  # the shell is fixed: no QM there
+        sphere_region(back, None, 17.0, ML_CUTOFF, ML_CUTOFF)
 
 
 def test_region_errors_name_the_key():

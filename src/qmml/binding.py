@@ -77,8 +77,9 @@ from ase.calculators.calculator import Calculator
 from qmml import QmmlError
 # scipy and ase.constraints (which loads scipy through ase.spacegroup, ~0.5 s) are imported
 # where they are used: the workflow imports this module for reference_index on every parse
+from qmml.frames import fixed_mask
 from qmml.ml_relax import ml_image, relax_ml
-from qmml.regions import HOST, _periodic_delta, assign_regions, fix_mask_of
+from qmml.regions import HOST, _periodic_delta, assign_regions
 
 MATCH_TOLERANCE = 1e-3   # Å: unrelaxed positions of the same atom in both end states
 # eV/Å: ML-only end-state relaxations.  The energy error of a state relaxed to fmax is
@@ -161,7 +162,7 @@ def linear_images(a: Atoms, b_mapped: Atoms, n_images: int) -> list[Atoms]:
     images = []
     for s in np.linspace(0.0, 1.0, n_images):
         image = Atoms(a.numbers, a.positions + s * d, cell=a.cell, pbc=a.pbc)
-        image.arrays["fix_mask"] = fix_mask_of(a).copy()
+        image.arrays["fix_mask"] = fixed_mask(a).copy()
         images.append(image)
     return images
 
@@ -245,7 +246,7 @@ def ml_relaxed_energy(atoms: Atoms, ml_calc: Calculator, fmax: float = ML_FMAX,
 def ml_path_check(images: list[Atoms], d: np.ndarray, ml_calc: Calculator
                   ) -> dict[str, float | np.ndarray]:
     """ML virtual work along the images vs the exact ML energy difference."""
-    free = ~fix_mask_of(images[0])
+    free = ~fixed_mask(images[0])
     forces, energies = [], []
     for image in images:
         image = image.copy()
@@ -310,9 +311,9 @@ def binding_path(far: Atoms, near: Atoms, far_built: Atoms, near_built: Atoms,
                       near_built.info.get("ml_cutoff", buffer_width))
     perm = atom_correspondence(far_built, near_built)
     a = Atoms(far.numbers, far.positions, cell=far.cell, pbc=far.pbc)
-    a.arrays["fix_mask"] = fix_mask_of(far_built).copy()
+    a.arrays["fix_mask"] = fixed_mask(far_built).copy()
     b = Atoms(near.numbers[perm], near.positions[perm], cell=near.cell, pbc=near.pbc)
-    b.arrays["fix_mask"] = fix_mask_of(near_built)[perm].copy()
+    b.arrays["fix_mask"] = fixed_mask(near_built)[perm].copy()
     if not np.array_equal(b.arrays["fix_mask"], a.arrays["fix_mask"]):
         raise QmmlError("end states: different fixed atoms; build both from the same cylinder")
     d = displacement(a, b)
@@ -346,7 +347,7 @@ def binding_path(far: Atoms, near: Atoms, far_built: Atoms, near_built: Atoms,
         forces.append(np.array(qmmm.get_forces(image)))
         if log:
             log(f"image {i}: QM call {qm.n_calls - calls0} (new {qm.n_real_calls - real0})")
-    free = ~fix_mask_of(a)
+    free = ~fixed_mask(a)
     e_b, g = virtual_work(forces, d, free)
     check = ml_path_check(images, d, ml_calc)
     if ml_knows_all(a):

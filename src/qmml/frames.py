@@ -93,11 +93,24 @@ def forces_of(atoms: Atoms, source: str) -> np.ndarray:
     raise QmmlError(f"{source}: no 'forces' array (targets need QM/ML forces)")
 
 
-def free_mask(atoms: Atoms) -> np.ndarray:
-    """Atoms not held fixed (``~fix_mask``; every atom without the array)."""
+def fixed_mask(atoms: Atoms) -> np.ndarray:
+    """Atoms held fixed: ``fix_mask``, else those of FixAtoms constraints (extxyz read
+    without the array), else none."""
     if FIX_MASK in atoms.arrays:
-        return ~np.asarray(atoms.arrays[FIX_MASK], dtype=bool)
-    return np.ones(len(atoms), dtype=bool)
+        return np.asarray(atoms.arrays[FIX_MASK], dtype=bool)
+    mask = np.zeros(len(atoms), dtype=bool)
+    if atoms.constraints:
+        from ase.constraints import FixAtoms  # see qmml.binding's imports
+
+        for constraint in atoms.constraints:
+            if isinstance(constraint, FixAtoms):
+                mask[constraint.get_indices()] = True
+    return mask
+
+
+def free_mask(atoms: Atoms) -> np.ndarray:
+    """Atoms not held fixed (:func:`fixed_mask`)."""
+    return ~fixed_mask(atoms)
 
 
 def qm_region_mask(atoms: Atoms) -> np.ndarray:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from qmml.frames import FIX_MASK
-from qmml.regions import fix_mask_of
+from qmml.frames import FIX_MASK, fixed_mask
 
 
 def ml_image(atoms: Atoms) -> Atoms:
@@ -20,7 +19,7 @@ def ml_image(atoms: Atoms) -> Atoms:
     from qmml.forcemixing import apply_fix_mask  # see qmml.binding's imports
 
     image = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    image.arrays[FIX_MASK] = fix_mask_of(atoms).copy()
+    image.arrays[FIX_MASK] = fixed_mask(atoms).copy()
     apply_fix_mask(image)
     return image
 

@@ -23,22 +23,10 @@ import numpy as np
 from ase import Atoms
 
 from qmml import QmmlError
+from qmml.frames import fixed_mask
 
 HOST = "W"
 REGIONS = ("QM", "buffer", "MM")
-
-
-def fix_mask_of(atoms: Atoms) -> np.ndarray:
-    """The fixed-atom mask: ``arrays["fix_mask"]``, else from FixAtoms constraints."""
-    if "fix_mask" in atoms.arrays:
-        return np.asarray(atoms.arrays["fix_mask"], bool)
-    from ase.constraints import FixAtoms  # see qmml.binding's imports
-
-    mask = np.zeros(len(atoms), bool)
-    for constraint in atoms.constraints:
-        if isinstance(constraint, FixAtoms):
-            mask[constraint.get_indices()] = True
-    return mask
 
 
 def _periodic_delta(delta: np.ndarray, atoms: Atoms) -> np.ndarray:
@@ -112,7 +100,7 @@ def assign_regions(atoms: Atoms, qm_mask: np.ndarray, buffer_width: float,
             raise QmmlError(f"species: {near.sum()} non-QM atom(s) within the ML cutoff "
                             f"{ml_cutoff} Å of a non-{HOST} atom: enlarge qm_radius")
     qm_buffer = buffer_mask(atoms, qm_mask, buffer_width)
-    fixed = fix_mask_of(atoms)
+    fixed = fixed_mask(atoms)
     clash = fixed & qm_buffer
     if clash.any():
         kind = "QM" if (fixed & qm_mask).any() else "buffer"

@@ -30,6 +30,7 @@ from matscipy.dislocation import (BCCEdge100110Dislocation, BCCEdge100Dislocatio
                                   CubicCrystalDislocation)
 
 from qmml import QmmlError
+from qmml.frames import fixed_mask
 
 # kind -> (matscipy class, human-readable name).  matscipy's own ``name`` strings for the
 # two <100> edges are swapped (BCCEdge100Dislocation glides on (001): its y axis is
@@ -342,7 +343,7 @@ def add_point_defect(atoms: Atoms, defect: str, distance: float = 0.0,
             dist = np.linalg.norm(_z_min_image(sites[rest] - centroid, atoms), axis=1)
             chosen.append(rest[int(np.argmin(np.round(dist, 6)))])
 
-    fix_mask = np.asarray(atoms.arrays.get("fix_mask", np.zeros(len(atoms), bool)), bool)
+    fix_mask = fixed_mask(atoms)
     new = atoms.copy()
     new.set_constraint()
     new.arrays["fix_mask"] = fix_mask.copy()

@@ -30,6 +30,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from qmml import QmmlError
+from qmml.frames import free_mask
 from qmml.ml_relax import ml_image, relax_ml
 
 PathLike = str | Path
@@ -133,7 +134,7 @@ def fit_core_center(relaxed: Atoms, structure: Atoms,
     sites, _ = perfect_sites(structure)
     core = np.asarray(structure.info["core_position"], float)
     b = float(np.asarray(structure.info["burgers"], float)[2])
-    free = ~np.asarray(structure.arrays.get("fix_mask", np.zeros(len(structure), bool)))
+    free = free_mask(structure)
     near = free & (np.linalg.norm(sites[:, :2] - core, axis=1) < radius)
     xy, uz = sites[near, :2], relaxed.positions[near, 2] - sites[near, 2]
 

@@ -19,6 +19,7 @@ from qmml.ase_optimizers import make_optimizer
 from qmml.descriptors import compute_descriptors
 from qmml.forcemixing import (apply_fix_mask, largest_norm, make_force_qmmm, max_force,
                                qm_mask_from_region)
+from qmml.frames import free_mask
 from qmml.potential import SNAPPotential
 from qmml.qmcache import CachedQMCalculator
 
@@ -117,8 +118,7 @@ class MixedSystem:
         self.images, self.moving, self.qm = true_images, list(moving), qm
         self.potential, self.ml_factory = potential, ml_factory
         self.qm_mask = qm_mask_from_region(true_images[self.moving[0]])
-        self.free = ~np.asarray(true_images[self.moving[0]].arrays.get(
-            "fix_mask", np.zeros(len(true_images[0]), bool)), dtype=bool)
+        self.free = free_mask(true_images[self.moving[0]])
         self.taps = {}
         for j, im in enumerate(true_images):
             apply_fix_mask(im)
