@@ -9,6 +9,8 @@ memory, QM calls, QM cluster sizes and the time spent outside the QM engine.
     python benchmarks/rehearsal.py estimate            # job list, atoms, ML time per call
     nohup python benchmarks/rehearsal.py run &         # cluster + snakemake (hours)
     python benchmarks/rehearsal.py collect --markdown  # the table, whatever has finished
+    python benchmarks/rehearsal.py replay --job screw_initial --ml-ranks 1 2
+                                                       # one finished job again per ml_ranks
 
 Everything goes under --out (default /tmp/rehearsal): results/, the engine wrapper, the
 fake POTCAR set, snakemake.log and command.sh (the exact command, to rerun by hand).
@@ -224,6 +226,47 @@ def mpi_scaling(args) -> int:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 
+def replay(args) -> int:
+    """A finished QM/ML relaxation job of the rehearsal run again outside Snakemake with the
+    ML potential on each of ``--ml-ranks`` MPI process counts (qmml.lammps_mpi): its QM
+    points come from the run's QM cache as far as the path coincides (the double
+    answers the rest), so the time it reports outside the QM engine is what ml_ranks
+    changes."""
+    import yaml
+
+    from qmml.steps import relax_file
+
+    results = Path(args.out) / "results"
+    os.environ.setdefault("VASP_PP_PATH", str(Path(args.out) / "vasp_pp"))
+    engine = yaml.safe_load((results / "engine.yaml").read_text())
+    engine["command"] = str(write_engine(Path(args.out)))  # this checkout's double
+    q = yaml.safe_load((results / "config.yaml").read_text())["qmml"]
+    it = results / "iter_0"
+    work = Path(args.out) / "replay"
+    for ranks in args.ml_ranks:
+        out = work / f"{args.job}_ml_ranks_{ranks}.xyz"
+        frames = out.with_suffix(".qm_frames.xyz")
+        for stale in (out, frames, Path(f"{out}.ckpt")):
+            stale.unlink(missing_ok=True)
+        start = time.perf_counter()
+        stats = relax_file(it / "structures" / f"{args.job}.xyz", out, it / "potential",
+                           dict(engine, directory=str(work / "vasp-run")),
+                           results / "qm_cache", optimizer=q["optimizer"], fmax=q["fmax"],
+                           buffer=q["buffer"], vacuum=q["vacuum"], steps=q["max_steps"],
+                           hard=[it / "constraints" / "strain.xyz",
+                                 it / "constraints" / "neb.xyz"],
+                           descriptor_cache=results / "descriptor_cache", qm_frames=frames,
+                           ml_ranks=ranks)
+        wall = time.perf_counter() - start
+        outside = wall - stats.qm_seconds
+        print(f"{args.job}, ml_ranks {ranks}: {wall:.1f} s, {stats.qm_seconds:.1f} s in the "
+              f"QM engine (double), {outside:.1f} s outside it; {stats.n_qm_calls} QM calls "
+              f"({stats.n_qm_real_calls_process} not cached), {outside / stats.n_qm_calls:.1f}"
+              f" s outside the QM engine per QM call; load {os.getloadavg()[0]:.1f}",
+              flush=True)
+    return 0
+
+
 # ---- collecting -------------------------------------------------------------------------
 def benchmark_rows(results: Path) -> dict[str, dict]:
     """Snakemake's benchmark TSV of every finished job, keyed by its path under
@@ -416,10 +459,13 @@ def main() -> int:
     m = sub.add_parser("mpi", help="SNAP force call time per MPI rank count")
     m.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     m.add_argument("--repeats", type=int, default=5, help="timed force calls per run")
+    p = sub.add_parser("replay", help="a finished relaxation job again, per ml_ranks")
+    p.add_argument("--job", default="screw_initial", help="iter_0 relaxation (structure name)")
+    p.add_argument("--ml-ranks", type=int, nargs="+", default=[1, 2])
     c = sub.add_parser("collect", help="tabulate what has finished (and what runs)")
     c.add_argument("--markdown", action="store_true", help="a Markdown table, not JSON")
     args = ap.parse_args()
-    return {"run": run, "estimate": estimate, "mpi": mpi_scaling,
+    return {"run": run, "estimate": estimate, "mpi": mpi_scaling, "replay": replay,
             "collect": collect}[args.action](args)
 
 
