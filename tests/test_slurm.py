@@ -229,7 +229,8 @@ def test_real_pipeline_qm_rules_run_as_slurm_jobs(slurm_cluster: SlurmCluster, t
     target = "results/iter_0/qmml/screw_initial.xyz"
     proc = run_snakemake(
         "profiles/slurm", REPO / "Snakefile", REPO / "tests" / "data" / "tiny.yaml", [target],
-        tmp_path, extra_args=["--set-resources", *heavy_rule_test_resources()], timeout=600,
+        tmp_path, extra_args=["--set-resources", *heavy_rule_test_resources(),
+                              "--config", "qmml={ml_ranks: 2}"], timeout=600,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -238,6 +239,9 @@ def test_real_pipeline_qm_rules_run_as_slurm_jobs(slurm_cluster: SlurmCluster, t
     job = slurm_job(job_id)
     assert job["JobState"] == "COMPLETED" and job["Comment"].startswith("rule_qmml_relax")
     assert frame.info["converged"] and frame.info["qm_engine"].startswith("reference")
+    # its ML potential ran on two MPI processes inside the SLURM job (mpiexec's fork
+    # launcher, no job step of their own)
+    assert frame.info["ml_ranks"] == 2
     jobs = subprocess.run(["squeue", "-t", "all", "-h", "-n", run_id(log), "-o", "%k"],
                           capture_output=True, text=True, check=True).stdout.split()
     rules = sorted(j.split("_wildcards")[0] for j in jobs)  # comment: rule_<name>[_wildcards_…]

@@ -34,15 +34,16 @@ PROVENANCE_KEYS = ("qm_engine", "qm_settings_hash", "ml_potential", "host", "opt
 
 # ---- writing ---------------------------------------------------------------------------
 def provenance(stats, engine: str, settings_hash: str, potential: str,
-               buffer_width: float) -> dict:
-    """Info keys written with every QM/ML output frame (``stats``: a qmmm RunStats)."""
+               buffer_width: float, ml_ranks: int = 1) -> dict:
+    """Info keys written with every QM/ML output frame (``stats``: a qmmm RunStats;
+    ``ml_ranks``: the ML potential's MPI processes)."""
     import socket
 
     where = {"host": socket.gethostname()}
     if os.environ.get("SLURM_JOB_ID"):  # which scheduler job computed it
         where["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     return {"qm_engine": engine, "qm_settings_hash": settings_hash, "ml_potential": potential,
-            **where,
+            **where, "ml_ranks": int(ml_ranks),
             "optimizer": stats.optimizer, "fmax_target": stats.fmax_target,
             "fmax": stats.fmax, "converged": bool(stats.converged), "steps": stats.steps,
             "n_qm_calls": stats.n_qm_calls, "n_qm_real_calls": stats.n_qm_real_calls,

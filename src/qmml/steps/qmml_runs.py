@@ -117,7 +117,7 @@ def relax_file(input: PathLike, output: PathLike, potential: PathLike,
                   fingerprint_extra=pot_id,
                   **_accelerated_options(optimizer, [atoms], [0], hard, descriptor_cache,
                                          qm_frames, seed_frames, surrogate_space))
-    info = provenance(stats, label, qm.cache.settings_hash, str(potential), buffer)
+    info = provenance(stats, label, qm.cache.settings_hash, str(potential), buffer, ml_ranks)
     write_output_frames(output, [output_frame(atoms, info)])
     _write_qm_frames(qm_frames, [atoms], [0], stats, info)
     if optimizer == "accelerated":
@@ -172,7 +172,7 @@ def neb_file(initial: PathLike, final: PathLike, output: PathLike, potential: Pa
                                                       neb_moving_images(images), hard,
                                                       descriptor_cache, qm_frames,
                                                       seed_frames, surrogate_space))
-    info = provenance(stats, label, qm.cache.settings_hash, str(potential), buffer)
+    info = provenance(stats, label, qm.cache.settings_hash, str(potential), buffer, ml_ranks)
     info["neb_barrier_virtual_work"] = profile["barrier"]
     e_images = profile["image_energy"]
     write_output_frames(output, [
