@@ -172,19 +172,9 @@ class _OuterLoop:
         return True
 
     def start_fresh(self) -> None:
-        """The first QM call: at the ML minimum (``ml_prerelax``; an NEB only where Θ_i
-        can tell its band from the given one, :meth:`MixedSystem.trusts_ml_band`) or where
-        the atoms are."""
+        """The first QM call: at the ML minimum (``ml_prerelax``) or where the atoms are."""
         settings = self.settings
-        ml_start = settings.ml_prerelax
-        if ml_start and self.system.neb_kwargs is not None:
-            try:
-                ml_start, why = self.system.trusts_ml_band()
-            except SurrogateFailure as failure:
-                ml_start, why = False, f"Θ_i failed on the band ({failure})"
-            start = "starting from its band" if ml_start else "starting from the band as given"
-            self._log(f"accelerated: {why}: {start}")
-        if ml_start:
+        if settings.ml_prerelax:
             t = time.perf_counter()
             try:
                 x, n = self.system.relax_ml(settings.inner_fmax_ratio * self.fmax,

@@ -33,14 +33,6 @@ from qmml.qmcache import CachedQMCalculator
 # A failing search leaves the step as it was, so skipping one changes no QM point
 FIXED_POINT_MIN_STEPS = 8
 
-# An NEB starts from Θ_i's own band only if the NEB force Θ_i sees on the given band is at
-# least this multiple of Θ_i's force error at the end points (MixedSystem.trusts_ml_band).
-# Measured (force / error): 2.6 and 2.5 on the stand-in screw and <100>{110} edge, where
-# the ML band saves QM calls (6 and 14 against FIRE's 48 and 92); 1.04 on the tblite
-# <100>{110} edge, whose given band was already converged and where starting from the
-# ML band took 26 QM calls against FIRE's 5
-ML_BAND_MIN_RATIO = 1.5
-
 
 class _QMTap(Calculator):
     """Per-image proxy in front of the shared cached QM calculator: keeps this image's
@@ -211,25 +203,6 @@ class MixedSystem:
             qm_forces.append(np.array(self.taps[j].results["forces"])[sel])
         return Evaluation(self.positions(), np.array(forces), np.array(qm_forces),
                            max_force(self.true_target))
-
-    def trusts_ml_band(self) -> tuple[bool, str]:
-        """NEB: whether Θ_i's own band is a better start than the band as it is, and why.
-
-        The ML-only relaxation removes the NEB forces Θ_i sees on the band; that helps
-        only where they exceed Θ_i's error, known for free at the end points (their QM
-        calls, needed for the virtual-work profile anyway, come from the cache where they
-        were QM/ML-relaxed).  Returns (trusted, log text)."""
-        worst = 0.0
-        for im in (self.images[0], self.images[-1]):
-            true = np.array(im.get_forces(apply_constraint=False))
-            ml = np.array(im.calc.mm_calc.get_forces(im))
-            worst = max(worst, largest_norm((true - ml)[self.qm_mask]))
-        with self._failures():
-            self.set_surrogate(self.theta_i, self.positions())
-            claimed = max_force(self.sur_target)
-        trusted = claimed >= ML_BAND_MIN_RATIO * worst
-        return trusted, (f"Θ_i's NEB force on the band {claimed:.3f} eV/A, its QM-atom "
-                         f"force error at the end points {worst:.3f} eV/A")
 
     def descriptor_rows(self, x: np.ndarray, known: Sequence[np.ndarray | None] = ()
                         ) -> list[np.ndarray]:
