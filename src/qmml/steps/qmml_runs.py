@@ -112,9 +112,8 @@ def relax_file(input: PathLike, output: PathLike, potential: PathLike,
     progress = None if quiet else log
     qm, label, pot_id = _qm_setup(pot, engine_config, cache, output, progress)
     stats = relax(atoms, qm, pot.calculator(ranks=ml_ranks), buffer, optimizer=optimizer,
-                  fmax=fmax,
-                  steps=steps, checkpoint=checkpoint, vacuum=vacuum, log=progress,
-                  fingerprint_extra=pot_id,
+                  fmax=fmax, steps=steps, checkpoint=checkpoint, vacuum=vacuum,
+                  log=progress, fingerprint_extra=pot_id,
                   **_accelerated_options(optimizer, [atoms], [0], hard, descriptor_cache,
                                          qm_frames, seed_frames, surrogate_space))
     info = provenance(stats, label, qm.cache.settings_hash, str(potential), buffer, ml_ranks)
