@@ -77,7 +77,7 @@ from ase.calculators.calculator import Calculator
 from qmml import QmmlError
 # scipy and ase.constraints (which loads scipy through ase.spacegroup, ~0.5 s) are imported
 # where they are used: the workflow imports this module for reference_index on every parse
-from qmml.frames import fixed_mask
+from qmml.frames import fixed_mask, free_mask
 from qmml.ml_relax import ml_image, relax_ml
 from qmml.regions import HOST, _periodic_delta, assign_regions
 
@@ -246,7 +246,7 @@ def ml_relaxed_energy(atoms: Atoms, ml_calc: Calculator, fmax: float = ML_FMAX,
 def ml_path_check(images: list[Atoms], d: np.ndarray, ml_calc: Calculator
                   ) -> dict[str, float | np.ndarray]:
     """ML virtual work along the images vs the exact ML energy difference."""
-    free = ~fixed_mask(images[0])
+    free = free_mask(images[0])
     forces, energies = [], []
     for image in images:
         image = image.copy()
@@ -347,7 +347,7 @@ def binding_path(far: Atoms, near: Atoms, far_built: Atoms, near_built: Atoms,
         forces.append(np.array(qmmm.get_forces(image)))
         if log:
             log(f"image {i}: QM call {qm.n_calls - calls0} (new {qm.n_real_calls - real0})")
-    free = ~fixed_mask(a)
+    free = free_mask(a)
     e_b, g = virtual_work(forces, d, free)
     check = ml_path_check(images, d, ml_calc)
     if ml_knows_all(a):
@@ -482,8 +482,7 @@ def compute(far: str, near: str, far_structure: str, near_structure: str, potent
     return binding_path(read_frame(far), read_frame(near),
                         read_frame(far_structure), read_frame(near_structure), qm,
                         pot.calculator(ranks=ml_ranks), images, buffer_width,
-                        qm_radius=qm_radius,
-                        vacuum=vacuum, engine=engine_label(engine_cfg),
+                        qm_radius=qm_radius, vacuum=vacuum, engine=engine_label(engine_cfg),
                         ml_cutoff=pot.cutoff, ml_fmax=ml_fmax, log=log)
 
 

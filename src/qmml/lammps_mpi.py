@@ -159,6 +159,12 @@ class RankGroup:
                     deadline = time.monotonic() + ERROR_GRACE
         return answers, waiting
 
+    def open_slot(self, potential, zbl: tuple[float, float] | None) -> int:
+        """A new LAMMPS instance of ``potential`` in every rank; its slot number."""
+        slot, self.next_slot = self.next_slot, self.next_slot + 1
+        self.ask("potential", slot, potential, zbl)
+        return slot
+
     @property
     def alive(self) -> bool:
         return bool(self.socks) and self.process.poll() is None
@@ -225,9 +231,7 @@ class MPISNAPCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         if self.slot is None or not self.group.alive:
             self.group = rank_group(self.ranks)
-            self.slot = self.group.next_slot
-            self.group.next_slot += 1
-            self.group.ask("potential", self.slot, self.potential, self.zbl)
+            self.slot = self.group.open_slot(self.potential, self.zbl)
             system_changes = all_changes  # a new LAMMPS instance in the ranks
         a = self.atoms
         self.results = self.group.ask("calculate", self.slot, a.numbers, a.positions,

@@ -116,5 +116,4 @@ def qmml_run_options(args: argparse.Namespace) -> dict:
                 descriptor_cache=args.descriptor_cache, qm_frames=args.qm_frames,
                 seed_frames=args.seed_frames, surrogate_space=args.surrogate_space,
                 require_convergence=not args.allow_unconverged, ml_ranks=args.ml_ranks,
-                quiet=args.quiet,
-                log=print_line)
+                quiet=args.quiet, log=print_line)

@@ -39,6 +39,5 @@ def run(args: argparse.Namespace) -> int:
                       args.potential, engine_config(args), args.cache, args.output,
                       images=args.images, buffer=args.buffer, vacuum=args.vacuum,
                       qm_radius=args.qm_radius, ml_fmax=args.ml_fmax,
-                      ml_ranks=args.ml_ranks, quiet=args.quiet,
-                      log=print_line)
+                      ml_ranks=args.ml_ranks, quiet=args.quiet, log=print_line)
     return 0
