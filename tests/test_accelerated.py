@@ -17,7 +17,7 @@ from ase.io import read, write
 from conftest import MILADY
 from qmml.accelerated import (AcceleratedSettings, ForceDifferences, MixedSystem,
                               SurrogateMixing, default_hard_set, qm_point_frames,
-                              relax_accelerated, seed_points)
+                              neb_accelerated, relax_accelerated, seed_points)
 from qmml.descriptors import DescriptorCache, compute_descriptors, energy_rows
 from qmml.engines import engine_settings_hash
 from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
@@ -573,6 +573,18 @@ def test_accelerated_neb_converges_on_true_forces(milady, tmp_path):
     assert qm.n_real_calls == calls_before
     assert seeded.converged and seeded.n_seeds == len(seeds) and seeded.outer_steps == 0
     for im, done in zip(again[1:3], images[1:3]):
+        np.testing.assert_array_equal(im.positions, done.positions)
+    # a band given converged (fresh cache): its middle image's NEB force is below fmax, so
+    # the band starts where it is: one QM call per moving image (and the end points, whose
+    # energies ASE's NEB reads), no ML-only band, no step
+    given = [im.copy() for im in images]
+    log = []
+    stats = neb_accelerated(given, cached(tmp_path / "given"), milady, milady.cutoff,
+                            fmax=0.05, log=log.append)[0]
+    assert stats.converged and stats.outer_steps == 0 and stats.surrogate_steps == 0
+    assert stats.n_qm_real_calls == 2 + 2
+    assert any("starting from the given band" in line for line in log)
+    for im, done in zip(given, images):
         np.testing.assert_array_equal(im.positions, done.positions)
 
 

@@ -45,11 +45,15 @@ The outer loop (one QM call per image per outer step):
 NEB.  The moving images form one system: one surrogate is trained on the rows of every
 image (their QM clusters differ, the surrogate is one potential), and the surrogate band
 (ASE NEB, spline tangents, optional climbing image: :mod:`qmml.nebband`) is relaxed in
-step 4.  Two NEB-only savings: before the first QM call on the whole band, every other
-image is QM-called alone (``neb_probe``, bands of 4 or more moving images) and a surrogate fitted to those forces relaxes
-the band first; and after step 4, an image whose move can be undone with the surrogate
-band still below ``keep_ratio``·fmax is put back at its QM point, so its QM call in step 5
-is a cache hit (its true forces there are known; only its tangent changes).
+step 4.  The band starts where it is given if its middle image, QM-called alone, already
+has an NEB force below fmax (``neb_start_check``: an interpolated path can be converged,
+and Θ_i's band would lead away from it); otherwise from Θ_i's ML-only band.  Two
+NEB-only savings: before the first QM call on the whole band, every other image is
+QM-called alone (``neb_probe``, bands of 4 or more moving images) and a surrogate fitted
+to those forces relaxes the band first; and after step 4, an image whose move can be
+undone with the surrogate band still below ``keep_ratio``·fmax is put back at its QM
+point, so its QM call in step 5 is a cache hit (its true forces there are known; only its
+tangent changes).
 
 Everything is retrained from the data, nothing is fitted across relaxations: the
 surrogates are per-relaxation scaffolding and are never written as a potential.  What is

@@ -35,6 +35,9 @@ class AcceleratedSettings:
     neb_probe: bool = True           # NEB (4+ moving images): QM calls on every other
                                      # image train a first surrogate, relaxed before the
                                      # whole band is QM-called
+    neb_start_check: bool = True     # NEB: first a QM call on the given band's middle
+                                     # image; if its NEB force is below fmax, the band
+                                     # starts where it is (no ML-only band, no probes)
     active_width: float | None = None  # Å: the surrogate relaxation moves the free atoms
                                      # within this of a QM atom (at least the buffer
                                      # width; inf: all; None: buffer + 2 ML cutoffs

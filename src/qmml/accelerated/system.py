@@ -204,6 +204,23 @@ class MixedSystem:
         return Evaluation(self.positions(), np.array(forces), np.array(qm_forces),
                            max_force(self.true_target))
 
+    def image_neb_force(self, n: int) -> float:
+        """Largest NEB force on moving image n at the true images' positions, from its own
+        true forces alone (one QM call): without a climbing image, an image's NEB force
+        is its force perpendicular to the spline tangent plus the springs along it, both
+        set by the band's positions, so the other images need no forces (zero here)."""
+        from qmml.nebband import make_neb
+
+        band = []
+        for j, im in enumerate(self.images):
+            copy = im.copy()
+            forces = im.get_forces(apply_constraint=False) if j == self.moving[n] \
+                else np.zeros((len(im), 3))
+            copy.calc = SinglePointCalculator(copy, energy=0.0, forces=forces)
+            band.append(copy)
+        neb = make_neb(band, k=self.neb_kwargs["k"])
+        return largest_norm(np.asarray(neb.get_forces()).reshape(len(self.moving), -1, 3)[n])
+
     def descriptor_rows(self, x: np.ndarray, known: Sequence[np.ndarray | None] = ()
                         ) -> list[np.ndarray]:
         """QM-atom force rows of every moving image at ``x``; ``known[n]``, if given and
