@@ -11,6 +11,8 @@ memory, QM calls, QM cluster sizes and the time spent outside the QM engine.
     python benchmarks/rehearsal.py collect --markdown  # the table, whatever has finished
     python benchmarks/rehearsal.py replay --job screw_initial --ml-ranks 1 2
                                                        # one finished job again per ml_ranks
+    python benchmarks/rehearsal.py replay --job vac_0 --steps 2 --ml-ranks 2 1
+                                                       # a 3D job, its first 2 outer steps
 
 Everything goes under --out (default /tmp/rehearsal): results/, the engine wrapper, the
 fake POTCAR set, snakemake.log and command.sh (the exact command, to rerun by hand).
@@ -227,11 +229,12 @@ def mpi_scaling(args) -> int:
     return 0
 
 def replay(args) -> int:
-    """A finished QM/ML relaxation job of the rehearsal run again outside Snakemake with the
-    ML potential on each of ``--ml-ranks`` MPI process counts (qmml.lammps_mpi): its QM
-    points come from the run's QM cache as far as the path coincides (the double
-    answers the rest), so the time it reports outside the QM engine is what ml_ranks
-    changes."""
+    """A QM/ML relaxation job of the rehearsal run (a dislocation's, or a 3D defect's with
+    the 3D buffer) again outside Snakemake with the ML potential on each of
+    ``--ml-ranks`` MPI process counts (qmml.lammps_mpi), for at most ``--steps`` outer
+    steps: its QM points come from the run's QM cache as far as the path coincides (the
+    double answers the rest), so the time it reports outside the QM engine is what
+    ml_ranks changes."""
     import yaml
 
     from qmml.steps import relax_file
@@ -240,8 +243,13 @@ def replay(args) -> int:
     os.environ.setdefault("VASP_PP_PATH", str(Path(args.out) / "vasp_pp"))
     engine = yaml.safe_load((results / "engine.yaml").read_text())
     engine["command"] = str(write_engine(Path(args.out)))  # this checkout's double
-    q = yaml.safe_load((results / "config.yaml").read_text())["qmml"]
+    config = yaml.safe_load((results / "config.yaml").read_text())
+    q = config["qmml"]
     it = results / "iter_0"
+    structure, buffer = it / "structures" / f"{args.job}.xyz", q["buffer"]
+    if not structure.exists():
+        structure, buffer = it / "3d" / "structures" / f"{args.job}.xyz", \
+            config["three_d"]["buffer"]
     work = Path(args.out) / "replay"
     for ranks in args.ml_ranks:
         out = work / f"{args.job}_ml_ranks_{ranks}.xyz"
@@ -249,10 +257,12 @@ def replay(args) -> int:
         for stale in (out, frames, Path(f"{out}.ckpt")):
             stale.unlink(missing_ok=True)
         start = time.perf_counter()
-        stats = relax_file(it / "structures" / f"{args.job}.xyz", out, it / "potential",
+        stats = relax_file(structure, out, it / "potential",
                            dict(engine, directory=str(work / "vasp-run")),
                            results / "qm_cache", optimizer=q["optimizer"], fmax=q["fmax"],
-                           buffer=q["buffer"], vacuum=q["vacuum"], steps=q["max_steps"],
+                           buffer=buffer, vacuum=q["vacuum"],
+                           steps=args.steps or q["max_steps"],
+                           require_convergence=not args.steps,
                            hard=[it / "constraints" / "strain.xyz",
                                  it / "constraints" / "neb.xyz"],
                            descriptor_cache=results / "descriptor_cache", qm_frames=frames,
@@ -261,9 +271,9 @@ def replay(args) -> int:
         outside = wall - stats.qm_seconds
         print(f"{args.job}, ml_ranks {ranks}: {wall:.1f} s, {stats.qm_seconds:.1f} s in the "
               f"QM engine (double), {outside:.1f} s outside it; {stats.n_qm_calls} QM calls "
-              f"({stats.n_qm_real_calls_process} not cached), {outside / stats.n_qm_calls:.1f}"
-              f" s outside the QM engine per QM call; load {os.getloadavg()[0]:.1f}",
-              flush=True)
+              f"({stats.n_qm_real_calls_process} not cached), {stats.outer_steps} outer "
+              f"steps, {outside / stats.n_qm_calls:.1f} s outside the QM engine per QM "
+              f"call; load {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 
 
@@ -460,7 +470,10 @@ def main() -> int:
     m.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     m.add_argument("--repeats", type=int, default=5, help="timed force calls per run")
     p = sub.add_parser("replay", help="a finished relaxation job again, per ml_ranks")
-    p.add_argument("--job", default="screw_initial", help="iter_0 relaxation (structure name)")
+    p.add_argument("--job", default="screw_initial",
+                   help="iter_0 relaxation: a structure name (screw_initial, vac_0, ...)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="at most this many outer steps (default: the config's max_steps)")
     p.add_argument("--ml-ranks", type=int, nargs="+", default=[1, 2])
     c = sub.add_parser("collect", help="tabulate what has finished (and what runs)")
     c.add_argument("--markdown", action="store_true", help="a Markdown table, not JSON")
