@@ -181,6 +181,30 @@ def test_reference_neb_glide_barrier_by_virtual_work(milady, tmp_path):
     assert [str(r) for r in images[2].arrays["region"]] == list(ini.arrays["region"])
 
 
+def test_preconditioned_neb_is_judged_on_its_true_forces(milady, tmp_path):
+    """PreconLBFGS steps on preconditioned band forces, which are far smaller than the
+    true NEB forces here; its fmax and convergence are the true forces'."""
+    from qmml.nebband import make_neb
+
+    ini, fin = glide_endpoints("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
+                               MILADY["C44"], radius=16.0, fixed_width=FIXED)
+    path = ini.info["glide_path"]
+    cylinder_region(ini, None, 3.0, milady.cutoff, milady.cutoff, path=[path[:2], path[2:]])
+    fin.arrays["region"] = ini.arrays["region"].copy()
+    qm = CachedQMCalculator.from_config({"engine": "reference"}, tmp_path / "cache")
+    images, stats, _ = neb(ini, fin, 5, qm, milady.calculator, milady.cutoff,
+                           optimizer="PreconLBFGS", fmax=0.05, steps=2, log=None)
+    band = [im.copy() for im in images]
+    for im in band:
+        im.calc = make_force_qmmm(im, qm, milady.calculator(), milady.cutoff)
+    true = np.linalg.norm(make_neb(band).get_forces(), axis=1).max()
+    assert stats.fmax == pytest.approx(true, rel=1e-9)
+    assert stats.converged == (true <= 0.05)
+    preconditioned = make_neb(band, precon="Exp")
+    stepped = np.linalg.norm(preconditioned.get_forces(), axis=1).max()
+    assert stepped < 0.1 * true  # what the optimiser steps on: no measure of convergence
+
+
 def test_cli_unconverged_exit_code_and_flag(tmp_path, capsys):
     """Out of steps: exit 1 by default; --allow-unconverged writes the output, exit 0,
     and the frame says converged=False (the pipeline's laptop setting).  Options of the
