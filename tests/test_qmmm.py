@@ -183,8 +183,7 @@ def test_reference_neb_glide_barrier_by_virtual_work(milady, tmp_path):
 
 def test_preconditioned_neb_is_judged_on_its_true_forces(milady, tmp_path):
     """PreconLBFGS steps on preconditioned band forces, which are far smaller than the
-    true NEB forces here; its fmax and convergence are the true forces', and its steps
-    take no line search."""
+    true NEB forces here; its fmax and convergence are the true forces'."""
     from qmml.nebband import make_neb
 
     ini, fin = glide_endpoints("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
@@ -201,9 +200,6 @@ def test_preconditioned_neb_is_judged_on_its_true_forces(milady, tmp_path):
     true = np.linalg.norm(make_neb(band).get_forces(), axis=1).max()
     assert stats.fmax == pytest.approx(true, rel=1e-9)
     assert stats.converged == (true <= 0.05)
-    # no line search (it needs energies): one QM call per moving image and step, plus the
-    # end points and one for the preconditioner's μ estimate (a perturbed end point)
-    assert stats.steps == 2 and stats.n_qm_real_calls == 3 * (stats.steps + 1) + 2 + 1
     preconditioned = make_neb(band, precon="Exp")
     stepped = np.linalg.norm(preconditioned.get_forces(), axis=1).max()
     assert stepped < 0.1 * true  # what the optimiser steps on: no measure of convergence

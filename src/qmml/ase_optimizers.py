@@ -1,5 +1,5 @@
 """The QM/ML optimiser interface (:class:`QMMLOptimizer`) and the plain ASE optimisers behind
-it: FIRE, LBFGS (no line search), ODE12r, and PreconLBFGS without a line search (ForceQMMM
+it: FIRE, LBFGS (no line search), ODE12r, and PreconLBFGS with ``use_armijo=False`` (ForceQMMM
 has no energy, so only force-based optimisers make sense).
 
 Nothing is lost: after every optimiser step a checkpoint (positions + optimiser state) is
@@ -20,8 +20,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from qmml import QmmlError
-from qmml.forcemixing import (RunStats, apply_fix_mask, largest_norm, make_force_qmmm,
-                              max_force, run_fingerprint)
+from qmml.forcemixing import (RunStats, apply_fix_mask, make_force_qmmm, max_force,
+                              run_fingerprint)
 from qmml.interrupt import checkpoint_on_stop
 from qmml.io import read_checkpoint, write_pickle
 from qmml.qmcache import CachedQMCalculator
@@ -103,7 +103,7 @@ class ASEOptimizer(QMMLOptimizer):
 
 
 def make_optimizer(name: str, target, logfile=None, precon="auto"):
-    """ASE optimiser by name; PreconLBFGS without a line search (no energy in QM/ML),
+    """ASE optimiser by name; PreconLBFGS without Armijo line search (no energy in QM/ML),
     preconditioned by ``precon`` (ASE's choice by default; None on an NEB band, which
     carries its own preconditioner)."""
     if name == "FIRE":
@@ -117,20 +117,7 @@ def make_optimizer(name: str, target, logfile=None, precon="auto"):
         return ODE12r(target, logfile=logfile)
     if name == "PreconLBFGS":
         from ase.optimize.precon import PreconLBFGS
-
-        class ForcePreconLBFGS(PreconLBFGS):
-            """PreconLBFGS without a line search: both of ASE's (Armijo, and the Wolfe
-            search of ``use_armijo=False``) need energies, which force mixing has not;
-            on its constant energies the Wolfe search spent about ten force calls per
-            image and step.  The step is the preconditioned LBFGS direction, its largest
-            atomic move capped at ``maxstep``."""
-
-            def line_search(self, r, g, e, previously_reset_hessian):
-                self.p = self.p.ravel()
-                longest = largest_norm(self.p.reshape(-1, 3))
-                self.alpha_k = min(1.0, self.maxstep / longest) if longest > 0 else 0.0
-
-        return ForcePreconLBFGS(target, use_armijo=False, logfile=logfile, precon=precon)
+        return PreconLBFGS(target, use_armijo=False, logfile=logfile, precon=precon)
     raise QmmlError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
 
 
