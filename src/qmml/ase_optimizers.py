@@ -85,11 +85,12 @@ class ASEOptimizer(QMMLOptimizer):
         for im in images:
             apply_fix_mask(im)
             im.calc = make_force_qmmm(im, qm, ml_factory(), buffer_width, vacuum=vacuum)
-        # PreconLBFGS on a band: ASE's Exp preconditioner per image inside the NEB (its μ
-        # estimated with force calls on each image), plain LBFGS steps on those forces.
-        # Its forces and residual are preconditioned; convergence is judged on the true
-        # NEB forces of the same images (a band with 1.4 eV/Å on its middle image had a
-        # preconditioned residual below 0.1), as for every other optimiser
+        # PreconLBFGS on a band: ASE's Exp preconditioner per image inside the NEB, LBFGS
+        # steps on those forces with ASE's Wolfe line search (use_armijo=False: force
+        # calls on every image per trial step).  The forces it steps on are
+        # preconditioned, far smaller than the true ones (1.4 eV/Å on a middle image seen
+        # as below 0.1); convergence is judged on the true NEB forces of the same images,
+        # as for every other optimiser
         neb_obj = make_neb(images, k=k, climb=climb)
         stepped = make_neb(images, k=k, climb=climb, precon="Exp") \
             if self.name == "PreconLBFGS" else neb_obj
