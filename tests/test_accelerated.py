@@ -538,11 +538,12 @@ def test_accelerated_neb_converges_on_true_forces(milady, tmp_path):
     calls_before = qm.n_real_calls
     images, stats, profile = neb(ini, fin, 4, qm, milady.calculator, milady.cutoff,
                                  optimizer="accelerated", fmax=0.05, steps=50, log=None)
+    neb_calls = qm.n_real_calls - calls_before
     assert stats.converged and stats.fmax <= 0.05
     assert stats.surrogate_hard_residual_max <= 1e-9
     # measured with 5 images: 11 QM calls (2 end points + 3 rounds of 3 images), where
     # FIRE took 50; here 2 interior images: end points + at most 4 rounds
-    assert qm.n_real_calls - calls_before <= 2 + 4 * 2
+    assert neb_calls <= 2 + 4 * 2
     # true NEB forces of the accelerated path, recomputed from scratch (fresh cache)
     fresh = cached(tmp_path / "check")
     check = [im.copy() for im in images]
@@ -554,16 +555,28 @@ def test_accelerated_neb_converges_on_true_forces(milady, tmp_path):
     assert abs(profile["energy"][-1] - profile["energy"][0]) < 0.02
     assert 0.005 < profile["barrier"] < 0.2
     # kept QM data: both interior images at every QM-called path, the last one the result
+    # and the start check's image, QM-called alone on the interpolated band (not
+    # converged there): every QM call of the NEB is a frame
     frames = qm_point_frames(images, [1, 2], stats, {})
-    assert len(frames) == 2 * len(stats.qm_points)
-    assert [f.info["qm_point_image"] for f in frames[-2:]] == [1, 2]
-    for frame, im in zip(frames[-2:], images[1:3]):
+    single = [f for f in frames if "qm_single_image" in f.info]
+    assert len(single) == len(stats.single_images) == 1
+    assert single[0].info["qm_point_image"] == 2 and "qm_point" not in single[0].info
+    assert len(frames) == 2 * len(stats.qm_points) + 1 == neb_calls
+    probe = single[0].copy()  # its forces: the true mixed forces there (fresh cache)
+    probe.calc = make_force_qmmm(probe, cached(tmp_path / "probe"), milady.calculator(),
+                                 milady.cutoff)
+    np.testing.assert_allclose(single[0].get_forces(), probe.get_forces(apply_constraint=False),
+                               atol=1e-9)
+    points = [f for f in frames if "qm_point" in f.info]
+    assert [f.info["qm_point_image"] for f in points[-2:]] == [1, 2]
+    for frame, im in zip(points[-2:], images[1:3]):
         assert frame.info["qm_point_final"] is True
         np.testing.assert_array_equal(frame.positions, im.positions)
         np.testing.assert_allclose(frame.get_forces(), im.get_forces(apply_constraint=False),
                                    atol=1e-9)
     # the same NEB seeded with those frames (as the next iteration's is): every QM point
-    # replayed from the cache, no new QM call, the path is the converged one
+    # replayed from the cache (the single image is no band point), no new QM call, the
+    # path is the converged one
     seeds = seed_points(frames, images, [1, 2], "neb.qm_frames.xyz")
     assert len(seeds) == len(stats.qm_points) and seeds[0].shape == (2, len(ini), 3)
     calls_before = qm.n_real_calls
@@ -582,7 +595,7 @@ def test_accelerated_neb_converges_on_true_forces(milady, tmp_path):
     stats = neb_accelerated(given, cached(tmp_path / "given"), milady, milady.cutoff,
                             fmax=0.05, log=log.append)[0]
     assert stats.converged and stats.outer_steps == 0 and stats.surrogate_steps == 0
-    assert stats.n_qm_real_calls == 2 + 2
+    assert stats.n_qm_real_calls == 2 + 2 and not stats.single_images
     assert any("starting from the given band" in line for line in log)
     for im, done in zip(given, images):
         np.testing.assert_array_equal(im.positions, done.positions)

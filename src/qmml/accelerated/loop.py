@@ -43,6 +43,9 @@ class LoopState:
     n_seeds: int = 0              # the first n_seeds points are replayed seeds
     probes: list = field(default_factory=list)  # (moving-image index, positions): NEB
                                   # probes, QM-called single images (absolute rows only)
+    single_images: list = field(default_factory=list)  # (moving-image index, positions,
+                                  # true mixed forces) of every image QM-called alone (NEB
+                                  # probes, the start check): QM data for --qm-frames
     outer_steps: int = 0
     rejected_steps: int = 0
     surrogate_failures: int = 0
@@ -211,6 +214,8 @@ class _OuterLoop:
         n = len(self.system.moving) // 2
         force = self.system.image_neb_force(n)
         converged = force <= self.fmax
+        if not converged:  # else the whole band's QM point holds this image
+            self.keep_single_image(n)
         self._log(f"accelerated: the given band's middle image {self.system.moving[n]}: "
                   f"true NEB force {force:.5f} "
                   f"{'<=' if converged else '>'} fmax {self.fmax}: starting from "
@@ -230,6 +235,7 @@ class _OuterLoop:
             rows, probed[n] = self.system.evaluate_image(n, x[n])
             self.data.add_absolute(rows, probed[n])
             self.state.probes.append((n, x[n].copy()))
+            self.keep_single_image(n)
         theta, _ = fit_surrogate(self.system.theta_i, self.data, 0, settings.force_weight,
                                  self.hard_rows, settings.lambda0)
         self.stats.seconds_fit += time.perf_counter() - t
@@ -249,6 +255,13 @@ class _OuterLoop:
                   f"surrogate ({step.steps} steps, moved "
                   f"{max_displacement(step.positions, x):.3f} A, {step.kept} probed images "
                   f"kept)")
+
+    def keep_single_image(self, n: int) -> None:
+        """Moving image n, just QM-called alone, with its true forces: retraining data
+        (``--qm-frames``) though not a QM point of the band."""
+        image = self.system.images[self.system.moving[n]]
+        self.state.single_images.append(
+            (n, image.positions.copy(), np.array(image.get_forces(apply_constraint=False))))
 
     # ---- the outer steps ---------------------------------------------------------------
     @property

@@ -20,7 +20,10 @@ def qm_point_frames(images: Sequence[Atoms], moving: Sequence[int], stats: Accel
     as good as the accepted ones, and replayed seeds too (their QM data are what this run's
     surrogates stand on).  Info: ``info`` plus ``qm_point`` (call order), ``qm_point_fmax``
     (true fmax there), ``qm_point_image`` (index into ``images``), ``qm_point_final`` and
-    ``qm_point_seed`` (replayed from an earlier run, no QM call made here)."""
+    ``qm_point_seed`` (replayed from an earlier run, no QM call made here).  NEB images
+    QM-called alone (probes, the start check) follow, with ``qm_single_image`` (their call
+    order) in place of ``qm_point``: retraining data, but no band a later run could start
+    from."""
     frames = []
     for g, ev in enumerate(stats.qm_points):
         for n, j in enumerate(moving):
@@ -30,6 +33,11 @@ def qm_point_frames(images: Sequence[Atoms], moving: Sequence[int], stats: Accel
                 info, qm_point=g, qm_point_fmax=float(ev.fmax), qm_point_image=int(j),
                 qm_point_final=g == stats.accepted_point, qm_point_seed=g < stats.n_seeds),
                 forces=ev.forces[n]))
+    for k, (n, positions, forces) in enumerate(stats.single_images):
+        atoms = images[moving[n]].copy()
+        atoms.positions = positions
+        frames.append(output_frame(atoms, dict(info, qm_single_image=k,
+                                               qm_point_image=int(moving[n])), forces=forces))
     return frames
 
 
@@ -42,6 +50,8 @@ def seed_points(frames: Sequence[Atoms], images: Sequence[Atoms], moving: Sequen
     moving = list(moving)
     points: dict[int, dict[int, np.ndarray]] = {}
     for n, a in enumerate(frames):
+        if "qm_single_image" in a.info:  # an NEB image QM-called alone: no band point
+            continue
         if "qm_point" not in a.info or "qm_point_image" not in a.info:
             raise QmmlError(f"{source}: frame {n} has no qm_point/qm_point_image info "
                             f"(not a --qm-frames file of an accelerated run)")

@@ -89,6 +89,8 @@ class AcceleratedStats(RunStats):
     # every QM-called geometry (_Evaluation, in call order; a resumed run replays them):
     # the QM data the surrogates were trained on, kept for retraining (qm_point_frames)
     qm_points: list = field(default_factory=list)
+    single_images: list = field(default_factory=list)  # NEB images QM-called alone:
+                              # (moving-image index, positions, true mixed forces)
     accepted_point: int = 0   # index into qm_points of the geometry the run ended at
     n_seeds: int = 0          # the first n_seeds qm_points are replayed seeds, not new calls
 
