@@ -13,6 +13,8 @@ memory, QM calls, QM cluster sizes and the time spent outside the QM engine.
                                                        # one finished job again per ml_ranks
     python benchmarks/rehearsal.py replay --job vac_0 --steps 2 --ml-ranks 2 1
                                                        # a 3D job, its first 2 outer steps
+    python benchmarks/rehearsal.py replay --job screw_neb --steps 2 --ml-ranks 2
+                                                       # a 13-image glide NEB, 2 outer steps
 
 Everything goes under --out (default /tmp/rehearsal): results/, the engine wrapper, the
 fake POTCAR set, snakemake.log and command.sh (the exact command, to rerun by hand).
@@ -229,15 +231,15 @@ def mpi_scaling(args) -> int:
     return 0
 
 def replay(args) -> int:
-    """A QM/ML relaxation job of the rehearsal run (a dislocation's, or a 3D defect's with
-    the 3D buffer) again outside Snakemake with the ML potential on each of
-    ``--ml-ranks`` MPI process counts (qmml.lammps_mpi), for at most ``--steps`` outer
-    steps: its QM points come from the run's QM cache as far as the path coincides (the
-    double answers the rest), so the time it reports outside the QM engine is what
-    ml_ranks changes."""
+    """A QM/ML job of the rehearsal run again outside Snakemake (a dislocation's
+    relaxation, a 3D defect's with the 3D buffer, or a glide NEB ``<case>_neb`` between the
+    run's relaxed end points) with the ML potential on each of ``--ml-ranks`` MPI process
+    counts (qmml.lammps_mpi), for at most ``--steps`` outer steps: its QM points come from
+    the run's QM cache as far as the path coincides (the double answers the rest), so the
+    time it reports outside the QM engine is what ml_ranks changes."""
     import yaml
 
-    from qmml.steps import relax_file
+    from qmml.steps import neb_file, relax_file
 
     results = Path(args.out) / "results"
     os.environ.setdefault("VASP_PP_PATH", str(Path(args.out) / "vasp_pp"))
@@ -256,17 +258,24 @@ def replay(args) -> int:
         frames = out.with_suffix(".qm_frames.xyz")
         for stale in (out, frames, Path(f"{out}.ckpt")):
             stale.unlink(missing_ok=True)
+        common = dict(engine_config=dict(engine, directory=str(work / "vasp-run")),
+                      cache=results / "qm_cache", optimizer=q["optimizer"],
+                      vacuum=q["vacuum"], steps=args.steps or q["max_steps"],
+                      require_convergence=not args.steps,
+                      hard=[it / "constraints" / "strain.xyz", it / "constraints" / "neb.xyz"],
+                      descriptor_cache=results / "descriptor_cache", qm_frames=frames,
+                      ml_ranks=ranks)
         start = time.perf_counter()
-        stats = relax_file(structure, out, it / "potential",
-                           dict(engine, directory=str(work / "vasp-run")),
-                           results / "qm_cache", optimizer=q["optimizer"], fmax=q["fmax"],
-                           buffer=buffer, vacuum=q["vacuum"],
-                           steps=args.steps or q["max_steps"],
-                           require_convergence=not args.steps,
-                           hard=[it / "constraints" / "strain.xyz",
-                                 it / "constraints" / "neb.xyz"],
-                           descriptor_cache=results / "descriptor_cache", qm_frames=frames,
-                           ml_ranks=ranks)
+        if args.job.endswith("_neb"):
+            case = args.job.removesuffix("_neb")
+            stats, _ = neb_file(it / "qmml" / f"{case}_initial.xyz",
+                                it / "qmml" / f"{case}_final.xyz", out, it / "potential",
+                                images=config["dislocations"][case]["glide_images"],
+                                fmax=q["neb_fmax"], climb=q.get("neb_climb", False),
+                                buffer=buffer, log=print, **common)
+        else:
+            stats = relax_file(structure, out, it / "potential", fmax=q["fmax"],
+                               buffer=buffer, **common)
         wall = time.perf_counter() - start
         outside = wall - stats.qm_seconds
         print(f"{args.job}, ml_ranks {ranks}: {wall:.1f} s, {stats.qm_seconds:.1f} s in the "
@@ -469,9 +478,10 @@ def main() -> int:
     m = sub.add_parser("mpi", help="SNAP force call time per MPI rank count")
     m.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     m.add_argument("--repeats", type=int, default=5, help="timed force calls per run")
-    p = sub.add_parser("replay", help="a finished relaxation job again, per ml_ranks")
+    p = sub.add_parser("replay", help="an iteration-0 QM job again, per ml_ranks")
     p.add_argument("--job", default="screw_initial",
-                   help="iter_0 relaxation: a structure name (screw_initial, vac_0, ...)")
+                   help="a relaxation's structure name (screw_initial, vac_0, ...) or a "
+                        "glide NEB <case>_neb (screw_neb, edge100_neb)")
     p.add_argument("--steps", type=int, default=0,
                    help="at most this many outer steps (default: the config's max_steps)")
     p.add_argument("--ml-ranks", type=int, nargs="+", default=[1, 2])
