@@ -249,7 +249,7 @@ def replay(args) -> int:
     q = config["qmml"]
     it = results / "iter_0"
     structure, buffer = it / "structures" / f"{args.job}.xyz", q["buffer"]
-    if not structure.exists():
+    if not structure.exists() and not args.job.endswith("_neb"):  # an NEB: the 2D buffer
         structure, buffer = it / "3d" / "structures" / f"{args.job}.xyz", \
             config["three_d"]["buffer"]
     work = Path(args.out) / "replay"

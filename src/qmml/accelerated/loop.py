@@ -210,7 +210,8 @@ class _OuterLoop:
         converged already, and starting from Θ_i's own band would first walk away from it
         (a tblite edge glide path: 26 QM calls from Θ0's band, 5 from the given one,
         docs/performance.md).  Where it is not, the call is only this test: its forces
-        do not join the surrogate's data, which describes the band near the anchor."""
+        do not join the surrogate's data, which describes the band near the anchor; they
+        are kept for retraining (:meth:`keep_single_image`)."""
         n = len(self.system.moving) // 2
         force = self.system.image_neb_force(n)
         converged = force <= self.fmax
