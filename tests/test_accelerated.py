@@ -307,7 +307,7 @@ def test_fixed_point_step_stays_where_a_minimiser_leaves(start, milady, tmp_path
 
     # a stable surrogate (Θ_i + Δ): the fixed point is the minimiser's minimum
     system.set_surrogate(system.theta_i, ev.positions, ev.qm_forces)
-    x_min, _, hit = system.relax_surrogate(ev.positions, 0.3, 0.001, "LBFGS", 3000)
+    x_min, _, hit, _ = system.relax_surrogate(ev.positions, 0.3, 0.001, "LBFGS", 3000)
     assert not hit
     x_fp = system.nearest_fixed_point(ev.positions, 0.3, 0.001).positions
     assert max_force_at_fixed_point() <= 0.001
@@ -323,8 +323,20 @@ def test_fixed_point_step_stays_where_a_minimiser_leaves(start, milady, tmp_path
     calc = system.sur_images[0].calc
     calc.secant = (cluster, ev.positions[0][cluster].copy(), 40.0 * pick, np.eye(3 * n_qm))
     calc.reset()
-    x_min, _, hit = system.relax_surrogate(ev.positions, 0.3, 0.001, "LBFGS", 3000)
+    x_min, _, hit, _ = system.relax_surrogate(ev.positions, 0.3, 0.001, "LBFGS", 3000)
     assert hit and max_step(x_min) == pytest.approx(0.3)
+    at_trust_radius = max_force_at_fixed_point()
+    # stopped once its largest force has not reached a new low for 10 steps, the same
+    # relaxation ends inside the trust radius at the lowest-force point of its path: where
+    # it stood 10 steps before it stopped
+    system.set_positions(ev.positions, "sur")
+    at_anchor = max_force_at_fixed_point()
+    x_low, n, hit, stalled = system.relax_surrogate(ev.positions, 0.3, 0.001, "LBFGS", 3000,
+                                                    stall_steps=10)
+    assert stalled and not hit and max_step(x_low) < 0.1
+    assert max_force_at_fixed_point() < 0.25 * at_anchor < at_trust_radius
+    x_before, *_ = system.relax_surrogate(ev.positions, 0.3, 0.001, "LBFGS", n - 10)
+    np.testing.assert_array_equal(x_before, x_low)
     search = system.nearest_fixed_point(ev.positions, 0.3, 0.001)
     x_fp = search.positions
     assert x_fp is not None and max_step(x_fp) < 0.05

@@ -25,6 +25,9 @@ class AcceleratedSettings:
     inner_optimizer: str = "LBFGS"   # INNER_OPTIMIZERS (measured: LBFGS ~3x fewer steps)
     inner_fmax_ratio: float = 0.2    # surrogate relaxed to this fraction of fmax
     inner_steps: int = 3000
+    inner_stall_steps: int = 30      # a surrogate relaxation whose largest force has not
+                                     # reached a new low for this many steps ends at its
+                                     # lowest-force point (0: never)
     delta_correction: bool = True
     secant_correction: bool = True   # linear residual term: surrogate = truth at every secant
     fallback_after: int = 2          # consecutive rejected steps before plain steps
@@ -59,6 +62,9 @@ class AcceleratedSettings:
             # ODE12r has no single step to take
             raise QmmlError(f"accelerated: inner_optimizer must be one of "
                             f"{', '.join(INNER_OPTIMIZERS)}, got '{self.inner_optimizer}'")
+        if self.inner_stall_steps < 0:
+            raise QmmlError(f"accelerated: inner_stall_steps must be >= 0, "
+                            f"got {self.inner_stall_steps}")
         if self.force_weight < 0:
             raise QmmlError(f"accelerated: force_weight must be >= 0, got {self.force_weight}")
         if not 0 <= self.keep_ratio < 1:

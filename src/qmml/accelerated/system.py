@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -67,6 +67,16 @@ def qm_force_rows(atoms: Atoms, space: SNAPPotential, qm_mask: np.ndarray) -> np
                               source="QM/ML geometry").forces
     rows[known[np.flatnonzero(qm_mask)]] = sub.reshape(-1, 3, space.n_coefficients)
     return rows.reshape(-1, space.n_coefficients)
+
+
+class InnerRelaxation(NamedTuple):
+    """Where a surrogate relaxation ended, its steps, and why it stopped there if not
+    converged: at the trust radius (``hit``) or stalled (``stalled``)."""
+
+    positions: np.ndarray
+    steps: int
+    hit: bool
+    stalled: bool = False
 
 
 @dataclass
@@ -308,7 +318,7 @@ class MixedSystem:
         with self._failures():
             for _ in range(100):
                 self.set_surrogate(theta, x)
-                x, n, hit = self.relax_surrogate(x, leg, fmax, optimizer, steps)
+                x, n, hit, _ = self.relax_surrogate(x, leg, fmax, optimizer, steps)
                 total += n
                 if not hit:
                     break
@@ -325,12 +335,15 @@ class MixedSystem:
                                anchor.qm_forces if settings.delta_correction else None,
                                data if settings.secant_correction else None, anchor_index)
             inner_fmax = settings.inner_fmax_ratio * fmax
-            x, n, hit = self.relax_surrogate(anchor.positions, trust, inner_fmax,
-                                             settings.inner_optimizer, settings.inner_steps)
+            x, n, hit, stalled = self.relax_surrogate(
+                anchor.positions, trust, inner_fmax, settings.inner_optimizer,
+                settings.inner_steps, stall_steps=settings.inner_stall_steps)
             searched = ""
             if hit and settings.fixed_point_step and n < FIXED_POINT_MIN_STEPS:
                 searched = "not searched"  # reached the trust radius in a few steps
-            elif hit and settings.fixed_point_step:
+            elif (hit or stalled) and settings.fixed_point_step:
+                # the minimiser found no fixed point: Newton may (a saddle of the
+                # surrogate next to the anchor)
                 search = self.nearest_fixed_point(anchor.positions, trust, inner_fmax)
                 searched = search.outcome
                 if search.positions is not None:
@@ -366,8 +379,9 @@ class MixedSystem:
             predicted[:, self.far] = far_forces[:, self.far]
             if hit or largest_norm(predicted[:, self.free & self.active]) <= fmax:
                 break
-            x, n, hit = self.relax_surrogate(x, trust, fmax, settings.inner_optimizer,
-                                             settings.inner_steps, centre=anchor)
+            x, n, hit, _ = self.relax_surrogate(x, trust, fmax, settings.inner_optimizer,
+                                                settings.inner_steps, centre=anchor,
+                                                stall_steps=settings.inner_stall_steps)
             steps += n
         return x, steps, hit, predicted
 
@@ -396,10 +410,11 @@ class MixedSystem:
                 image = self.sur_images[self.moving[n]]
                 image.calc.offset = qm_forces - image.calc.raw_surrogate_qm_forces(image)
                 image.calc.reset()
-            y, steps, hit = self.relax_surrogate(x, settings.trust_max,
+            y, steps, hit, _ = self.relax_surrogate(x, settings.trust_max,
                                                  settings.inner_fmax_ratio * fmax,
                                                  settings.inner_optimizer,
-                                                 settings.inner_steps)
+                                                 settings.inner_steps,
+                                                 stall_steps=settings.inner_stall_steps)
             step = SurrogateStep(y, self.surrogate_forces(), steps, hit)
             if settings.keep_ratio > 0:
                 step = self.keep_images(step, x, settings.keep_ratio * fmax,
@@ -432,18 +447,23 @@ class MixedSystem:
                                  step.fixed_point)
 
     def relax_surrogate(self, start: np.ndarray, trust: float, fmax: float, optimizer: str,
-                        steps: int, centre: np.ndarray | None = None
-                        ) -> tuple[np.ndarray, int, bool]:
+                        steps: int, centre: np.ndarray | None = None,
+                        stall_steps: int = 0) -> InnerRelaxation:
         """Surrogate relaxation from ``start``, stopped at the trust radius around
-        ``centre`` (default: ``start``).
+        ``centre`` (default: ``start``), or, with ``stall_steps`` > 0, once its largest
+        force has not reached a new low for that many steps: it then ends at the lowest-
+        force point of its path.  A surrogate band can wander at a few hundredths of an
+        eV/Å without converging or reaching the trust radius (non-conservative mixed
+        forces; measured on a 13-image screw band, docs/design.md), and each of its
+        steps costs a surrogate evaluation of every image.
 
-        Returns (positions, steps taken, hit_trust_radius).
         """
         centre = start if centre is None else centre
         self.set_positions(start, "sur")
         opt = make_optimizer(optimizer, self.sur_target)
         hit = False
         n = 0
+        lowest, lowest_x, lowest_n = np.inf, start, 0
         for _ in opt.irun(fmax=fmax, steps=steps):
             n = opt.nsteps
             x = self.positions("sur")
@@ -452,7 +472,14 @@ class MixedSystem:
                 self.set_positions(centre + (x - centre) * (trust / d), "sur")
                 hit = True
                 break
-        return self.positions("sur"), n, hit
+            if stall_steps > 0:
+                force = max_force(self.sur_target)
+                if force < lowest:
+                    lowest, lowest_x, lowest_n = force, x, n
+                elif n - lowest_n >= stall_steps:
+                    self.set_positions(lowest_x, "sur")
+                    return InnerRelaxation(lowest_x, n, False, True)
+        return InnerRelaxation(self.positions("sur"), n, hit)
 
     def nearest_fixed_point(self, start: np.ndarray, trust: float, fmax: float,
                             max_evaluations: int = 65, stall_ratio: float = 0.5
