@@ -345,6 +345,25 @@ def test_fixed_point_step_stays_where_a_minimiser_leaves(start, milady, tmp_path
     assert max_force_at_fixed_point() <= 0.001
 
 
+def test_a_relaxation_stalls_only_after_getting_below_its_start():
+    """The stall stop ends a relaxation once its largest force, below the start's, has
+    not reached a new low for the window, at that low; one whose forces rose from the
+    start (an unstable surrogate: the first 31 steps of a tblite screw relaxation's
+    surrogate, eV/Å) goes on to the trust radius instead of stopping where it began."""
+    from qmml.accelerated.system import StallWatch
+
+    rising = [0.838, 1.695, 13.43, 1.193, 1.135, 1.759, 6.311, 1.344, 2.015, 25.697, 11.26,
+              12.965, 13.393, 9.157, 7.71, 11.845, 7.287, 7.03, 6.244, 11.77, 8.158, 11.104,
+              7.805, 7.577, 6.19, 17.702, 7.904, 15.059, 5.157, 7.224, 5.898]
+    watch = StallWatch(30)
+    assert not any(watch.stalled(n, f, np.full(3, n)) for n, f in enumerate(rising))
+    wandering = [0.54, 0.032, 0.026, 0.034, 0.021, 0.023, 0.055] + [0.03] * 29
+    watch = StallWatch(30)
+    stops = [watch.stalled(n, f, np.full(3, n)) for n, f in enumerate(wandering)]
+    assert stops.index(True) == 34 and watch.at == 4 and watch.lowest == 0.021
+    np.testing.assert_array_equal(watch.positions, np.full(3, 4))
+
+
 def test_no_fixed_point_search_after_a_quick_trust_hit(start, milady, tmp_path):
     """From the elastic-field start (forces near 1 eV/Å) the surrogate relaxation reaches a
     0.05 Å trust radius in a few steps: no fixed-point search follows, and the step is

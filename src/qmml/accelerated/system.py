@@ -79,6 +79,24 @@ class InnerRelaxation(NamedTuple):
     stalled: bool = False
 
 
+class StallWatch:
+    """The lowest largest force along a relaxation's path (the start's included), where
+    it was, and whether the relaxation has stalled: no new low for ``steps`` steps once
+    it has got below the start's force (before that its forces may rise for a while,
+    as an unstable surrogate's do; the trust radius ends such a relaxation)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.lowest, self.at = steps, np.inf, 0
+        self.positions: np.ndarray | None = None
+
+    def stalled(self, n: int, force: float, positions: np.ndarray) -> bool:
+        """Step ``n`` (0: the start) with its largest force and positions."""
+        if force < self.lowest:
+            self.lowest, self.at, self.positions = force, n, positions
+            return False
+        return self.at > 0 and n - self.at >= self.steps
+
+
 @dataclass
 class SurrogateStep:
     """A relaxation of the surrogate from the anchor: where it ended, the surrogate forces
@@ -451,19 +469,21 @@ class MixedSystem:
                         stall_steps: int = 0) -> InnerRelaxation:
         """Surrogate relaxation from ``start``, stopped at the trust radius around
         ``centre`` (default: ``start``), or, with ``stall_steps`` > 0, once its largest
-        force has not reached a new low for that many steps: it then ends at the lowest-
-        force point of its path.  A surrogate band can wander at a few hundredths of an
-        eV/Å without converging or reaching the trust radius (non-conservative mixed
-        forces; measured on a 13-image screw band, docs/design.md), and each of its
-        steps costs a surrogate evaluation of every image.
-
+        force has not reached a new low for that many steps, the start's force included:
+        it then ends at the lowest-force point of its path.  A surrogate band can wander
+        at a few hundredths of an eV/Å without converging or reaching the trust radius
+        (non-conservative mixed forces; measured on a 13-image screw band,
+        docs/design.md), and each of its steps costs a surrogate evaluation of every
+        image.  A relaxation that has not got below the start's force goes on: an
+        unstable surrogate, whose forces grow from the anchor, meets the trust radius
+        and the fixed-point search.
         """
         centre = start if centre is None else centre
         self.set_positions(start, "sur")
         opt = make_optimizer(optimizer, self.sur_target)
         hit = False
         n = 0
-        lowest, lowest_x, lowest_n = np.inf, start, 0
+        watch = StallWatch(stall_steps)
         for _ in opt.irun(fmax=fmax, steps=steps):
             n = opt.nsteps
             x = self.positions("sur")
@@ -472,13 +492,9 @@ class MixedSystem:
                 self.set_positions(centre + (x - centre) * (trust / d), "sur")
                 hit = True
                 break
-            if stall_steps > 0:
-                force = max_force(self.sur_target)
-                if force < lowest:
-                    lowest, lowest_x, lowest_n = force, x, n
-                elif n - lowest_n >= stall_steps:
-                    self.set_positions(lowest_x, "sur")
-                    return InnerRelaxation(lowest_x, n, False, True)
+            if stall_steps > 0 and watch.stalled(n, max_force(self.sur_target), x):
+                self.set_positions(watch.positions, "sur")
+                return InnerRelaxation(watch.positions, n, False, True)
         return InnerRelaxation(self.positions("sur"), n, hit)
 
     def nearest_fixed_point(self, start: np.ndarray, trust: float, fmax: float,
