@@ -25,9 +25,10 @@ class AcceleratedSettings:
     inner_optimizer: str = "LBFGS"   # INNER_OPTIMIZERS (measured: LBFGS ~3x fewer steps)
     inner_fmax_ratio: float = 0.2    # surrogate relaxed to this fraction of fmax
     inner_steps: int = 3000
-    inner_stall_steps: int = 30      # a surrogate relaxation whose largest force has not
-                                     # reached a new low for this many steps ends at its
-                                     # lowest-force point (0: never)
+    inner_stall_steps: int = 30      # a surrogate relaxation whose largest force, once
+                                     # below its start's, has not reached a new low for
+                                     # this many steps ends at its lowest-force point
+                                     # (0: never)
     delta_correction: bool = True
     secant_correction: bool = True   # linear residual term: surrogate = truth at every secant
     fallback_after: int = 2          # consecutive rejected steps before plain steps
