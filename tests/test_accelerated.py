@@ -382,6 +382,39 @@ def test_no_fixed_point_search_after_a_quick_trust_hit(start, milady, tmp_path):
     assert moved == pytest.approx(0.05)
 
 
+def test_a_stalled_band_gets_no_fixed_point_search(start, milady, tmp_path, monkeypatch):
+    """After a stalled surrogate relaxation a single structure gets the fixed-point search
+    and a band does not; either way the step ends where the relaxation stalled."""
+    from qmml.accelerated.system import InnerRelaxation
+
+    settings = AcceleratedSettings()
+    middle = start.copy()
+    middle.positions[middle.arrays["region"] == "QM"] += 0.02
+    outcomes = {}
+    for kind, images, moving, neb_kwargs in (
+            ("single", [middle.copy()], [0], None),
+            ("band", [start.copy(), middle.copy(), start.copy()], [1],
+             {"k": 0.1})):
+        system = MixedSystem(images, moving, cached(tmp_path / kind), milady.calculator,
+                             milady, settings, BUFFER, 5.0, neb_kwargs)
+        anchor = system.evaluate_true()
+        lowest = anchor.positions.copy()
+        lowest[:, system.free] += 0.001
+        searches = []
+        search = system.nearest_fixed_point
+        monkeypatch.setattr(system, "relax_surrogate",  # a relaxation that stalled
+                            lambda *args, **kwargs: InnerRelaxation(lowest, 40, False, True))
+        monkeypatch.setattr(system, "nearest_fixed_point",
+                            lambda *args, **kwargs: searches.append(1) or search(*args,
+                                                                                  **kwargs))
+        step = system.surrogate_step(system.theta_i, anchor, 0, None, settings, 0.3, 0.01)
+        outcomes[kind] = (len(searches), step.fixed_point)
+        if kind == "band" or step.fixed_point.startswith("not found"):
+            np.testing.assert_array_equal(step.positions, lowest)
+    assert outcomes["single"][0] == 1 and outcomes["single"][1].endswith("evaluations")
+    assert outcomes["band"] == (0, "not searched (band stalled)")
+
+
 def test_hard_rows_come_from_the_descriptor_cache(start, milady, tmp_path):
     """A relaxation stores its hard rows in the descriptor cache; the next one (or the
     pipeline's retraining, same frames and space) reads them, and gets the same path."""

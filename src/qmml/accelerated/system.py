@@ -109,7 +109,9 @@ class SurrogateStep:
     hit: bool
     kept: int = 0                  # NEB images left at their QM point (no QM call)
     fixed_point: str = ""          # the step's fixed-point search (FixedPointSearch.outcome)
-                                   # or "not searched" (FIXED_POINT_MIN_STEPS)
+                                   # or why there was none: "not searched"
+                                   # (FIXED_POINT_MIN_STEPS), "not searched (band
+                                   # stalled)"
 
 
 @dataclass
@@ -359,6 +361,10 @@ class MixedSystem:
             searched = ""
             if hit and settings.fixed_point_step and n < FIXED_POINT_MIN_STEPS:
                 searched = "not searched"  # reached the trust radius in a few steps
+            elif stalled and self.neb_kwargs is not None and settings.fixed_point_step:
+                # a stalled band: Newton found no fixed point on any measured 13-image
+                # band, from the anchor or from the lowest point (docs/design.md)
+                searched = "not searched (band stalled)"
             elif (hit or stalled) and settings.fixed_point_step:
                 # the minimiser found no fixed point: Newton may (a saddle of the
                 # surrogate next to the anchor)
