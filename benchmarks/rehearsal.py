@@ -64,11 +64,11 @@ def write_engine(out: Path) -> Path:
 
 
 def resources(cpus: int, mem_mb: int, runtime: int) -> list[str]:
-    """``--set-resources`` for the profile's heavy rules, sized for this node: one task,
-    no ``mpi`` (the double is serial), the whole profile key restated."""
+    """``--set-resources`` for the profile's heavy rules, sized for this node: one task
+    of ``cpus`` CPUs, no ``mpi`` (the double is serial), the whole profile key restated."""
     args = []
     for rule in HEAVY:
-        entry = {"nodes": 1, "tasks": 1, "cpus_per_task": 1, "runtime": runtime,
+        entry = {"nodes": 1, "tasks": 1, "cpus_per_task": cpus, "runtime": runtime,
                  "mem_mb": mem_mb}
         args += [f"{rule}:{key}={value}" for key, value in entry.items()]
     return args
@@ -83,7 +83,9 @@ def snakemake_command(out: Path, wrapper: Path, args) -> list[str]:
         "--config", f"results={results}",
         f"qm={{engine: vasp, command: {wrapper}, directory: {out / 'vasp-run'}}}",
         f"qmml={{ml_ranks: {os.cpu_count()}}}",  # the example's 32 would oversubscribe
-        "--set-resources", *resources(1, args.mem_mb, args.runtime),
+        # a job's ML potential runs on ml_ranks processes: that many CPUs, so one heavy
+        # job at a time on this node and its times are its own
+        "--set-resources", *resources(os.cpu_count(), args.mem_mb, args.runtime),
         "--default-resources", f"runtime={args.runtime}", f"mem_mb={args.mem_mb}",
         "slurm_partition=compute",
         "--local-cores", "1",
