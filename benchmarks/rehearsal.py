@@ -76,16 +76,17 @@ def resources(cpus: int, mem_mb: int, runtime: int) -> list[str]:
 
 def snakemake_command(out: Path, wrapper: Path, args) -> list[str]:
     results = out / "results"
+    ranks = os.cpu_count()  # the example's 32 ML ranks would oversubscribe this node
     return [
         str(VENV_BIN / "snakemake"), *args.targets,
         "--profile", "profiles/slurm",
         "--configfile", str(CONFIG),
         "--config", f"results={results}",
         f"qm={{engine: vasp, command: {wrapper}, directory: {out / 'vasp-run'}}}",
-        f"qmml={{ml_ranks: {os.cpu_count()}}}",  # the example's 32 would oversubscribe
-        # a job's ML potential runs on ml_ranks processes: that many CPUs, so one heavy
-        # job at a time on this node and its times are its own
-        "--set-resources", *resources(os.cpu_count(), args.mem_mb, args.runtime),
+        f"qmml={{ml_ranks: {ranks}}}",
+        # a job's ML potential runs on its ml_ranks processes: that many CPUs, so one
+        # heavy job at a time on this node and its times are its own
+        "--set-resources", *resources(ranks, args.mem_mb, args.runtime),
         "--default-resources", f"runtime={args.runtime}", f"mem_mb={args.mem_mb}",
         "slurm_partition=compute",
         "--local-cores", "1",

@@ -359,21 +359,22 @@ class MixedSystem:
                 anchor.positions, trust, inner_fmax, settings.inner_optimizer,
                 settings.inner_steps, stall_steps=settings.inner_stall_steps)
             searched = ""
-            if hit and settings.fixed_point_step and n < FIXED_POINT_MIN_STEPS:
-                searched = "not searched"  # reached the trust radius in a few steps
-            elif stalled and self.neb_kwargs is not None and settings.fixed_point_step:
-                # a stalled band: Newton found no fixed point on any measured 13-image
-                # band, from the anchor or from the lowest point (docs/design.md)
-                searched = "not searched (band stalled)"
-            elif (hit or stalled) and settings.fixed_point_step:
-                # the minimiser found no fixed point: Newton may (a saddle of the
-                # surrogate next to the anchor)
-                search = self.nearest_fixed_point(anchor.positions, trust, inner_fmax)
-                searched = search.outcome
-                if search.positions is not None:
-                    x, hit = search.positions, False
+            if settings.fixed_point_step and (hit or stalled):
+                if hit and n < FIXED_POINT_MIN_STEPS:
+                    searched = "not searched"  # reached the trust radius in a few steps
+                elif stalled and self.neb_kwargs is not None:
+                    # a stalled band: Newton found no fixed point on any measured 13-image
+                    # band, from the anchor or from the lowest point (docs/design.md)
+                    searched = "not searched (band stalled)"
                 else:
-                    self.set_positions(x, "sur")
+                    # the minimiser found no fixed point: Newton may (a saddle of the
+                    # surrogate next to the anchor)
+                    search = self.nearest_fixed_point(anchor.positions, trust, inner_fmax)
+                    searched = search.outcome
+                    if search.positions is not None:
+                        x, hit = search.positions, False
+                    else:
+                        self.set_positions(x, "sur")
             predicted = self.surrogate_forces()
             if self.active is not None:
                 if largest_norm(anchor.forces[:, self.far]) > fmax:
