@@ -3,6 +3,7 @@
     python benchmarks/bench_core.py calculator [--cells 20] [--repeats 3] [--ranks 2]
     python benchmarks/bench_core.py retrain [--workers 2]
     python benchmarks/bench_core.py ml-relax [--config tests/data/tiny.yaml]
+    python benchmarks/bench_core.py neb-band [--kind edge100_110] [--radius 85] [--images 13]
 
 ``calculator``: time per force call on bcc W (2·cells³ atoms, W_milady_lml, 2J=8) of
 (a) a bare LAMMPS instance set up by hand (``pair_style snap``, positions moved in place,
@@ -24,6 +25,13 @@ every process and of their sum.
 built (``qmml.binding.build_defect``, every configured distance), to the binding
 energies' ML fmax, with FIRE and with :func:`qmml.ml_relax.relax_ml`: steps, force calls,
 CPU time and energy.
+
+``neb-band``: the time the NEB band itself adds to one band evaluation (spline tangents,
+spring forces, projections; the images' forces are fixed numbers, so no potential is
+evaluated) on a glide path of ``--images`` images between the elastic end points of a
+``--kind`` cylinder of ``--radius`` Å, with ASE's ``PreconImages`` (which refits the
+spline at each of its reads) and with qmml's band (:func:`qmml.nebband.make_neb`), and
+the largest difference of their forces.
 """
 from __future__ import annotations
 
@@ -359,6 +367,43 @@ def run_ml_relax(args: argparse.Namespace) -> dict:
     return {"config": str(args.config), "fmax": ML_FMAX, "rows": rows}
 
 
+# ---- (4) the NEB band's own time ------------------------------------------------------
+def run_neb_band(args: argparse.Namespace) -> dict:
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.optimize.precon import PreconImages
+
+    from qmml.forcemixing import apply_fix_mask
+    from qmml.nebband import make_neb
+    from qmml.structures import glide_endpoints
+
+    ini, fin = glide_endpoints(args.kind, radius=args.radius, fixed_width=10.0, **MILADY)
+    rng = np.random.default_rng(0)
+    images = []
+    for t in np.linspace(0.0, 1.0, args.images):
+        image = ini.copy()
+        image.positions += t * (fin.positions - ini.positions)
+        apply_fix_mask(image)
+        image.calc = SinglePointCalculator(image, energy=0.0,
+                                           forces=0.1 * rng.standard_normal((len(ini), 3)))
+        images.append(image)
+    ours, theirs = make_neb(images), make_neb(images)
+    rows = []
+    for name, neb in (("ASE PreconImages", theirs), ("qmml make_neb", ours)):
+        seconds = []
+        for _ in range(args.repeats):
+            if neb is theirs:
+                neb.precon = PreconImages(None, images)
+            images[1].positions[0, 0] += 1e-4  # a new band geometry at every evaluation
+            t = time.perf_counter()
+            neb.get_forces()
+            seconds.append(time.perf_counter() - t)
+        rows.append({"band": name, "seconds_per_evaluation": round(statistics.median(seconds), 4)})
+    theirs.precon = PreconImages(None, images)
+    difference = np.abs(ours.get_forces() - theirs.get_forces()).max()
+    return {"kind": args.kind, "radius": args.radius, "atoms": len(ini),
+            "images": args.images, "rows": rows, "max_force_difference": float(difference)}
+
+
 # ---- entry point ----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -378,12 +423,20 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("ml-relax")
     m.add_argument("--config", type=Path, default=Path("tests/data/tiny.yaml"))
     m.add_argument("--json", type=Path)
+    n = sub.add_parser("neb-band")
+    n.add_argument("--kind", default="edge100_110")
+    n.add_argument("--radius", type=float, default=85.0)
+    n.add_argument("--images", type=int, default=13)
+    n.add_argument("--repeats", type=int, default=5)
+    n.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.what == "calculator":
         result = run_calculator(args)
         result["peak_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     elif args.what == "ml-relax":
         result = run_ml_relax(args)
+    elif args.what == "neb-band":
+        result = run_neb_band(args)
     else:
         result = run_retrain(args)
     result["load_average_1min_at_end"] = os.getloadavg()[0]

@@ -73,6 +73,45 @@ def test_climbing_image_ends_at_the_saddle_of_a_force_only_band():
     assert np.abs(images[3].get_forces()).max() < 1e-3  # the true force vanishes there
 
 
+def test_band_forces_equal_ases_spline_after_every_move():
+    """The band fits its spline once per set of positions: its NEB forces equal ASE's own
+    (which refits at every read), at the start and after one image moves, with and
+    without a climbing image and with the Exp preconditioner."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.optimize.precon import PreconImages
+
+    start = bulk("Cu", cubic=True).repeat(2)
+    end = start.copy()
+    end.positions[0] += [0.9, 0.4, 0.2]
+    rng = np.random.default_rng(3)
+
+    def images() -> list[Atoms]:
+        out = []
+        for t in np.linspace(0.0, 1.0, 5):
+            atoms = start.copy()
+            atoms.positions += t * (end.positions - start.positions)
+            atoms.positions[1:] += 0.02 * rng.standard_normal((len(atoms) - 1, 3))
+            atoms.calc = EMT()
+            out.append(atoms)
+        return out
+
+    for climb, precon in ((False, None), (True, None), (False, "Exp")):
+        ours = images()
+        theirs = [im.copy() for im in ours]
+        for im in theirs:
+            im.calc = EMT()
+        neb, reference = make_neb(ours, climb=climb, precon=precon), \
+            make_neb(theirs, climb=climb, precon=precon)
+        for move in (None, 0.05 * rng.standard_normal((len(start), 3))):
+            if move is not None:
+                for band in (ours, theirs):
+                    band[2].positions += move
+            reference.precon = PreconImages(precon, theirs)  # ASE's, refitting every read
+            assert np.abs(neb.get_forces() - reference.get_forces()).max() < 1e-12
+            assert np.abs(neb.get_forces()).max() > 1e-2
+
+
 # The user's stand-in screw case: R 20 Å cylinder, QM radius 4 Å, buffer 5 Å, end points
 # relaxed to 0.01 eV/Å, 7 images, fmax 0.02 eV/Å.  FIRE's NEB from the same interpolated
 # path, measured once (stand-in W_2940_2017_2 + ZBL as "QM", W_milady_lml as ML):

@@ -7,6 +7,7 @@ import numpy as np
 from ase import Atoms
 from ase.constraints import FixAtoms
 from ase.mep import NEB
+from ase.optimize.precon import Precon, PreconImages
 
 
 def virtual_work_energies(images: list[Atoms], forces: np.ndarray) -> np.ndarray:
@@ -20,6 +21,22 @@ def virtual_work_energies(images: list[Atoms], forces: np.ndarray) -> np.ndarray
     return energies
 
 
+class _SplineOncePerBand(PreconImages):
+    """ASE's per-image preconditioners, with the band's spline fitted once per set of
+    positions.  ASE's ``spline`` property recomputes every image's reaction coordinate,
+    with ``find_mic`` over all atoms, on each of its four reads per image and band
+    evaluation: on a 13-image band of 6420 atoms that was nearly a second per band
+    evaluation (``benchmarks/bench_core.py neb-band``)."""
+
+    @property
+    def spline(self):
+        positions = np.concatenate([image.positions for image in self.images])
+        if self._spline is None or not np.array_equal(positions, self._fitted_at):
+            self._spline = self.spline_fit()
+            self._fitted_at = positions
+        return self._spline
+
+
 class ForceNEB(NEB):
     """ASE ``NEB`` (spline method) whose image energies are the virtual-work energies of the
     band's real forces, so that with ``climb`` the climbing image is the highest image of
@@ -31,6 +48,8 @@ class ForceNEB(NEB):
         super().__init__(images, k=k, climb=climb, method="spline", precon=precon)
 
     def get_forces(self):
+        if self.precon is None or isinstance(self.precon, (str, Precon, list)):
+            self.precon = _SplineOncePerBand(self.precon, self.images)
         if self.climb:
             real = np.array([im.get_forces(apply_constraint=False) for im in self.images])
             for im, e in zip(self.images, virtual_work_energies(self.images, real)):
