@@ -19,6 +19,7 @@ from qmml.accelerated import (AcceleratedSettings, ForceDifferences, MixedSystem
                               SurrogateMixing, default_hard_set, qm_point_frames,
                               neb_accelerated, relax_accelerated, seed_points)
 from qmml.descriptors import DescriptorCache, compute_descriptors, energy_rows
+from qmml.forcemixing import max_force
 from qmml.engines import engine_settings_hash
 from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
 from qmml.qmmm import make_force_qmmm, relax
@@ -295,7 +296,7 @@ def test_fixed_point_step_stays_where_a_minimiser_leaves(start, milady, tmp_path
     atoms = start.copy()
     system = MixedSystem([atoms], [0], cached(tmp_path), milady.calculator, milady,
                      AcceleratedSettings(), BUFFER, 5.0, None)
-    x, _ = system.relax_ml(0.002, "LBFGS", 3000, 0.3)
+    x, _ = system.relax_ml(0.002, "LBFGS", 3000)
     ev = system.evaluate_true(x)
     assert ev.fmax > 0.1  # QM and ML disagree at the ML minimum: something to relax
 
@@ -380,6 +381,23 @@ def test_no_fixed_point_search_after_a_quick_trust_hit(start, milady, tmp_path):
     assert step.fixed_point == "not searched"
     moved = np.sqrt(((step.positions - anchor.positions) ** 2).sum(axis=2)).max()
     assert moved == pytest.approx(0.05)
+
+
+def test_ml_relaxation_stops_at_its_lowest_point_once_stalled(start, milady, tmp_path):
+    """The relaxation with Θ_i alone, asked for fmax 0 (unreachable: FIRE ends in
+    round-off noise), stops after ``stall_steps`` steps without a new low, at the
+    lowest-force point of its path; without the stall stop it runs all its steps."""
+    def relax(stall_steps: int) -> tuple[float, int]:
+        system = MixedSystem([start.copy()], [0], cached(tmp_path), milady.calculator,
+                             milady, AcceleratedSettings(), BUFFER, 5.0, None)
+        x, n = system.relax_ml(0.0, "FIRE", 400, stall_steps)
+        system.set_positions(x, "sur")
+        return max_force(system.sur_target), n
+
+    lowest, steps = relax(20)
+    last, all_steps = relax(0)
+    assert all_steps == 400 and steps < 400
+    assert lowest < 1e-10 and lowest <= last
 
 
 def test_a_stalled_band_gets_no_fixed_point_search(start, milady, tmp_path, monkeypatch):

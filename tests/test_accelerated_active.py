@@ -102,3 +102,35 @@ def test_relaxation_with_active_region_reaches_the_true_minimum(start, milady, t
     print(f"QM calls: whole-system surrogate {whole_stats.n_qm_real_calls}, active region "
           f"{stats.n_qm_real_calls}")
     assert stats.n_qm_real_calls <= whole_stats.n_qm_real_calls
+
+
+def test_far_field_rounds_end_after_an_active_relaxation_stalls(start, milady, tmp_path,
+                                                                 monkeypatch):
+    """The far field and the active region take turns until both are below fmax, but an
+    active relaxation that stalled is the last: the far field relaxes once more after it,
+    and the step ends there (each further round would stall again)."""
+    system = MixedSystem([start.copy()], [0], cached(tmp_path), milady.calculator, milady,
+                         AcceleratedSettings(active_width=ACTIVE), BUFFER, 5.0, None)
+    x = system.positions()
+    system.set_surrogate(system.theta_i, x, np.zeros((int(system.qm_mask.sum()), 3)))
+    turns = []
+
+    def relax_far(y, fmax, optimizer, steps):
+        turns.append("far")
+        return y, 1
+
+    def relax_surrogate(y, trust, fmax, optimizer, steps, centre=None, stall_steps=0):
+        turns.append("active")
+        return y, 31, False, stall_steps > 0 and len(turns) >= 4  # stalls on its 2nd turn
+
+    monkeypatch.setattr(system, "relax_far", relax_far)
+    monkeypatch.setattr(system, "relax_surrogate", relax_surrogate)
+    # fmax 0: never reached, so only the stall ends the rounds
+    _, steps, hit, _ = system.relax_with_far_field(x, False, x, 0.3, 0.0,
+                                                   AcceleratedSettings(active_width=ACTIVE))
+    assert turns == ["far", "active", "far", "active", "far"] and not hit
+    assert steps == 3 * 1 + 2 * 31
+    turns.clear()  # without the stall stop the rounds run out
+    system.relax_with_far_field(x, False, x, 0.3, 0.0,
+                                AcceleratedSettings(active_width=ACTIVE, inner_stall_steps=0))
+    assert turns.count("active") == turns.count("far") == 10

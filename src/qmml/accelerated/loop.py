@@ -187,7 +187,7 @@ class _OuterLoop:
             try:
                 x, n = self.system.relax_ml(settings.inner_fmax_ratio * self.fmax,
                                             settings.inner_optimizer, settings.inner_steps,
-                                            settings.trust_max)
+                                            settings.inner_stall_steps)
             except SurrogateFailure as failure:
                 self._log(f"accelerated: relaxation with the ML potential alone failed "
                           f"({failure}); first QM call at the starting geometry")
