@@ -369,12 +369,23 @@ def run_ml_relax(args: argparse.Namespace) -> dict:
 
 # ---- (4) the NEB band's own time ------------------------------------------------------
 def run_neb_band(args: argparse.Namespace) -> dict:
-    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.calculators.calculator import Calculator
     from ase.optimize.precon import PreconImages
 
     from qmml.forcemixing import apply_fix_mask
     from qmml.nebband import make_neb
     from qmml.structures import glide_endpoints
+
+    class FixedForces(Calculator):  # the same forces wherever the atoms are: no potential
+        implemented_properties = ["energy", "forces"]
+
+        def __init__(self, forces: np.ndarray) -> None:
+            super().__init__()
+            self.forces = forces
+
+        def calculate(self, atoms=None, properties=("forces",), system_changes=()):
+            super().calculate(atoms, properties, system_changes)
+            self.results = {"energy": 0.0, "forces": self.forces.copy()}
 
     ini, fin = glide_endpoints(args.kind, radius=args.radius, fixed_width=10.0, **MILADY)
     rng = np.random.default_rng(0)
@@ -383,8 +394,7 @@ def run_neb_band(args: argparse.Namespace) -> dict:
         image = ini.copy()
         image.positions += t * (fin.positions - ini.positions)
         apply_fix_mask(image)
-        image.calc = SinglePointCalculator(image, energy=0.0,
-                                           forces=0.1 * rng.standard_normal((len(ini), 3)))
+        image.calc = FixedForces(0.1 * rng.standard_normal((len(ini), 3)))
         images.append(image)
     ours, theirs = make_neb(images), make_neb(images)
     rows = []

@@ -25,8 +25,8 @@ class _SplineOncePerBand(PreconImages):
     """ASE's per-image preconditioners, with the band's spline fitted once per set of
     positions.  ASE's ``spline`` property recomputes every image's reaction coordinate,
     with ``find_mic`` over all atoms, on each of its four reads per image and band
-    evaluation: on a 13-image band of 6420 atoms that was nearly a second per band
-    evaluation (``benchmarks/bench_core.py neb-band``)."""
+    evaluation: 0.81 s against 0.058 s on a 13-image band of 6396 atoms per image
+    (``benchmarks/bench_core.py neb-band``)."""
 
     @property
     def spline(self):
