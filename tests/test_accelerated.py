@@ -19,8 +19,8 @@ from qmml.accelerated import (AcceleratedSettings, ForceDifferences, MixedSystem
                               SurrogateMixing, default_hard_set, qm_point_frames,
                               neb_accelerated, relax_accelerated, seed_points)
 from qmml.descriptors import DescriptorCache, compute_descriptors, energy_rows
-from qmml.forcemixing import max_force
 from qmml.engines import engine_settings_hash
+from qmml.forcemixing import max_force
 from qmml.qmcache import KILL_ENV, CachedQMCalculator, QMCache
 from qmml.qmmm import make_force_qmmm, relax
 from qmml.regions import cylinder_region

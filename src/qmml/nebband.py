@@ -48,6 +48,8 @@ class ForceNEB(NEB):
         super().__init__(images, k=k, climb=climb, method="spline", precon=precon)
 
     def get_forces(self):
+        # ASE's own test for "preconditioners not built yet": build ours first, so that
+        # NEB.get_forces keeps them instead of making plain PreconImages
         if self.precon is None or isinstance(self.precon, (str, Precon, list)):
             self.precon = _SplineOncePerBand(self.precon, self.images)
         if self.climb:

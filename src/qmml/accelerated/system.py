@@ -337,9 +337,10 @@ class MixedSystem:
         0.02 eV/Å in 42 steps, then wandered and diverged (docs/design.md).
         SurrogateFailure if an evaluation fails."""
         with self._failures():
-            self.set_surrogate(self.theta_i, self.positions())
-            x, n, _, _ = self.relax_surrogate(self.positions(), np.inf, fmax, optimizer,
-                                              steps, stall_steps=stall_steps)
+            start = self.positions()
+            self.set_surrogate(self.theta_i, start)
+            x, n, _, _ = self.relax_surrogate(start, np.inf, fmax, optimizer, steps,
+                                              stall_steps=stall_steps)
         return x, n
 
     def surrogate_step(self, theta: np.ndarray, anchor: Evaluation, anchor_index: int,
