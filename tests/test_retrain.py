@@ -171,6 +171,32 @@ def test_retrain_descriptor_cache(milady, qmml_frames, constraint_files, tmp_pat
         (tmp_path / "warm_other_weight.snapcoeff").read_text().split("\n", 1)[1]
 
 
+def test_frames_and_paths_with_species_outside_the_potential_are_left_out(
+        milady, qmml_frames, constraint_files):
+    """A W potential cannot learn what He takes part in: a QM/ML frame or a path holding He
+    is no target.  The retraining equals the one without them, and its report names them."""
+    from qmml.retrain import retrain
+
+    path, _ = qmml_frames
+    frames = read(path, index=":")
+    with_he = frames[0].copy()
+    with_he.append("He")
+    with_he.positions[-1] = with_he.positions[0] + (0.0, 0.0, 1.2)
+    forces = np.vstack([target_forces(frames[0], "frame 0"), [[0.0, 0.0, 3.0]]])
+    with_he.new_array("forces", forces)
+    with_he.arrays["region"][-1] = "QM"
+    hard, soft = (read(f, index=":") for f in constraint_files)
+    w_only = [(f"W {i}", a) for i, a in enumerate(frames)]
+    theta_w, report_w = retrain(milady, w_only, hard, soft, lambda0=1e-6)
+    theta_he, report_he = retrain(milady, w_only + [("He frame", with_he)], hard, soft,
+                                  lambda0=1e-6, paths=[("He path", [with_he, with_he])])
+    np.testing.assert_array_equal(theta_he.theta, theta_w.theta)
+    assert report_w["left_out"] == []
+    assert report_he["left_out"] == ["He frame (He)", "He path (He)"]
+    assert report_he["n_target_frames"] == report_w["n_target_frames"] == 3
+    assert report_he["paths"] == []
+
+
 def test_frames_without_region_count_as_qm_in_retrain_and_extract(milady, qmml_frames):
     """A frame without a 'region' array (a plain QM calculation) mixed with QM/ML frames:
     all its free atoms are QM atoms, for the retraining report and the extracted errors."""
@@ -211,7 +237,9 @@ def test_retrain_bad_inputs(milady, constraint_files, tmp_path, capsys):
     he.new_array("forces", np.zeros((len(he), 3)))
     he_file = tmp_path / "he.xyz"
     write(he_file, he, format="extxyz")
-    assert "species He not in the potential" in error_of(he_file)
+    he_error = error_of(he_file)
+    assert "every target frame holds species the potential (W) lacks" in he_error
+    assert "he.xyz frame 0 (He)" in he_error
 
     all_fixed = bulk("W", "bcc", 3.18, cubic=True) * (2, 2, 2)
     all_fixed.new_array("forces", np.zeros((len(all_fixed), 3)))

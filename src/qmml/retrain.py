@@ -106,6 +106,16 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
     theta0 = pot0.theta
     if not targets:
         raise QmmlError("targets: empty target set")
+    targets, foreign_targets = split_by_species(targets, potential)
+    paths, foreign_paths = split_by_species(paths, potential)
+    foreign = foreign_targets + foreign_paths
+    if foreign and log:
+        log(f"retrain: {len(foreign)} target frame(s) or path(s) hold species the potential "
+            f"({', '.join(potential.elements)}) lacks and are left out: "
+            + "; ".join(foreign))
+    if not targets:
+        raise QmmlError(f"targets: every target frame holds species the potential "
+                        f"({', '.join(potential.elements)}) lacks: {'; '.join(foreign_targets)}")
     if not hard:
         raise QmmlError("hard set is empty: retraining without hard constraints would not "
                         "preserve elastic properties")
@@ -153,8 +163,28 @@ def retrain(potential: SNAPPotential, targets: Sequence[tuple[str, Atoms]],
         "rmse_definition": "root mean square of force-component errors (eV/Å)",
         "lambda_path": lambda_path if path_sets else None,
         "paths": [path_report(p, theta0, theta) for p in path_sets],
+        "left_out": foreign,
     }
     return pot0.with_theta(theta), report
+
+
+def split_by_species(items: Sequence[tuple[str, Atoms | Sequence[Atoms]]],
+                     potential: SNAPPotential) -> tuple[list, list[str]]:
+    """(the (source, frame or path) items whose atoms are all of the potential's species,
+    the sources of the others with their foreign species).  A potential without He cannot
+    learn forces or energies that He takes part in: He sits in the QM region and the ML
+    evaluation leaves it out, so such frames and paths are not retraining targets."""
+    known = set(potential.elements)
+    kept, foreign = [], []
+    for source, frames in items:
+        symbols = set()
+        for atoms in [frames] if isinstance(frames, Atoms) else frames:
+            symbols.update(atoms.get_chemical_symbols())
+        if symbols <= known:
+            kept.append((source, frames))
+        else:
+            foreign.append(f"{source} ({', '.join(sorted(symbols - known))})")
+    return kept, foreign
 
 
 def path_report(rows: PathRows, theta_before: np.ndarray, theta_after: np.ndarray) -> dict:
