@@ -4,6 +4,7 @@
     python benchmarks/bench_core.py retrain [--workers 2]
     python benchmarks/bench_core.py ml-relax [--config tests/data/tiny.yaml]
     python benchmarks/bench_core.py neb-band [--kind edge100_110] [--radius 85] [--images 13]
+    python benchmarks/bench_core.py ml-neb [--kind edge100_110] [--radius 40] [--images 13]
 
 ``calculator``: time per force call on bcc W (2·cells³ atoms, W_milady_lml, 2J=8) of
 (a) a bare LAMMPS instance set up by hand (``pair_style snap``, positions moved in place,
@@ -32,6 +33,12 @@ evaluated) on a glide path of ``--images`` images between the elastic end points
 ``--kind`` cylinder of ``--radius`` Å, with ASE's ``PreconImages`` (which refits the
 spline at each of its reads) and with qmml's band (:func:`qmml.nebband.make_neb`), and
 the largest difference of their forces.
+
+``ml-neb``: validation's ML-only glide NEB (W_milady_lml, energies) between the ML-relaxed
+elastic end points of a ``--kind`` cylinder of ``--radius`` Å, ``--images`` images, fmax
+0.05 eV/Å, one LAMMPS instance for every image: band evaluations, seconds and barrier of
+ASE's FIRE and of ASE's ODE12r NEB optimiser (``NEBOptimizer(method="ODE")``, the one
+:func:`qmml.validation.ml_neb_profile` uses).
 """
 from __future__ import annotations
 
@@ -414,6 +421,44 @@ def run_neb_band(args: argparse.Namespace) -> dict:
             "images": args.images, "rows": rows, "max_force_difference": float(difference)}
 
 
+# ---- (5) validation's ML-only NEB ------------------------------------------------------
+def run_ml_neb(args: argparse.Namespace) -> dict:
+    from ase.mep import NEB
+    from ase.mep.neb import NEBOptimizer
+    from ase.optimize import FIRE
+
+    from qmml.ml_relax import ml_image, relax_ml
+    from qmml.structures import glide_endpoints
+
+    pot = SNAPPotential.read(potential_path("W_milady_lml"))
+    ini, fin = glide_endpoints(args.kind, radius=args.radius, fixed_width=10.0, **MILADY)
+    ends = [ml_image(ini), ml_image(fin)]
+    for end in ends:
+        relax_ml(end, pot.calculator(), 0.01, 300)
+    rows = []
+    for name in ("FIRE", "ODE12r NEB optimiser"):
+        calc = pot.calculator()
+        images = [ends[0].copy()] + [ends[0].copy() for _ in range(args.images - 2)] \
+            + [ends[1].copy()]
+        for image in images:
+            image.set_constraint(ends[0].constraints)
+            image.calc = calc
+        band = NEB(images, k=0.1, method="improvedtangent", allow_shared_calculator=True)
+        band.interpolate(method="linear")
+        opt = FIRE(band, logfile=None) if name == "FIRE" else \
+            NEBOptimizer(band, method="ODE", logfile=None)
+        runs, t = calc.n_lammps_runs, time.perf_counter()
+        converged = bool(opt.run(fmax=0.05, steps=300))
+        seconds = time.perf_counter() - t
+        evaluations = (calc.n_lammps_runs - runs) / (args.images - 2)
+        energy = np.array([image.get_potential_energy() for image in images])
+        rows.append({"optimizer": name, "converged": converged,
+                     "band_evaluations": round(evaluations, 1), "seconds": round(seconds, 1),
+                     "barrier_eV": round(float(energy.max() - energy[0]), 4)})
+    return {"kind": args.kind, "radius": args.radius, "atoms": len(ini),
+            "images": args.images, "fmax": 0.05, "rows": rows}
+
+
 # ---- entry point ----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -439,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--images", type=int, default=13)
     n.add_argument("--repeats", type=int, default=5)
     n.add_argument("--json", type=Path)
+    e = sub.add_parser("ml-neb")
+    e.add_argument("--kind", default="edge100_110")
+    e.add_argument("--radius", type=float, default=40.0)
+    e.add_argument("--images", type=int, default=13)
+    e.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.what == "calculator":
         result = run_calculator(args)
@@ -447,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_ml_relax(args)
     elif args.what == "neb-band":
         result = run_neb_band(args)
+    elif args.what == "ml-neb":
+        result = run_ml_neb(args)
     else:
         result = run_retrain(args)
     result["load_average_1min_at_end"] = os.getloadavg()[0]

@@ -175,10 +175,12 @@ def core_type(relaxed: Atoms, structure: Atoms) -> tuple[str, np.ndarray, dict]:
     return min(distances, key=distances.get), centre, distances
 
 
-def ml_relaxed(structure: Atoms, potential, fmax: float = 0.01, steps: int = 500) -> Atoms:
-    """``structure`` relaxed with the ML potential alone (its fix_mask held)."""
+def ml_relaxed(structure: Atoms, potential, fmax: float = 0.01, steps: int = 500,
+               ranks: int = 1) -> Atoms:
+    """``structure`` relaxed with the ML potential alone (its fix_mask held), on ``ranks``
+    MPI processes (:meth:`qmml.potential.SNAPPotential.calculator`)."""
     atoms = ml_image(structure)
-    relax_ml(atoms, potential.calculator(), fmax, steps)
+    relax_ml(atoms, potential.calculator(ranks=ranks), fmax, steps)
     return atoms
 
 
@@ -192,14 +194,14 @@ def core_rows(case: str, ml: Atoms, qmml: Atoms, structure: Atoms, source: str) 
 
 
 # ---- glide path and Peierls barrier ----------------------------------------------------
-def path_energy_rows(case: str, images: Sequence[Atoms], potential, source: str
-                     ) -> list[dict]:
+def path_energy_rows(case: str, images: Sequence[Atoms], potential, source: str,
+                     ranks: int = 1) -> list[dict]:
     """The potential's energy along the QM/ML path vs the virtual-work profile."""
     from qmml.path_energy import ordered_images, virtual_work_energies
 
     images = ordered_images(images, source)
     reference = virtual_work_energies(images)
-    calc = potential.calculator()
+    calc = potential.calculator(ranks=ranks)
     energies = []
     for image in images:
         probe = Atoms(image.numbers, image.positions, cell=image.cell, pbc=image.pbc)
@@ -214,38 +216,42 @@ def path_energy_rows(case: str, images: Sequence[Atoms], potential, source: str
 
 def ml_neb_profile(initial: Atoms, final: Atoms, potential: PathLike, n_images: int,
                    fmax: float = 0.05, steps: int = 300, relax_ends: bool = True,
-                   ) -> tuple[np.ndarray, np.ndarray, bool]:
+                   ranks: int = 1) -> tuple[np.ndarray, np.ndarray, bool]:
     """ML-only NEB (ASE, SNAP energies) between two end states; fixed atoms from fix_mask.
 
     With `relax_ends` the end states are first relaxed with the same potential (they are
-    QM/ML minima, not ML ones).  Returns (s = normalised path length, E − E_initial in eV,
-    converged).
+    QM/ML minima, not ML ones).  Every image is evaluated by one LAMMPS instance on
+    ``ranks`` MPI processes (positions swapped in place), and the band is moved by ASE's
+    ODE12r NEB optimiser, which took 8–13 band evaluations where FIRE took 64–89 on
+    13-image glide paths (docs/performance.md).  Returns (s = normalised path length,
+    E − E_initial in eV, converged).
     """
     from ase.mep import NEB
-    from ase.optimize import FIRE
+    from ase.mep.neb import NEBOptimizer
 
     from qmml.potential import SNAPPotential
 
-    pot = SNAPPotential.read(potential)
+    calc = SNAPPotential.read(potential).calculator(ranks=ranks)
     ends = [ml_image(initial), ml_image(final)]
     if relax_ends:
         for end in ends:
-            relax_ml(end, pot.calculator(), 0.01, steps)
+            relax_ml(end, calc, 0.01, steps)
     images = [ends[0]] + [ends[0].copy() for _ in range(n_images - 2)] + [ends[1]]
     for im in images:
         im.set_constraint(ends[0].constraints)
-        im.calc = pot.calculator()  # one LAMMPS instance per image
-    band = NEB(images, k=0.1, method="improvedtangent")
+        im.calc = calc
+    band = NEB(images, k=0.1, method="improvedtangent", allow_shared_calculator=True)
     band.interpolate(method="linear")
-    opt = FIRE(band, logfile=None)
-    converged = bool(opt.run(fmax=fmax, steps=steps))
+    converged = bool(NEBOptimizer(band, method="ODE", logfile=None).run(fmax=fmax,
+                                                                       steps=steps))
     energy = np.array([im.get_potential_energy() for im in images])
     steps_len = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images, images[1:])]
     s = np.concatenate([[0.0], np.cumsum(steps_len)])
     return s / s[-1], energy - energy[0], converged
 
 
-def peierls_profile(images: Sequence[Atoms], prefix: PathLike, source: str) -> dict:
+def peierls_profile(images: Sequence[Atoms], prefix: PathLike, source: str,
+                    ranks: int = 1) -> dict:
     """The potential's ML-only NEB between the end states of the QM/ML NEB ``images``
     (same number of images, end states relaxed with the potential): {"s", "energy" (eV,
     from the initial state), "barrier", "converged", "qmml_barrier" (the QM/ML NEB's
@@ -253,7 +259,8 @@ def peierls_profile(images: Sequence[Atoms], prefix: PathLike, source: str) -> d
     if "neb_barrier_virtual_work" not in images[-1].info:
         raise QmmlError(f"{source}: info 'neb_barrier_virtual_work' missing (not a qmml "
                         "neb output)")
-    s, energy, converged = ml_neb_profile(images[0], images[-1], prefix, len(images))
+    s, energy, converged = ml_neb_profile(images[0], images[-1], prefix, len(images),
+                                          ranks=ranks)
     return {"s": s.tolist(), "energy": energy.tolist(), "barrier": float(energy.max()),
             "converged": converged,
             "qmml_barrier": float(images[-1].info["neb_barrier_virtual_work"]),

@@ -53,6 +53,8 @@ def validate_inputs(w):
 rule validate:
     input:
         unpack(validate_inputs),
+    # the ML-only glide NEBs and core relaxation run on the QM/ML jobs' ML ranks
+    threads: config["qmml"]["ml_ranks"]
     output:
         table=f"{R}/iter_{{i}}/validation.csv",
         # the ML-only glide NEB of each case, drawn by the glide_barriers figure

@@ -11,4 +11,4 @@ with log_file(snakemake.log[0]) as log:
                   snakemake.output.table, nebs=list(zip(p.neb_cases, inp.nebs)),
                   relaxed=list(zip(p.screw_cases, inp.relaxed, inp.structures)),
                   heldout=[(Path(f).parent.name, f) for f in inp.heldout],
-                  profiles=snakemake.output.profiles, log=log)
+                  profiles=snakemake.output.profiles, ml_ranks=snakemake.threads, log=log)

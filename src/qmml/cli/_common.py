@@ -57,7 +57,7 @@ def engine_config(args: argparse.Namespace) -> dict:
 def add_ml_ranks_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ml-ranks", type=positive_int, default=1,
                         help="MPI processes for the ML potential's LAMMPS (default 1: in "
-                        "this process); they wait while the QM engine runs")
+                        "this process); in QM/ML runs they wait while the QM engine runs")
 
 
 def add_qmml_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from qmml import QmmlError
-from qmml.cli._common import print_line
+from qmml.cli._common import add_ml_ranks_argument, print_line
 
 
 def _pair(text: str, parts: int, option: str) -> tuple[str, ...]:
@@ -45,6 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="validation CSV")
     parser.add_argument("--profiles", default=None, metavar="ML_NEB.json",
                         help="also write the ML-only glide NEB profiles by case (JSON)")
+    add_ml_ranks_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
     validate_file(args.potential, args.elastic, args.bulk_reference, args.vacancy_reference,
                   args.output, nebs=nebs, relaxed=relaxed,
                   heldout=[(Path(f).stem, f) for f in args.heldout],
-                  profiles=args.profiles, log=print_line)
+                  profiles=args.profiles, ml_ranks=args.ml_ranks, log=print_line)
     return 0

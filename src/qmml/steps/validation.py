@@ -51,7 +51,7 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
                   nebs: Sequence[tuple[str, PathLike]] = (),
                   relaxed: Sequence[tuple[str, PathLike, PathLike]] = (),
                   heldout: Sequence[tuple[str, PathLike]] = (),
-                  profiles: PathLike | None = None, log: Log = None):
+                  profiles: PathLike | None = None, ml_ranks: int = 1, log: Log = None):
     """``validation.csv`` of one potential (:mod:`qmml.validation`): elastic rows
     (``elastic``, the potential's elastic.json, or None to measure them, vs
     ``bulk_reference``), vacancy rows (the same procedure as
@@ -60,13 +60,16 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
     QM/ML path, per screw case in ``relaxed`` (case, QM/ML relaxed frame, unrelaxed
     structure) the core structure of an ML-only relaxation vs the QM/ML one, per file of
     ``heldout`` (label, frames) the force RMSE on its QM atoms; ``profiles``: JSON of the
-    ML-only NEB profiles by case (:func:`qmml.validation.peierls_profile`).  Returns the
-    table."""
+    ML-only NEB profiles by case (:func:`qmml.validation.peierls_profile`); ``ml_ranks``:
+    MPI processes of the ML potential in the glide-path and core calculations (the small
+    vacancy cells stay in this process).  Returns the table."""
+    from qmml.checks import positive_int
     from qmml.frames import read_output_frames
     from qmml.io import atomic_writer, read_frames, read_mapping, write_text
     from qmml.potential import SNAPPotential
     from qmml import validation as V
 
+    positive_int("ml_ranks", ml_ranks)
     start = time.perf_counter()
     pot = SNAPPotential.read(potential)
     if elastic is None:  # measured here, as the pipeline's elastic_check does
@@ -87,8 +90,8 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
     ml_nebs = {}
     for case, path in nebs:
         images = read_output_frames(path)
-        rows += V.path_energy_rows(case, images, pot, str(path))
-        ml_nebs[case] = V.peierls_profile(images, potential, str(path))
+        rows += V.path_energy_rows(case, images, pot, str(path), ranks=ml_ranks)
+        ml_nebs[case] = V.peierls_profile(images, potential, str(path), ranks=ml_ranks)
         rows += V.peierls_rows(case, ml_nebs[case])
         _say(log, f"validate: {case} glide path and ML NEB "
              f"({time.perf_counter() - start:.1f} s)")
@@ -97,7 +100,7 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
         if structure.info.get("kind") != "screw111":
             continue
         qmml = read_output_frames(qmml_path)[-1]
-        rows += V.core_rows(case, V.ml_relaxed(structure, pot), qmml, structure,
+        rows += V.core_rows(case, V.ml_relaxed(structure, pot, ranks=ml_ranks), qmml, structure,
                             str(qmml_path))
         _say(log, f"validate: {case} core ({time.perf_counter() - start:.1f} s)")
     for label, path in heldout:  # an empty file: nothing held out that iteration
