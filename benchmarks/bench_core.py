@@ -36,9 +36,9 @@ the largest difference of their forces.
 
 ``ml-neb``: validation's ML-only glide NEB (W_milady_lml, energies) between the ML-relaxed
 elastic end points of a ``--kind`` cylinder of ``--radius`` Å, ``--images`` images, fmax
-0.05 eV/Å, one LAMMPS instance for every image: band evaluations, seconds and barrier of
-ASE's FIRE and of ASE's ODE12r NEB optimiser (``NEBOptimizer(method="ODE")``, the one
-:func:`qmml.validation.ml_neb_profile` uses).
+0.05 eV/Å: band evaluations, seconds and barrier of ASE's FIRE (a LAMMPS instance per
+image) and of :func:`qmml.validation.ml_neb_profile` (ASE's ODE12r NEB optimiser,
+``NEBOptimizer(method="ODE")``, one LAMMPS instance for every image).
 """
 from __future__ import annotations
 
@@ -424,11 +424,11 @@ def run_neb_band(args: argparse.Namespace) -> dict:
 # ---- (5) validation's ML-only NEB ------------------------------------------------------
 def run_ml_neb(args: argparse.Namespace) -> dict:
     from ase.mep import NEB
-    from ase.mep.neb import NEBOptimizer
     from ase.optimize import FIRE
 
     from qmml.ml_relax import ml_image, relax_ml
     from qmml.structures import glide_endpoints
+    from qmml.validation import ml_neb_profile
 
     pot = SNAPPotential.read(potential_path("W_milady_lml"))
     ini, fin = glide_endpoints(args.kind, radius=args.radius, fixed_width=10.0, **MILADY)
@@ -436,25 +436,31 @@ def run_ml_neb(args: argparse.Namespace) -> dict:
     for end in ends:
         relax_ml(end, pot.calculator(), 0.01, 300)
     rows = []
-    for name in ("FIRE", "ODE12r NEB optimiser"):
-        calc = pot.calculator()
-        images = [ends[0].copy()] + [ends[0].copy() for _ in range(args.images - 2)] \
-            + [ends[1].copy()]
-        for image in images:
-            image.set_constraint(ends[0].constraints)
-            image.calc = calc
-        band = NEB(images, k=0.1, method="improvedtangent", allow_shared_calculator=True)
-        band.interpolate(method="linear")
-        opt = FIRE(band, logfile=None) if name == "FIRE" else \
-            NEBOptimizer(band, method="ODE", logfile=None)
-        runs, t = calc.n_lammps_runs, time.perf_counter()
-        converged = bool(opt.run(fmax=0.05, steps=300))
-        seconds = time.perf_counter() - t
-        evaluations = (calc.n_lammps_runs - runs) / (args.images - 2)
-        energy = np.array([image.get_potential_energy() for image in images])
-        rows.append({"optimizer": name, "converged": converged,
-                     "band_evaluations": round(evaluations, 1), "seconds": round(seconds, 1),
-                     "barrier_eV": round(float(energy.max() - energy[0]), 4)})
+    # FIRE, a LAMMPS instance per image
+    images = [ends[0].copy()] + [ends[0].copy() for _ in range(args.images - 2)] \
+        + [ends[1].copy()]
+    calcs = [pot.calculator() for _ in images]
+    for image, calc in zip(images, calcs):
+        image.set_constraint(ends[0].constraints)
+        image.calc = calc
+    band = NEB(images, k=0.1, method="improvedtangent")
+    band.interpolate(method="linear")
+    t = time.perf_counter()
+    converged = bool(FIRE(band, logfile=None).run(fmax=0.05, steps=300))
+    seconds = time.perf_counter() - t
+    energy = np.array([image.get_potential_energy() for image in images])
+    rows.append({"optimizer": "FIRE", "converged": converged,
+                 "band_evaluations": calcs[1].n_lammps_runs, "seconds": round(seconds, 1),
+                 "barrier_eV": round(float(energy.max() - energy[0]), 4)})
+    # ODE12r: qmml.validation.ml_neb_profile itself (its end points already relaxed)
+    calc = pot.calculator()
+    t = time.perf_counter()
+    _, energy, converged = ml_neb_profile(ends[0], ends[1], calc, args.images,
+                                          relax_ends=False)
+    seconds = time.perf_counter() - t
+    rows.append({"optimizer": "ODE12r NEB optimiser", "converged": converged,
+                 "band_evaluations": (calc.n_lammps_runs - 2) / (args.images - 2),
+                 "seconds": round(seconds, 1), "barrier_eV": round(float(energy.max()), 4)})
     return {"kind": args.kind, "radius": args.radius, "atoms": len(ini),
             "images": args.images, "fmax": 0.05, "rows": rows}
 

@@ -101,7 +101,8 @@ def run(tmp_path_factory):
     # the ML-only glide NEBs of both potentials, as their validation writes them
     neb_images = read_frames(it0 / "qmml" / "screw_neb.xyz")
     for it in (it0, it1):
-        profile = peierls_profile(neb_images, it / "potential", "screw_neb.xyz")
+        profile = peierls_profile(neb_images, SNAPPotential.read(it / "potential").calculator(),
+                                  "screw_neb.xyz")
         (it / "ml_neb_profiles.json").write_text(json.dumps({"screw": profile}))
     outputs = {name: R / "figures" / f"{name}.png" for name in F.FIGURES}
     numbers = {name: F.make_figure(name, inputs, outputs[name]) for name in F.FIGURES}

@@ -229,7 +229,7 @@ def test_validation_table_of_the_stand_in(milady, screw, tmp_path):
     assert float(table.loc[("force_rmse_heldout", "held"), "value"]) < 1e-6
 
 
-def test_ml_neb_barrier_is_the_vacancy_saddle_on_one_rank_and_on_two(milady, tmp_path):
+def test_ml_neb_barrier_is_the_vacancy_saddle_on_one_rank_and_on_two(milady):
     """The ML-only NEB of validation (ASE's ODE12r NEB optimiser, one LAMMPS instance for
     every image) on a vacancy hop: its barrier is the saddle that symmetry gives
     (vacancy_properties: the hopping atom held at the hop's midpoint), and the ML
@@ -242,16 +242,15 @@ def test_ml_neb_barrier_is_the_vacancy_saddle_on_one_rank_and_on_two(milady, tmp
     del initial[0]
     final = initial.copy()
     final.positions[hopper - 1] = perfect.positions[0]
-    milady.write(tmp_path / "pot")
     expected = vacancy_properties(milady.calculator(), A0, 2)["migration_barrier"]
-    s, energy, converged = ml_neb_profile(initial, final, tmp_path / "pot", 5, fmax=0.01)
+    s, energy, converged = ml_neb_profile(initial, final, milady.calculator(), 5, fmax=0.01)
     assert converged
     assert s[0] == 0.0 and s[-1] == 1.0 and energy[0] == 0.0
     assert abs(energy[-1]) < 1e-6                 # the two ends are the same state
     assert energy.max() == energy[2]              # the middle image is the saddle
     assert energy.max() == pytest.approx(expected, abs=1e-3)
-    s2, energy2, converged2 = ml_neb_profile(initial, final, tmp_path / "pot", 5,
-                                             fmax=0.01, ranks=2)
+    s2, energy2, converged2 = ml_neb_profile(initial, final, milady.calculator(ranks=2), 5,
+                                             fmax=0.01)
     assert converged2
     np.testing.assert_allclose(energy2, energy, atol=1e-6)
     np.testing.assert_allclose(s2, s, atol=1e-6)

@@ -175,12 +175,11 @@ def core_type(relaxed: Atoms, structure: Atoms) -> tuple[str, np.ndarray, dict]:
     return min(distances, key=distances.get), centre, distances
 
 
-def ml_relaxed(structure: Atoms, potential, fmax: float = 0.01, steps: int = 500,
-               ranks: int = 1) -> Atoms:
-    """``structure`` relaxed with the ML potential alone (its fix_mask held), on ``ranks``
-    MPI processes (:meth:`qmml.potential.SNAPPotential.calculator`)."""
+def ml_relaxed(structure: Atoms, calc: Calculator, fmax: float = 0.01, steps: int = 500
+               ) -> Atoms:
+    """``structure`` relaxed with the ML calculator ``calc`` alone (its fix_mask held)."""
     atoms = ml_image(structure)
-    relax_ml(atoms, potential.calculator(ranks=ranks), fmax, steps)
+    relax_ml(atoms, calc, fmax, steps)
     return atoms
 
 
@@ -194,14 +193,13 @@ def core_rows(case: str, ml: Atoms, qmml: Atoms, structure: Atoms, source: str) 
 
 
 # ---- glide path and Peierls barrier ----------------------------------------------------
-def path_energy_rows(case: str, images: Sequence[Atoms], potential, source: str,
-                     ranks: int = 1) -> list[dict]:
-    """The potential's energy along the QM/ML path vs the virtual-work profile."""
+def path_energy_rows(case: str, images: Sequence[Atoms], calc: Calculator, source: str
+                     ) -> list[dict]:
+    """The ML calculator's energy along the QM/ML path vs the virtual-work profile."""
     from qmml.path_energy import ordered_images, virtual_work_energies
 
     images = ordered_images(images, source)
     reference = virtual_work_energies(images)
-    calc = potential.calculator(ranks=ranks)
     energies = []
     for image in images:
         probe = Atoms(image.numbers, image.positions, cell=image.cell, pbc=image.pbc)
@@ -214,44 +212,55 @@ def path_energy_rows(case: str, images: Sequence[Atoms], potential, source: str,
              "relative_error": rmse / float(reference.max())}]
 
 
-def ml_neb_profile(initial: Atoms, final: Atoms, potential: PathLike, n_images: int,
+def ml_neb_profile(initial: Atoms, final: Atoms, calc: Calculator, n_images: int,
                    fmax: float = 0.05, steps: int = 300, relax_ends: bool = True,
-                   ranks: int = 1) -> tuple[np.ndarray, np.ndarray, bool]:
+                   ) -> tuple[np.ndarray, np.ndarray, bool]:
     """ML-only NEB (ASE, SNAP energies) between two end states; fixed atoms from fix_mask.
 
     With `relax_ends` the end states are first relaxed with the same potential (they are
-    QM/ML minima, not ML ones).  Every image is evaluated by one LAMMPS instance on
-    ``ranks`` MPI processes (positions swapped in place), and the band is moved by ASE's
-    ODE12r NEB optimiser, which took 8–13 band evaluations where FIRE took 64–89 on
-    13-image glide paths (docs/performance.md).  Returns (s = normalised path length,
-    E − E_initial in eV, converged).
+    QM/ML minima, not ML ones).  Every image is evaluated by the one ML calculator
+    ``calc`` (a LAMMPS instance, positions swapped in place), and the band is moved by ASE's
+    ODE12r NEB optimiser: it evaluates the band once per trial step, where ASE's FIRE
+    asks for the forces three times per step (each a full band evaluation with a shared
+    calculator), and it took fewer evaluations than FIRE on glide paths
+    (docs/performance.md).  Returns (s = normalised path length, E − E_initial in eV,
+    converged).
     """
     from ase.mep import NEB
     from ase.mep.neb import NEBOptimizer
 
-    from qmml.potential import SNAPPotential
-
-    calc = SNAPPotential.read(potential).calculator(ranks=ranks)
     ends = [ml_image(initial), ml_image(final)]
     if relax_ends:
         for end in ends:
             relax_ml(end, calc, 0.01, steps)
     images = [ends[0]] + [ends[0].copy() for _ in range(n_images - 2)] + [ends[1]]
-    for im in images:
+    for im in images[1:-1]:
         im.set_constraint(ends[0].constraints)
         im.calc = calc
+    for end in ends:  # evaluated once: the band reads their energies at every step
+        end.calc = fixed_result(end, calc)
     band = NEB(images, k=0.1, method="improvedtangent", allow_shared_calculator=True)
     band.interpolate(method="linear")
     converged = bool(NEBOptimizer(band, method="ODE", logfile=None).run(fmax=fmax,
                                                                        steps=steps))
-    energy = np.array([im.get_potential_energy() for im in images])
+    # the band's energies of its last evaluation: ODE12r never moves the band without
+    # evaluating it (reading each image's energy again would rerun the shared calculator)
+    energy = np.array(band.energies)
     steps_len = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images, images[1:])]
     s = np.concatenate([[0.0], np.cumsum(steps_len)])
     return s / s[-1], energy - energy[0], converged
 
 
-def peierls_profile(images: Sequence[Atoms], prefix: PathLike, source: str,
-                    ranks: int = 1) -> dict:
+def fixed_result(atoms: Atoms, calc: Calculator) -> Calculator:
+    """``calc``'s energy and forces at ``atoms`` as a SinglePointCalculator."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms.calc = calc
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False)
+    return SinglePointCalculator(atoms, energy=energy, forces=forces)
+
+
+def peierls_profile(images: Sequence[Atoms], calc: Calculator, source: str) -> dict:
     """The potential's ML-only NEB between the end states of the QM/ML NEB ``images``
     (same number of images, end states relaxed with the potential): {"s", "energy" (eV,
     from the initial state), "barrier", "converged", "qmml_barrier" (the QM/ML NEB's
@@ -259,8 +268,7 @@ def peierls_profile(images: Sequence[Atoms], prefix: PathLike, source: str,
     if "neb_barrier_virtual_work" not in images[-1].info:
         raise QmmlError(f"{source}: info 'neb_barrier_virtual_work' missing (not a qmml "
                         "neb output)")
-    s, energy, converged = ml_neb_profile(images[0], images[-1], prefix, len(images),
-                                          ranks=ranks)
+    s, energy, converged = ml_neb_profile(images[0], images[-1], calc, len(images))
     return {"s": s.tolist(), "energy": energy.tolist(), "barrier": float(energy.max()),
             "converged": converged,
             "qmml_barrier": float(images[-1].info["neb_barrier_virtual_work"]),

@@ -61,8 +61,8 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
     structure) the core structure of an ML-only relaxation vs the QM/ML one, per file of
     ``heldout`` (label, frames) the force RMSE on its QM atoms; ``profiles``: JSON of the
     ML-only NEB profiles by case (:func:`qmml.validation.peierls_profile`); ``ml_ranks``:
-    MPI processes of the ML potential in the glide-path and core calculations (the small
-    vacancy cells stay in this process).  Returns the table."""
+    MPI processes of the one ML calculator of the glide-path and core calculations (the
+    small vacancy cells stay in this process).  Returns the table."""
     from qmml.checks import positive_int
     from qmml.frames import read_output_frames
     from qmml.io import atomic_writer, read_frames, read_mapping, write_text
@@ -88,10 +88,11 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
                            f"{qm_vac.get('engine', 'QM')} ({vacancy_reference})")
     _say(log, f"validate: elastic and vacancy rows ({time.perf_counter() - start:.1f} s)")
     ml_nebs = {}
+    ml = pot.calculator(ranks=ml_ranks)  # one instance (ranks) for every large structure
     for case, path in nebs:
         images = read_output_frames(path)
-        rows += V.path_energy_rows(case, images, pot, str(path), ranks=ml_ranks)
-        ml_nebs[case] = V.peierls_profile(images, potential, str(path), ranks=ml_ranks)
+        rows += V.path_energy_rows(case, images, ml, str(path))
+        ml_nebs[case] = V.peierls_profile(images, ml, str(path))
         rows += V.peierls_rows(case, ml_nebs[case])
         _say(log, f"validate: {case} glide path and ML NEB "
              f"({time.perf_counter() - start:.1f} s)")
@@ -100,7 +101,7 @@ def validate_file(potential: PathLike, elastic: PathLike | None, bulk_reference:
         if structure.info.get("kind") != "screw111":
             continue
         qmml = read_output_frames(qmml_path)[-1]
-        rows += V.core_rows(case, V.ml_relaxed(structure, pot, ranks=ml_ranks), qmml, structure,
+        rows += V.core_rows(case, V.ml_relaxed(structure, ml), qmml, structure,
                             str(qmml_path))
         _say(log, f"validate: {case} core ({time.perf_counter() - start:.1f} s)")
     for label, path in heldout:  # an empty file: nothing held out that iteration
