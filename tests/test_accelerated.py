@@ -563,6 +563,27 @@ def test_seeded_rerun_reuses_cached_qm_points(start, milady, accelerated_run, tm
         seed_points([f[:-1] for f in frames], [start], [0], "other.xyz")
 
 
+def test_a_seed_of_another_atom_order_is_skipped(start, milady, accelerated_run, tmp_path):
+    """A seed whose atoms are those of another atom order (two far-apart ML atoms swapped:
+    its QM cluster, and so its QM call, are the same and cached) is not a QM point of this
+    structure: skipped, never replayed with this structure's fixed atoms and regions."""
+    done, stats, work = accelerated_run
+    seeds = seed_points(qm_point_frames([start], [0], stats, {}), [start], [0], "seeds.xyz")
+    free_ml = np.flatnonzero(~start.arrays["fix_mask"] & (start.arrays["region"] == "MM"))
+    i = free_ml[0]
+    j = free_ml[np.argmax(np.linalg.norm(start.positions[free_ml] - start.positions[i],
+                                         axis=1))]
+    swapped = seeds[-1].copy()
+    swapped[0][[i, j]] = swapped[0][[j, i]]
+    messages = []
+    run = relax_accelerated(start.copy(), cached(work / "cache"), milady, BUFFER, fmax=FMAX,
+                            seeds=[seeds[-1], swapped], steps=0, log=messages.append)
+    assert run.n_seeds == 1
+    assert "accelerated: 1 of 2 seed QM points have atoms more than 2.0 A from this " \
+        "structure's (another atom order): skipped" in messages
+    assert run.fmax_history[0] == pytest.approx(stats.fmax, abs=1e-12)  # the true seed
+
+
 @pytest.mark.slow
 def test_cli_killed_run_resumes_without_repeating_qm_calls(start, milady, tmp_path):
     """``qmml relax --optimizer accelerated`` SIGKILLed after 2 QM calls, then rerun."""

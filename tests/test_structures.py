@@ -191,3 +191,17 @@ def test_errors_name_the_key():
     for call, key in cases:
         with pytest.raises(QmmlError, match=key):
             call()
+
+
+def test_a_vacancy_at_the_screw_core_removes_the_same_atom_whatever_the_round_off():
+    """The three columns around a screw core are equally far from it: builds whose a0
+    differs by round-off (each iteration's potential keeps a0 to ~1e-8) remove the same
+    atom, so the atom order that seeds and binding paths rely on is the same."""
+    removed = set()
+    for k in range(8):
+        atoms = dislocation_cylinder("screw111", **dict(ELASTIC, a0=A0 * (1 + k * 3e-9)),
+                                     radius=20.0, fixed_width=6.0, n_line=2)
+        vacancy = add_point_defect(atoms, "vacancy", 0.0)
+        moved = np.linalg.norm(atoms.positions[:-1] - vacancy.positions, axis=1) > 1e-3
+        removed.add(int(np.argmax(moved)) if moved.any() else len(atoms) - 1)
+    assert len(removed) == 1, removed

@@ -329,8 +329,13 @@ def add_point_defect(atoms: Atoms, defect: str, distance: float = 0.0,
     a0 = float(atoms.info["a0"])
     tolerance = 0.3 * a0  # far below the 1NN distance 0.87·a0: no ambiguous matches
     sites, defining = _candidate_sites(atoms, site_type, target)
-    order = np.argsort(np.linalg.norm(_z_min_image(sites - target, atoms), axis=1),
-                       kind="stable")
+    dist = np.linalg.norm(_z_min_image(sites - target, atoms), axis=1)
+    # symmetric sites (the three columns around a screw core) tie up to round-off: take
+    # the first of them in the fixed enumeration order, so that every build of the same
+    # structure (each iteration's, with its potential's a0 to 1e-8) removes the same atom
+    # and the atom order, which seeds and binding paths rely on, stays the same
+    first = int(np.flatnonzero(dist <= dist.min() + 1e-6)[0])
+    order = [first] + [int(i) for i in np.argsort(dist, kind="stable") if i != first]
     chosen = [order[0]]
     if n_vac > 1:
         # grow a compact vacancy cluster: next site = nearest to the cluster centroid

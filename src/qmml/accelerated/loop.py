@@ -29,6 +29,11 @@ from qmml.qmcache import CachedQMCalculator, NotCached
 Log = Callable[[str], None] | None
 
 
+# Å: a seed atom farther than this from its place in the structure is another atom's (any
+# two lattice sites of W are ≥ 2.74 Å apart; relaxations move atoms far less)
+SEED_REACH = 2.0
+
+
 @dataclass
 class LoopState:
     """Everything the outer loop carries from one step to the next.  Checkpointed whole
@@ -154,23 +159,35 @@ class _OuterLoop:
         return True
 
     def start_from_seeds(self, seeds: Sequence[np.ndarray]) -> bool:
-        """Replay the cached seeds (never compute one); start from the best of them."""
+        """Replay the cached seeds (never compute one); start from the best of them.  A
+        seed with an atom farther than SEED_REACH from its place in the structure is a
+        QM point of another atom order (a structure built with another of several
+        symmetric defect sites), not of this structure: its positions would carry this
+        structure's fixed atoms and regions to other atoms, so it is skipped."""
+        start, foreign, uncached = self.system.positions(), 0, 0
         for x in seeds:
+            if np.linalg.norm(np.asarray(x) - start, axis=-1).max() > SEED_REACH:
+                foreign += 1
+                continue
             try:
                 with self.qm.cached_only():
                     ev = self.system.evaluate_true(x)
             except NotCached:
+                uncached += 1
                 continue
             self.record(ev)
         self.state.n_seeds = len(self.evals)
+        if foreign:
+            self._log(f"accelerated: {foreign} of {len(seeds)} seed QM points have atoms "
+                      f"more than {SEED_REACH} A from this structure's (another atom "
+                      f"order): skipped")
         if not self.evals:
-            if seeds:
+            if uncached:
                 self._log(f"accelerated: none of the {len(seeds)} seed QM points is cached")
             return False
         self.state.current = int(np.argmin([ev.fmax for ev in self.evals]))
-        skipped = len(seeds) - len(self.evals)
         self._log(f"accelerated: {len(self.evals)} of {len(seeds)} seed QM points replayed "
-                  f"from the cache{f' ({skipped} not cached, skipped)' if skipped else ''}"
+                  f"from the cache{f' ({uncached} not cached, skipped)' if uncached else ''}"
                   f"; starting from seed {self.state.current}")
         return True
 
