@@ -48,13 +48,17 @@ def test_profile_declares_slurm_and_heavy_rules() -> None:
     assert {"runtime", "mem_mb", "slurm_partition"} <= set(prof["default-resources"])
     heavy = ("qmml_relax", "qmml_neb", "qmml_3d_defect", "qmml_binding_path", "qm_bulk_reference",
              "qm_vacancy_reference")
-    assert set(prof["set-resources"]) == set(heavy)
+    sized = ("retrain", "validate")  # no MPI: time and memory only
+    assert set(prof["set-resources"]) == set(heavy) | set(sized)
     for rule in heavy:
         res = prof["set-resources"][rule]
         assert res["mpi"] == "srun", rule
         # The plugin rejects MPI jobs with tasks == 1.
         assert res["tasks"] > 1 and res["nodes"] >= 1 and res["cpus_per_task"] >= 1, rule
         assert res["runtime"] > 0 and res["mem_mb"] > 0, rule
+    for rule in sized:
+        res = prof["set-resources"][rule]
+        assert set(res) == {"runtime", "mem_mb"} and res["runtime"] > 0 and res["mem_mb"] > 0
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +85,9 @@ def heavy_rule_test_resources() -> list[str]:
     """
     args = []
     for rule, entry in profile_settings()["set-resources"].items():
-        entry = dict(entry, nodes=1, tasks=TEST_TASKS, cpus_per_task=1, runtime=10, mem_mb=1000)
+        if "mpi" in entry:
+            entry = dict(entry, nodes=1, tasks=TEST_TASKS, cpus_per_task=1)
+        entry = dict(entry, runtime=10, mem_mb=1000)
         args += [f"{rule}:{key}={value}" for key, value in entry.items()]
     return args
 
