@@ -331,10 +331,14 @@ def add_point_defect(atoms: Atoms, defect: str, distance: float = 0.0,
     sites, defining = _candidate_sites(atoms, site_type, target)
     dist = np.linalg.norm(_z_min_image(sites - target, atoms), axis=1)
     # symmetric sites (the three columns around a screw core) tie up to round-off: take
-    # the first of them in the fixed enumeration order, so that every build of the same
-    # structure (each iteration's, with its potential's a0 to 1e-8) removes the same atom
-    # and the atom order, which seeds and binding paths rely on, stays the same
-    first = int(np.flatnonzero(dist <= dist.min() + 1e-6)[0])
+    # the one farthest along `direction` (the first in the fixed enumeration order if
+    # that ties too), so that every build of the same structure (each iteration's, with
+    # its potential's a0 to 1e-8) removes the same atom and the atom order, which seeds
+    # and binding paths rely on, stays the same
+    tied = np.flatnonzero(dist <= dist.min() + 1e-6)
+    along = np.round((sites[tied, :2] - core) @ direction, 6) if site is None else \
+        np.zeros(len(tied))
+    first = int(tied[np.flatnonzero(along == along.max())[0]])
     order = [first] + [int(i) for i in np.argsort(dist, kind="stable") if i != first]
     chosen = [order[0]]
     if n_vac > 1:
