@@ -226,6 +226,7 @@ def ml_neb_profile(initial: Atoms, final: Atoms, calc: Calculator, n_images: int
     (docs/performance.md).  Returns (s = normalised path length, E − E_initial in eV,
     converged).
     """
+    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.mep import NEB
     from ase.mep.neb import NEBOptimizer
 
@@ -238,7 +239,9 @@ def ml_neb_profile(initial: Atoms, final: Atoms, calc: Calculator, n_images: int
         im.set_constraint(ends[0].constraints)
         im.calc = calc
     for end in ends:  # evaluated once: the band reads their energies at every step
-        end.calc = fixed_result(end, calc)
+        end.calc = calc
+        end.calc = SinglePointCalculator(end, energy=end.get_potential_energy(),
+                                         forces=end.get_forces(apply_constraint=False))
     band = NEB(images, k=0.1, method="improvedtangent", allow_shared_calculator=True)
     band.interpolate(method="linear")
     converged = bool(NEBOptimizer(band, method="ODE", logfile=None).run(fmax=fmax,
@@ -249,15 +252,6 @@ def ml_neb_profile(initial: Atoms, final: Atoms, calc: Calculator, n_images: int
     steps_len = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images, images[1:])]
     s = np.concatenate([[0.0], np.cumsum(steps_len)])
     return s / s[-1], energy - energy[0], converged
-
-
-def fixed_result(atoms: Atoms, calc: Calculator) -> Calculator:
-    """``calc``'s energy and forces at ``atoms`` as a SinglePointCalculator."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    atoms.calc = calc
-    energy, forces = atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False)
-    return SinglePointCalculator(atoms, energy=energy, forces=forces)
 
 
 def peierls_profile(images: Sequence[Atoms], calc: Calculator, source: str) -> dict:

@@ -183,7 +183,7 @@ class _OuterLoop:
                       f"order): skipped")
         if not self.evals:
             if uncached:
-                self._log(f"accelerated: none of the {len(seeds)} seed QM points is cached")
+                self._log(f"accelerated: none of the {uncached} seed QM points is cached")
             return False
         self.state.current = int(np.argmin([ev.fmax for ev in self.evals]))
         self._log(f"accelerated: {len(self.evals)} of {len(seeds)} seed QM points replayed "
