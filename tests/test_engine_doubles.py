@@ -23,6 +23,7 @@ from qmml.engines import (EngineFailed, EngineNotRunnable, engine_settings_hash,
                           is_retryable, make_qm_calculator)
 from qmml.engines.cluster import BOX_STEP, open_vacuum
 from qmml.qmcache import CachedQMCalculator
+from qmml.forcemixing import make_force_qmmm
 from qmml.qmmm import neb, relax
 from qmml.regions import cylinder_region, sphere_region
 from qmml.structures import add_point_defect, dislocation_cylinder, glide_endpoints
@@ -296,25 +297,36 @@ def test_unconverged_scf_is_retried_with_softer_settings(programs, tmp_path):
 BUFFER = 5.0
 
 
-@pytest.mark.parametrize("name", ["vasp", "castep", "espresso"])
-def test_qmml_relaxation_through_program_double(programs, milady, name):
+def small_screw_cylinder(milady) -> Atoms:
     atoms = dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
                                  MILADY["C44"], radius=16.0, fixed_width=5.0)
     cylinder_region(atoms, None, qm_radius=3.0, buffer_width=BUFFER, ml_cutoff=milady.cutoff)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def direct_relaxation(milady, tmp_path_factory) -> Atoms:
+    """The QM/ML relaxation of :func:`small_screw_cylinder` with the stand-in called
+    directly (no program, no files): what each program double must reproduce."""
+    atoms = small_screw_cylinder(milady)
+    ref = CachedQMCalculator.from_config({"engine": "reference"},
+                                         tmp_path_factory.mktemp("direct") / "cache")
+    relax(atoms, ref, milady.calculator(), BUFFER, optimizer="accelerated", fmax=0.02,
+          log=None)
+    return atoms
+
+
+@pytest.mark.parametrize("name", ["vasp", "castep", "espresso"])
+def test_qmml_relaxation_through_program_double(programs, milady, direct_relaxation, name):
+    atoms = small_screw_cylinder(milady)
     cfg = engine_config(name, programs, kpts_line=4)
     qm = CachedQMCalculator.from_config(cfg, programs / "cache")
     stats = relax(atoms, qm, milady.calculator(), BUFFER, optimizer="accelerated",
                   fmax=0.02, log=None)
     assert stats.converged and stats.fmax <= 0.02
     assert 1 <= qm.n_real_calls <= 8 and qm.engine.n_restarts == qm.n_real_calls - 1
-    # same QM/ML relaxation with the stand-in called directly: same QM forces, same result
-    direct = dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
-                                  MILADY["C44"], radius=16.0, fixed_width=5.0)
-    cylinder_region(direct, None, qm_radius=3.0, buffer_width=BUFFER, ml_cutoff=milady.cutoff)
-    ref = CachedQMCalculator.from_config({"engine": "reference"}, programs / "ref")
-    relax(direct, ref, milady.calculator(), BUFFER, optimizer="accelerated", fmax=0.02,
-          log=None)
-    assert np.abs(atoms.positions - direct.positions).max() < 2e-3
+    # the same QM forces as the stand-in called directly, so the same result
+    assert np.abs(atoms.positions - direct_relaxation.positions).max() < 2e-3
     assert engine_settings_hash(cfg) != engine_settings_hash({"engine": "reference"})
 
 
@@ -332,7 +344,10 @@ def test_neb_through_vasp_double(programs, milady):
     assert kpoints.split() == ["1", "1", "4"]
 
 
-def test_3d_defect_relaxation_through_vasp_double_uses_gamma(programs, milady):
+def test_3d_defect_cluster_through_vasp_double_is_open_and_gamma_only(programs, milady):
+    """A 3D defect's spherical QM cluster has no periodic direction: VASP gets vacuum on
+    every side and Γ only, though the config asks for k-points along the line, and the
+    QM/ML forces equal those with the stand-in called directly."""
     atoms = dislocation_cylinder("screw111", MILADY["a0"], MILADY["C11"], MILADY["C12"],
                                  MILADY["C44"], radius=12.0, fixed_width=3.0, n_line=7)
     atoms = add_point_defect(atoms, "vacancy", 0.0)
@@ -340,10 +355,14 @@ def test_3d_defect_relaxation_through_vasp_double_uses_gamma(programs, milady):
     assert counts["QM"] >= 4
     qm = CachedQMCalculator.from_config(engine_config("vasp", programs, kpts_line=12),
                                         programs / "cache")
-    stats = relax(atoms, qm, milady.calculator(), BUFFER, optimizer="accelerated",
-                  fmax=0.05, log=None)
-    assert stats.converged and stats.fmax <= 0.05
-    assert qm.engine.last_input is not None and len(qm.engine.last_input) < len(atoms)
+    direct = CachedQMCalculator.from_config({"engine": "reference"}, programs / "ref")
+    through, reference = atoms.copy(), atoms.copy()
+    through.calc = make_force_qmmm(through, qm, milady.calculator(), BUFFER)
+    reference.calc = make_force_qmmm(reference, direct, milady.calculator(), BUFFER)
+    forces = through.get_forces()
+    assert qm.n_real_calls == 1 and len(qm.engine.last_input) < len(atoms)
+    np.testing.assert_allclose(forces, reference.get_forces(), atol=1e-4)
+    assert np.abs(forces[atoms.arrays["region"] == "QM"]).max() > 0.05  # not a trivial case
     run = programs / "vasp-run"
     assert (run / "KPOINTS").read_text().splitlines()[3].split() == ["1", "1", "1"]
     seen = read(run / "POSCAR", format="vasp")
