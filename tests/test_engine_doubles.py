@@ -22,8 +22,8 @@ from qmml import QmmlError, potential_path
 from qmml.engines import (EngineFailed, EngineNotRunnable, engine_settings_hash,
                           is_retryable, make_qm_calculator)
 from qmml.engines.cluster import BOX_STEP, open_vacuum
-from qmml.qmcache import CachedQMCalculator
 from qmml.forcemixing import make_force_qmmm
+from qmml.qmcache import CachedQMCalculator
 from qmml.qmmm import neb, relax
 from qmml.regions import cylinder_region, sphere_region
 from qmml.structures import add_point_defect, dislocation_cylinder, glide_endpoints
