@@ -71,6 +71,30 @@ def test_mapping_moves_exactly_one_atom_by_one_hop(built):
         binding.atom_correspondence(far, other)
 
 
+def test_a_path_through_the_lattice_is_refused_before_any_qm_call(built, ml_calc, tmp_path):
+    """On a 3 b line the same configured pair picks sites several Å apart: the straight
+    path runs the moving atom through the lattice (its virtual work was -4025 eV with the
+    stand-in), so binding_path stops with the config key before its first QM call.  The
+    one-hop pair of the other tests passes the same check."""
+    near, far = built
+    perm = binding.atom_correspondence(far, near)
+    binding.check_path_clears_atoms(far, binding.displacement(far, _mapped(near, perm, far)),
+                                    "one hop")
+
+    line3 = dict(THREE_D, n_line=3)
+    near3, _ = binding.build_defect("vac", DEFECTS["vac"], SCREW, line3, MILADY, 0)
+    far3, _ = binding.build_defect("vac", DEFECTS["vac"], SCREW, line3, MILADY, 1)
+    sites = np.linalg.norm(np.subtract(near3.info["defect_position"],
+                                       far3.info["defect_position"]))
+    assert sites > 1.5 * np.sqrt(3) / 2 * far3.info["a0"]  # not first neighbours
+    qm = CachedQMCalculator.from_config(ENGINE, tmp_path / "cache")
+    with pytest.raises(QmmlError, match=r"^defects\.vac\.distances: binding path 0\.0 -> "
+                       r"3\.982 Å: .* not one lattice hop apart"):
+        binding.binding_path(far3, near3, far3, near3, qm, ml_calc,
+                             THREE_D["path_images"], THREE_D["buffer"])
+    assert qm.n_calls == 0
+
+
 def test_ml_virtual_work_reproduces_exact_ml_energy_difference(built, ml_calc):
     near, far = built
     e_far, far_ml = binding.ml_relaxed_energy(far, ml_calc, fmax=0.01)
