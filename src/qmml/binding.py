@@ -370,8 +370,8 @@ def binding_path(far: Atoms, near: Atoms, far_built: Atoms, near_built: Atoms,
         return BindingPath([frame], summary)
 
     far_requested = far_built.info.get("defect_distance_requested", "?")
-    check_path_clears_atoms(a, d, f"defects.{summary['defect_name']}.distances: binding path "
-                        f"{summary['distance_requested']} -> {far_requested} Å")
+    check_path_clears_atoms(a, d, f"defects.{summary['defect_name']}.distances: binding "
+                                  f"path {summary['distance_requested']} -> {far_requested} Å")
     images = linear_images(a, b, n_images)
     centres = [far_built.info["defect_position"], near_built.info["defect_position"]]
     region, counts = path_region(images, centres, qm_radius, buffer_width, ml_cutoff)
