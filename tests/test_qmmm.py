@@ -115,6 +115,48 @@ def test_rebuilt_calculator_cuts_the_same_cluster_and_hits_the_cache(milady, tmp
     assert qm.n_real_calls == 1  # the rebuilt calculator made no QM call
 
 
+def test_a_relaxed_structure_keeps_its_cluster_cell_across_a_rounding_boundary(milady,
+                                                                               tmp_path):
+    """The cluster cell is a rounded function of the QM atoms' extent; a relaxation that
+    carries the extent across a rounding boundary must not change the cell of the
+    structure it writes (its QM results would all be missed by the NEB or binding path
+    that starts from it).  A region marked anew gets its own cell."""
+    from qmml.forcemixing import QM_CELL_ROUND_OFF, QM_RADIUS_KEY
+
+    buffer, vacuum = 5.0, 5.0
+    start = screw()
+    cylinder_region(start, None, qm_radius=4.5, buffer_width=buffer, ml_cutoff=milady.cutoff)
+    qm = CachedQMCalculator.from_config({"engine": "reference"}, tmp_path / "cache")
+    relaxing = start.copy()
+    relaxing.calc = make_force_qmmm(relaxing, qm, milady.calculator(), buffer, vacuum)
+    cell = relaxing.calc.get_qm_cluster(relaxing).cell.diagonal().copy()
+    # stretch the QM atoms along x until a fresh rounding gives the next cell up
+    core = relaxing.arrays["region"] == "QM"
+    x = relaxing.positions[core, 0]
+    half_extent = (x.max() - x.min()) / 2
+    beyond = (cell[0] + QM_CELL_ROUND_OFF / 2) / 2 - buffer - vacuum + 0.05
+    relaxing.positions[core, 0] = x.mean() + (x - x.mean()) * beyond / half_extent
+    f_relaxing = relaxing.get_forces()
+    assert qm.n_real_calls == 1
+    write_frames(tmp_path / "relaxed.xyz", [relaxing])
+    rebuilt = read(tmp_path / "relaxed.xyz")
+    rebuilt.calc = make_force_qmmm(rebuilt, qm, milady.calculator(), buffer, vacuum)
+    np.testing.assert_array_equal(rebuilt.calc.get_qm_cluster(rebuilt).cell.diagonal(), cell)
+    np.testing.assert_allclose(rebuilt.get_forces(), f_relaxing, atol=1e-6)  # extxyz digits
+    assert qm.n_real_calls == 1  # the relaxation's QM result, reused
+    # without the carried radius the same geometry is cut in the next cell up
+    fresh = rebuilt.copy()
+    del fresh.info[QM_RADIUS_KEY]
+    fresh.calc = make_force_qmmm(fresh, qm, milady.calculator(), buffer, vacuum)
+    assert fresh.calc.get_qm_cluster(fresh).cell[0, 0] == cell[0] + QM_CELL_ROUND_OFF
+    # a wider QM region marked on the relaxed structure: a cell of its own
+    remarked = rebuilt.copy()
+    cylinder_region(remarked, None, qm_radius=8.0, buffer_width=buffer,
+                    ml_cutoff=milady.cutoff)
+    remarked.calc = make_force_qmmm(remarked, qm, milady.calculator(), buffer, vacuum)
+    assert remarked.calc.get_qm_cluster(remarked).cell[0, 0] >= cell[0] + 2 * QM_CELL_ROUND_OFF
+
+
 def test_tblite_qm_forces_equal_direct_call_and_relaxation_lowers_fmax(milady, tmp_path):
     from tblite.ase import TBLite
 

@@ -23,6 +23,10 @@ from qmml.qmcache import CachedQMCalculator
 
 # ---- building the QM/ML calculator -------------------------------------------------------
 QM_CELL_ROUND_OFF = 3.0  # Å: the QM cluster cell in open directions is a multiple of this
+QM_RADIUS_KEY = "qm_radius"  # atoms.info: the QM radius (Å, x y z) its cluster cell is cut with
+# Å: a carried QM radius is kept while the QM atoms' half-extent is within this of it (the
+# rounding itself allows QM_CELL_ROUND_OFF/4; relaxations move QM atoms by tenths of Å)
+QM_RADIUS_SLACK = 1.0
 
 
 def qm_mask_from_region(atoms: Atoms) -> np.ndarray:
@@ -68,7 +72,35 @@ def make_force_qmmm(atoms: Atoms, qm_calc: Calculator, ml_calc: Calculator,
     calc.qm_radius = np.array(calc.qm_radius, dtype=float)
     calc.qm_radius[open_dirs] = (cluster.cell.diagonal()[open_dirs] / 2.0
                                  - buffer_width - vacuum)
+    # Rounding alone still flips where a structure's QM extent sits near a rounding
+    # boundary: the relaxed end points of an NEB would get another cell than the
+    # relaxations that QM-called them, and miss the cache.  The pinned radius travels with
+    # the structure (info, hence extxyz) and is reused while it still fits its QM atoms.
+    carried = carried_qm_radius(atoms, qm_mask, open_dirs)
+    if carried is not None:
+        calc.qm_radius = carried
+    atoms.info[QM_RADIUS_KEY] = calc.qm_radius.copy()
     return calc
+
+
+def carried_qm_radius(atoms: Atoms, qm_mask: np.ndarray, open_dirs: np.ndarray
+                      ) -> np.ndarray | None:
+    """The QM radius pinned by an earlier calculator of this structure
+    (``atoms.info[QM_RADIUS_KEY]``) if its QM atoms still fit it: their half-extent (as
+    ASE measures it) within QM_RADIUS_SLACK of it in every open direction, so the
+    cluster keeps nearly its vacuum.  None otherwise (none carried, or a region marked
+    anew)."""
+    from ase.geometry import get_distances
+
+    carried = atoms.info.get(QM_RADIUS_KEY)
+    if carried is None:
+        return None
+    carried = np.array(carried, dtype=float).ravel()
+    vectors, _ = get_distances(atoms.positions[qm_mask], cell=atoms.cell, pbc=atoms.pbc)
+    extent = np.abs(vectors).max(axis=(0, 1)) / 2.0
+    if carried.shape != (3,) or (np.abs(carried - extent)[open_dirs] > QM_RADIUS_SLACK).any():
+        return None
+    return carried
 
 
 def apply_fix_mask(atoms: Atoms) -> None:
