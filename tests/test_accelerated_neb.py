@@ -147,3 +147,46 @@ def test_stand_in_screw_neb_takes_a_tenth_of_fires_qm_calls(tmp_path):
     assert len(path) == 7 and info["converged"] and info["fmax"] <= 0.02
     assert info["n_qm_real_calls"] <= FIRE_QM_CALLS / 10
     assert abs(info["neb_barrier_virtual_work"] - FIRE_BARRIER) < 0.005
+
+
+def test_a_probe_surrogate_that_runs_to_the_trust_radius_leaves_the_band_where_probed(
+        tmp_path, monkeypatch):
+    """The probes' surrogate knows a few single images only; when its relaxation runs to
+    the trust radius it is unstable, and the band it proposes is not taken: the band is
+    QM-called where the probes were, so their calls are repeated from the cache."""
+    from conftest import MILADY
+    from qmml.accelerated import MixedSystem, neb_accelerated
+    from qmml.accelerated.system import SurrogateStep
+    from qmml.forcemixing import neb_moving_images
+    from qmml.potential import SNAPPotential
+    from qmml.qmcache import CachedQMCalculator
+    from qmml.regions import cylinder_region
+    from qmml.structures import glide_endpoints
+
+    pot = SNAPPotential.read(potential_path("W_milady_lml"))
+    ini, fin = glide_endpoints("screw111", radius=16.0, fixed_width=6.0, **MILADY)
+    path = ini.info["glide_path"]
+    cylinder_region(ini, None, 3.0, 5.0, pot.cutoff, path=[path[:2], path[2:]])
+    fin.arrays["region"] = ini.arrays["region"].copy()
+    images = [ini.copy() for _ in range(6)] + [fin.copy()]
+    make_neb(images).interpolate(method="linear")
+    def unstable(self, theta, x, probed, settings, fmax):  # as if it had run away
+        return SurrogateStep(x + 0.2, np.zeros_like(x), 5, True)
+
+    monkeypatch.setattr(MixedSystem, "probe_step", unstable)
+    qm = CachedQMCalculator.from_config({"engine": "reference"}, tmp_path / "cache")
+    ml_band = []
+    relax_ml = MixedSystem.relax_ml
+
+    def keep_ml_band(self, *args, **kwargs):
+        x, n = relax_ml(self, *args, **kwargs)
+        ml_band.append(x)
+        return x, n
+
+    monkeypatch.setattr(MixedSystem, "relax_ml", keep_ml_band)
+    stats, _ = neb_accelerated(images, qm, pot, 5.0, fmax=0.02, steps=0, log=None)
+    moving = len(neb_moving_images(7))
+    probes = len(range(0, moving, 2))
+    # the end points, the start check, the probes, then only the images not probed
+    assert qm.n_real_calls == 2 + 1 + probes + (moving - probes)
+    np.testing.assert_array_equal(stats.qm_points[0].positions, ml_band[0])
