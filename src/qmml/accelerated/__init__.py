@@ -50,7 +50,8 @@ has an NEB force below fmax (``neb_start_check``: an interpolated path can be co
 and Θ_i's band would lead away from it); otherwise from Θ_i's ML-only band.  Two
 NEB-only savings: before the first QM call on the whole band, every other image is
 QM-called alone (``neb_probe``, bands of 4 or more moving images) and a surrogate fitted
-to those forces relaxes the band first; and after step 4, an image whose move can be
+to those forces relaxes the band first (unless it runs to the trust radius: unstable, not
+taken); and after step 4, an image whose move can be
 undone with the surrogate band still below ``keep_ratio``·fmax is put back at its QM
 point, so its QM call in step 5 is a cache hit (its true forces there are known; only its
 tangent changes).
