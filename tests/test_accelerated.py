@@ -351,7 +351,7 @@ def test_a_relaxation_stalls_only_after_getting_below_its_start():
     not reached a new low for the window, at that low; one whose forces rose from the
     start (an unstable surrogate: the first 31 steps of a tblite screw relaxation's
     surrogate, eV/Å) goes on to the trust radius instead of stopping where it began."""
-    from qmml.accelerated.system import StallWatch
+    from qmml.accelerated.records import StallWatch
 
     rising = [0.838, 1.695, 13.43, 1.193, 1.135, 1.759, 6.311, 1.344, 2.015, 25.697, 11.26,
               12.965, 13.393, 9.157, 7.71, 11.845, 7.287, 7.03, 6.244, 11.77, 8.158, 11.104,
@@ -404,7 +404,7 @@ def test_ml_relaxation_stops_at_its_lowest_point_once_stalled(start, milady, tmp
 def test_a_stalled_band_gets_no_fixed_point_search(start, milady, tmp_path, monkeypatch):
     """After a stalled surrogate relaxation a single structure gets the fixed-point search
     and a band does not; either way the step ends where the relaxation stalled."""
-    from qmml.accelerated.system import InnerRelaxation
+    from qmml.accelerated.records import InnerRelaxation
 
     settings = AcceleratedSettings()
     middle = start.copy()

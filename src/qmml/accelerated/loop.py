@@ -17,7 +17,8 @@ from qmml.accelerated.points import hard_id, seeds_id
 from qmml.accelerated.settings import AcceleratedSettings, AcceleratedStats
 from qmml.accelerated.surrogate import (ForceDifferences, SurrogateFailure, default_hard_set,
                                         fit_surrogate, hard_rows)
-from qmml.accelerated.system import Evaluation, MixedSystem, SurrogateStep, max_displacement
+from qmml.accelerated.records import Evaluation, SurrogateStep, max_displacement
+from qmml.accelerated.system import MixedSystem
 from qmml.ase_optimizers import QMMLOptimizer
 from qmml.descriptors import DescriptorCache
 from qmml.forcemixing import largest_norm, neb_moving_images, run_fingerprint

@@ -51,6 +51,9 @@ class AcceleratedSettings:
     keep_ratio: float = 0.5          # NEB: images whose surrogate move can be undone with
                                      # the surrogate band still below keep_ratio*fmax stay
                                      # at their QM point (no QM call); 0: every image moves
+    freeze_ratio: float = 0.8        # NEB: images whose true NEB force is at most this
+                                     # times fmax stay still while the others move (0:
+                                     # none)
 
     def check(self) -> None:
         if self.space not in ("linear", "quadratic"):
@@ -70,6 +73,9 @@ class AcceleratedSettings:
             raise QmmlError(f"accelerated: force_weight must be >= 0, got {self.force_weight}")
         if not 0 <= self.keep_ratio < 1:
             raise QmmlError(f"accelerated: keep_ratio must be in [0, 1), got {self.keep_ratio}")
+        if not 0 <= self.freeze_ratio <= 1:
+            raise QmmlError(f"accelerated: freeze_ratio must be in [0, 1], "
+                            f"got {self.freeze_ratio}")
         if self.active_width is not None and not self.active_width > 0:
             raise QmmlError(f"accelerated: active_width must be > 0, got {self.active_width}")
         if self.lambda0 <= 0:

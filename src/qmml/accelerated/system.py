@@ -3,8 +3,8 @@ moving images, one image for a relaxation or the interior images of an NEB."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple, Sequence
+from dataclasses import replace
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -13,6 +13,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
 from qmml import QmmlError
+from qmml.accelerated.records import (Evaluation, FixedPointSearch, InnerRelaxation,
+                                      StallWatch, SurrogateStep, max_displacement)
 from qmml.accelerated.settings import AcceleratedSettings
 from qmml.accelerated.surrogate import ForceDifferences, SurrogateFailure, SurrogateMixing
 from qmml.ase_optimizers import make_optimizer
@@ -69,75 +71,6 @@ def qm_force_rows(atoms: Atoms, space: SNAPPotential, qm_mask: np.ndarray) -> np
     return rows.reshape(-1, space.n_coefficients)
 
 
-class InnerRelaxation(NamedTuple):
-    """Where a surrogate relaxation ended, its steps, and why it stopped there if not
-    converged: at the trust radius (``hit``) or stalled (``stalled``)."""
-
-    positions: np.ndarray
-    steps: int
-    hit: bool
-    stalled: bool = False
-
-
-class StallWatch:
-    """The lowest largest force along a relaxation's path (the start's included), where
-    it was, and whether the relaxation has stalled: no new low for ``steps`` steps once
-    it has got below the start's force (before that its forces may rise for a while,
-    as an unstable surrogate's do; the trust radius ends such a relaxation)."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps, self.lowest, self.at = steps, np.inf, 0
-        self.positions: np.ndarray | None = None
-
-    def stalled(self, n: int, force: float, positions: np.ndarray) -> bool:
-        """Step ``n`` (0: the start) with its largest force and positions."""
-        if force < self.lowest:
-            self.lowest, self.at, self.positions = force, n, positions
-            return False
-        return self.at > 0 and n - self.at >= self.steps
-
-
-@dataclass
-class SurrogateStep:
-    """A relaxation of the surrogate from the anchor: where it ended, the surrogate forces
-    there (the prediction the QM call is judged by), its steps, and whether it stopped at
-    the trust radius."""
-
-    positions: np.ndarray          # (n_images, N, 3)
-    predicted: np.ndarray          # surrogate mixed forces there (n_images, N, 3)
-    steps: int
-    hit: bool
-    kept: int = 0                  # NEB images left at their QM point (no QM call)
-    fixed_point: str = ""          # the step's fixed-point search (FixedPointSearch.outcome)
-                                   # or why there was none: "not searched"
-                                   # (FIXED_POINT_MIN_STEPS), "not searched (band
-                                   # stalled)"
-
-
-@dataclass
-class FixedPointSearch:
-    """A Newton-Krylov search for the surrogate's fixed point: where it is (None if not
-    found), the largest surrogate force at the start and after each Newton iteration, and
-    the surrogate force evaluations it took."""
-
-    positions: np.ndarray | None
-    residuals: list[float]
-    evaluations: int
-
-    @property
-    def outcome(self) -> str:
-        found = "found" if self.positions is not None else "not found"
-        return f"{found}, {self.evaluations} evaluations"
-
-
-@dataclass
-class Evaluation:
-    positions: np.ndarray          # (n_images, N, 3)
-    forces: np.ndarray             # true mixed forces (n_images, N, 3), no constraints
-    qm_forces: np.ndarray          # raw QM forces of the QM atoms (n_images, n_qm, 3)
-    fmax: float                    # convergence measure (constraints/NEB projection applied)
-
-
 class MixedSystem:
     """True and surrogate copies of the moving images plus their optimiser targets."""
 
@@ -146,6 +79,7 @@ class MixedSystem:
                  settings: AcceleratedSettings, buffer_width: float, vacuum: float,
                  neb_kwargs: dict | None) -> None:
         self.images, self.moving, self.qm = true_images, list(moving), qm
+        self.frozen: set[int] = set()  # moving images the surrogate relaxation holds still
         self.potential, self.ml_factory = potential, ml_factory
         self.qm_mask = qm_mask_from_region(true_images[self.moving[0]])
         self.free = free_mask(true_images[self.moving[0]])
@@ -202,13 +136,16 @@ class MixedSystem:
         """Which atoms the surrogate images move (SurrogateMixing.phase): the others are
         fixed for their optimiser."""
         if self.active is None:
-            return
-        fixed = {"whole": ~self.free, "active": ~self.free | ~self.active,
-                 "far": ~self.free | self.active}[phase]
-        for j in self.moving:
+            fixed = ~self.free
+        else:
+            fixed = {"whole": ~self.free, "active": ~self.free | ~self.active,
+                     "far": ~self.free | self.active}[phase]
+        for n, j in enumerate(self.moving):
             image = self.sur_images[j]
-            image.set_constraint(FixAtoms(mask=fixed) if fixed.any() else [])
-            image.calc.set_phase(phase)
+            mask = np.ones_like(fixed) if n in self.frozen else fixed
+            image.set_constraint(FixAtoms(mask=mask) if mask.any() else [])
+            if self.active is not None:
+                image.calc.set_phase(phase)
 
     # positions of the moving images, (n_moving, N, 3)
     def positions(self, which: str = "true") -> np.ndarray:
@@ -231,8 +168,10 @@ class MixedSystem:
             fq = im.calc
             sel = fq.qm_selection_mask[fq.qm_buffer_mask]
             qm_forces.append(np.array(self.taps[j].results["forces"])[sel])
+        target = np.asarray(self.true_target.get_forces())
+        image_fmax = np.sqrt((target.reshape(len(self.moving), -1, 3) ** 2).sum(-1)).max(1)
         return Evaluation(self.positions(), np.array(forces), np.array(qm_forces),
-                           max_force(self.true_target))
+                          float(image_fmax.max()), image_fmax)
 
     def image_neb_force(self, n: int) -> float:
         """Largest NEB force on moving image n at the true images' positions, from its own
@@ -348,7 +287,38 @@ class MixedSystem:
                        fmax: float) -> SurrogateStep:
         """Surrogate Θ_k (with Δ-correction and linear term as ``settings`` say) set up at
         the anchor and relaxed inside the trust radius (module docstring, steps 3-4).
-        SurrogateFailure if an evaluation fails: no QM call is then due."""
+        SurrogateFailure if an evaluation fails: no QM call is then due.
+
+        NEB: the images already converged at the anchor (true NEB force at most
+        ``freeze_ratio``·fmax, while others are not) stay where they are, so they cost no
+        QM call; their true forces there are known, and the band is relaxed around them.
+        If the band's move takes a frozen image's NEB force (exact: only its tangent and
+        springs change) above fmax, the step is taken again with every image free."""
+        frozen = set()
+        if self.neb_kwargs is not None and settings.freeze_ratio > 0 \
+                and anchor.fmax > fmax:
+            frozen = set(np.flatnonzero(anchor.image_fmax <= settings.freeze_ratio * fmax))
+        try:
+            if frozen:
+                self.frozen = frozen
+                step = self._surrogate_step(theta, anchor, anchor_index, data, settings,
+                                            trust, fmax)
+                self.frozen = set()
+                with self._failures():
+                    self.set_phase("active")
+                    self.set_positions(step.positions, "sur")
+                    neb = np.asarray(self.sur_target.get_forces()).reshape(
+                        len(self.moving), -1, 3)
+                if max(largest_norm(neb[n]) for n in frozen) <= fmax:
+                    return replace(step, kept=len(frozen))
+            return self._surrogate_step(theta, anchor, anchor_index, data, settings, trust,
+                                        fmax)
+        finally:
+            self.frozen = set()
+
+    def _surrogate_step(self, theta: np.ndarray, anchor: Evaluation, anchor_index: int,
+                        data: ForceDifferences, settings: AcceleratedSettings, trust: float,
+                        fmax: float) -> SurrogateStep:
         with self._failures():
             self.set_surrogate(theta, anchor.positions,
                                anchor.qm_forces if settings.delta_correction else None,
@@ -469,8 +439,8 @@ class MixedSystem:
                 if max_force(self.sur_target) <= limit:
                     x, kept = trial, kept + 1
             self.set_positions(x, "sur")
-            return SurrogateStep(x, self.surrogate_forces(), step.steps, step.hit, kept,
-                                 step.fixed_point)
+            return SurrogateStep(x, self.surrogate_forces(), step.steps, step.hit,
+                                 step.kept + kept, step.fixed_point)
 
     def relax_surrogate(self, start: np.ndarray, trust: float, fmax: float, optimizer: str,
                         steps: int, centre: np.ndarray | None = None,
@@ -533,6 +503,7 @@ class MixedSystem:
         def displaced(dx: np.ndarray) -> np.ndarray:  # dx: the free atoms' displacements
             x = start.copy()
             x[:, free] += dx.reshape(len(self.moving), -1, 3)
+            x[list(self.frozen)] = start[list(self.frozen)]
             return x
 
         def target_forces(dx: np.ndarray) -> np.ndarray:  # what the inner optimiser sees
@@ -587,11 +558,6 @@ def active_region(atoms: Atoms, qm_mask: np.ndarray, free: np.ndarray, width: fl
             (reach > 0 and (dist <= width + reach).sum() > 0.5 * len(atoms)):
         return None
     return active
-
-
-def max_displacement(x: np.ndarray, start: np.ndarray) -> float:
-    """Largest atomic distance between two (images, atoms, 3) position arrays."""
-    return largest_norm(x - start)
 
 
 class _OutOfBudget(Exception):
