@@ -234,3 +234,44 @@ def test_images_converged_at_the_anchor_stay_still_and_cost_no_qm_call(tmp_path)
     assert np.abs(np.delete(moved.positions - anchor.positions, still, axis=0)).max() > 0
     assert qm.n_real_calls - calls == len(image_fmax) - len(still)
     assert moved.image_fmax[still].max() <= fmax
+
+
+def test_a_band_step_that_fails_on_its_furthest_image_costs_one_qm_call(tmp_path,
+                                                                         monkeypatch):
+    """The image that moved furthest is QM-called first; when its NEB force and its
+    prediction error both exceed the anchor's fmax, the band's step is rejected on that
+    one call (its forces kept as a probe's), not on one call per image."""
+    from conftest import MILADY
+    from qmml.accelerated import AcceleratedSettings, MixedSystem, neb_accelerated
+    from qmml.accelerated.records import SurrogateStep
+    from qmml.potential import SNAPPotential
+    from qmml.qmcache import CachedQMCalculator
+    from qmml.regions import cylinder_region
+    from qmml.structures import glide_endpoints
+
+    pot = SNAPPotential.read(potential_path("W_milady_lml"))
+    ini, fin = glide_endpoints("screw111", radius=16.0, fixed_width=6.0, **MILADY)
+    path = ini.info["glide_path"]
+    cylinder_region(ini, None, 3.0, 5.0, pot.cutoff, path=[path[:2], path[2:]])
+    fin.arrays["region"] = ini.arrays["region"].copy()
+    images = [ini.copy() for _ in range(6)] + [fin.copy()]
+    make_neb(images).interpolate(method="linear")
+    qm_atoms = ini.arrays["region"] == "QM"
+
+    def wrong(self, theta, anchor, anchor_index, data, settings, trust, fmax):
+        # a surrogate that predicts no change for a move that jams the QM atoms
+        x = anchor.positions.copy()
+        x[:, qm_atoms, 0] += np.linspace(0.1, 0.3, len(x))[:, None]
+        return SurrogateStep(x, anchor.forces.copy(), 10, True)
+
+    monkeypatch.setattr(MixedSystem, "surrogate_step", wrong)
+    qm = CachedQMCalculator.from_config({"engine": "reference"}, tmp_path / "cache")
+    settings = AcceleratedSettings(neb_probe=False, neb_start_check=False, fallback_after=5)
+    stats, _ = neb_accelerated(images, qm, pot, 5.0, fmax=0.02, steps=1, log=None,
+                               settings=settings)
+    moving = 5
+    assert stats.rejected_steps == 1 and len(stats.qm_points) == 1
+    assert qm.n_real_calls == 2 + moving + 1  # end points, the band, one image
+    n, _, forces = stats.single_images[-1]
+    assert n == moving - 1  # the furthest-moved image
+    assert stats.prediction_errors[-1] > stats.qm_points[0].fmax
