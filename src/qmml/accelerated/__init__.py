@@ -47,17 +47,15 @@ image (their QM clusters differ, the surrogate is one potential), and the surrog
 (ASE NEB, spline tangents, optional climbing image: :mod:`qmml.nebband`) is relaxed in
 step 4.  The band starts where it is given if its middle image, QM-called alone, already
 has an NEB force below fmax (``neb_start_check``: an interpolated path can be converged,
-and Θ_i's band would lead away from it); otherwise from Θ_i's ML-only band.  NEB-only
-savings: before the first QM call on the whole band, every other image is
+and Θ_i's band would lead away from it); otherwise from Θ_i's ML-only band.  Three
+NEB-only savings: before the first QM call on the whole band, every other image is
 QM-called alone (``neb_probe``, bands of 4 or more moving images) and a surrogate fitted
 to those forces relaxes the band first (unless it runs to the trust radius: unstable, not
 taken); in step 4, the images whose true NEB force is already below
 ``freeze_ratio``·fmax stay where they are while the band relaxes around them (unless
 that takes one above fmax: its NEB force there is exact, only its tangent and springs
 change), and after it an image whose move can be undone with the surrogate band still
-below ``keep_ratio``·fmax is put back at its QM point; in step 5 both are cache hits,
-and the image that moved furthest is QM-called first: if its NEB force and its prediction
-error both reach the anchor's fmax, the step is rejected on that one call.
+below ``keep_ratio``·fmax is put back at its QM point; in step 5 both are cache hits.
 
 Everything is retrained from the data, nothing is fitted across relaxations: the
 surrogates are per-relaxation scaffolding and are never written as a potential.  What is

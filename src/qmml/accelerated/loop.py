@@ -361,8 +361,6 @@ class _OuterLoop:
         """QM call at the pending point; accept it or reject it (module docstring, step 5)."""
         state, settings = self.state, self.settings
         step, anchor = state.pending, self.anchor
-        if self.rejected_on_one_image(step, anchor):
-            return
         ev = self.system.evaluate_true(step.positions)
         state.pending = None
         self.record(ev)
@@ -389,39 +387,6 @@ class _OuterLoop:
                   f"{max_displacement(ev.positions, anchor.positions):.3f} A  trust "
                   f"{state.trust:.3f} A  hard residual "
                   f"{state.surrogate_hard_residuals[-1]:.1e}")
-
-    def rejected_on_one_image(self, step: SurrogateStep, anchor: Evaluation) -> bool:
-        """NEB without a climbing image: QM-call the image that moved furthest first.  If
-        its NEB force (exact from its own forces: the tangent and springs come from the
-        band's positions) and its prediction error are both at least the anchor's fmax,
-        the band's step is rejected whatever the other images give, for one call instead
-        of one per image; its forces join the data as a probe's.  Otherwise the band is
-        QM-called as usual, and this image's call comes back from the cache."""
-        system = self.system
-        if len(system.moving) < 2 or system.neb_kwargs.get("climb"):
-            return False
-        moves = [max_displacement(step.positions[n:n + 1], anchor.positions[n:n + 1])
-                 for n in range(len(system.moving))]
-        n = int(np.argmax(moves))
-        system.set_positions(step.positions)
-        rows, qm_forces = system.evaluate_image(n, step.positions[n])
-        forces = system.images[system.moving[n]].get_forces(apply_constraint=False)
-        error = largest_norm((step.predicted[n] - forces)[system.free])
-        force = system.image_neb_force(n)
-        if force < anchor.fmax or error < anchor.fmax:
-            return False
-        state = self.state
-        self.data.add_absolute(rows, qm_forces)
-        state.probes.append((n, step.positions[n].copy()))
-        self.keep_single_image(n)
-        state.pending = None
-        state.prediction_errors.append(error)
-        self.reject()
-        self._log(f"accelerated: outer {state.outer_steps:3d}  QM calls {self.qm.n_calls:4d}  "
-                  f"image {system.moving[n]} alone: NEB force {force:.5f}, prediction "
-                  f"error {error:.5f}  REJECTED  surrogate steps {step.steps:4d}  step "
-                  f"{moves[n]:.3f} A  trust {state.trust:.3f} A")
-        return True
 
     def reject(self, failure: bool = False) -> None:
         """Stay at the anchor and shrink the trust radius (one outer step)."""
