@@ -149,27 +149,34 @@ def test_stand_in_screw_neb_takes_a_tenth_of_fires_qm_calls(tmp_path):
     assert abs(info["neb_barrier_virtual_work"] - FIRE_BARRIER) < 0.005
 
 
-def test_a_probe_surrogate_that_runs_to_the_trust_radius_leaves_the_band_where_probed(
-        tmp_path, monkeypatch):
-    """The probes' surrogate knows a few single images only; when its relaxation runs to
-    the trust radius it is unstable, and the band it proposes is not taken: the band is
-    QM-called where the probes were, so their calls are repeated from the cache."""
+def small_screw_glide_band(milady) -> list[Atoms]:
+    """A linearly interpolated 7-image stand-in screw glide band (R = 16 Å, QM atoms within 3 Å
+    of the glide path, 5 Å buffer): small enough for single outer steps in a test."""
     from conftest import MILADY
-    from qmml.accelerated import MixedSystem, neb_accelerated
-    from qmml.accelerated.records import SurrogateStep
-    from qmml.forcemixing import neb_moving_images
-    from qmml.potential import SNAPPotential
-    from qmml.qmcache import CachedQMCalculator
     from qmml.regions import cylinder_region
     from qmml.structures import glide_endpoints
 
-    pot = SNAPPotential.read(potential_path("W_milady_lml"))
     ini, fin = glide_endpoints("screw111", radius=16.0, fixed_width=6.0, **MILADY)
     path = ini.info["glide_path"]
-    cylinder_region(ini, None, 3.0, 5.0, pot.cutoff, path=[path[:2], path[2:]])
+    cylinder_region(ini, None, 3.0, 5.0, milady.cutoff, path=[path[:2], path[2:]])
     fin.arrays["region"] = ini.arrays["region"].copy()
     images = [ini.copy() for _ in range(6)] + [fin.copy()]
     make_neb(images).interpolate(method="linear")
+    return images
+
+
+def test_a_probe_surrogate_that_runs_to_the_trust_radius_leaves_the_band_where_probed(
+        milady, tmp_path, monkeypatch):
+    """The probes' surrogate knows a few single images only; when its relaxation runs to
+    the trust radius it is unstable, and the band it proposes is not taken: the band is
+    QM-called where the probes were, so their calls are repeated from the cache."""
+    from qmml.accelerated import MixedSystem, neb_accelerated
+    from qmml.accelerated.records import SurrogateStep
+    from qmml.forcemixing import neb_moving_images
+    from qmml.qmcache import CachedQMCalculator
+
+    images = small_screw_glide_band(milady)
+
     def unstable(self, theta, x, probed, settings, fmax):  # as if it had run away
         return SurrogateStep(x + 0.2, np.zeros_like(x), 5, True)
 
@@ -184,7 +191,7 @@ def test_a_probe_surrogate_that_runs_to_the_trust_radius_leaves_the_band_where_p
         return x, n
 
     monkeypatch.setattr(MixedSystem, "relax_ml", keep_ml_band)
-    stats, _ = neb_accelerated(images, qm, pot, 5.0, fmax=0.02, steps=0, log=None)
+    stats, _ = neb_accelerated(images, qm, milady, 5.0, fmax=0.02, steps=0, log=None)
     moving = len(neb_moving_images(7))
     probes = len(range(0, moving, 2))
     # the end points, the start check, the probes, then only the images not probed
@@ -192,34 +199,20 @@ def test_a_probe_surrogate_that_runs_to_the_trust_radius_leaves_the_band_where_p
     np.testing.assert_array_equal(stats.qm_points[0].positions, ml_band[0])
 
 
-def test_images_converged_at_the_anchor_stay_still_and_cost_no_qm_call(tmp_path):
+def test_images_converged_at_the_anchor_stay_still_and_cost_no_qm_call(milady, tmp_path):
     """An image whose true NEB force is already below freeze_ratio·fmax is held still
     while the rest of the band moves: its QM point is reused (a cache hit), so the band's
     next evaluation QM-calls only the images that moved."""
-    from conftest import MILADY
     from dataclasses import replace
 
     from qmml.accelerated import AcceleratedSettings, neb_accelerated
-    from qmml.potential import SNAPPotential
     from qmml.qmcache import CachedQMCalculator
-    from qmml.regions import cylinder_region
-    from qmml.structures import glide_endpoints
-
-    pot = SNAPPotential.read(potential_path("W_milady_lml"))
-    ini, fin = glide_endpoints("screw111", radius=16.0, fixed_width=6.0, **MILADY)
-    path = ini.info["glide_path"]
-    cylinder_region(ini, None, 3.0, 5.0, pot.cutoff, path=[path[:2], path[2:]])
-    fin.arrays["region"] = ini.arrays["region"].copy()
-
-    def band():
-        images = [ini.copy() for _ in range(6)] + [fin.copy()]
-        make_neb(images).interpolate(method="linear")
-        return images
 
     fmax = 0.45
     qm = CachedQMCalculator.from_config({"engine": "reference"}, tmp_path / "cache")
     plain = AcceleratedSettings(neb_probe=False, neb_start_check=False)
-    first, _ = neb_accelerated(band(), qm, pot, 5.0, fmax=fmax, steps=0, log=None,
+    first, _ = neb_accelerated(small_screw_glide_band(milady), qm, milady, 5.0, fmax=fmax,
+                               steps=0, log=None,
                                settings=plain)
     image_fmax = first.qm_points[-1].image_fmax
     # a ratio that the least-loaded image meets, while others are above fmax
@@ -227,8 +220,8 @@ def test_images_converged_at_the_anchor_stay_still_and_cost_no_qm_call(tmp_path)
     still = np.flatnonzero(image_fmax <= ratio * fmax)
     assert ratio <= 1 and 0 < len(still) < len(image_fmax) and image_fmax.max() > fmax
     calls = qm.n_real_calls
-    stats, _ = neb_accelerated(band(), qm, pot, 5.0, fmax=fmax, steps=1, log=None,
-                               settings=replace(plain, freeze_ratio=ratio))
+    stats, _ = neb_accelerated(small_screw_glide_band(milady), qm, milady, 5.0, fmax=fmax,
+                               steps=1, log=None, settings=replace(plain, freeze_ratio=ratio))
     anchor, moved = stats.qm_points[0], stats.qm_points[1]
     np.testing.assert_array_equal(moved.positions[still], anchor.positions[still])
     assert np.abs(np.delete(moved.positions - anchor.positions, still, axis=0)).max() > 0

@@ -268,9 +268,6 @@ class _OuterLoop:
         self.stats.seconds_surrogate += time.perf_counter() - t
         self.state.surrogate_steps += step.steps
         self.stats.kept_images += step.kept
-        how = (f"band relaxed on their surrogate ({step.steps} steps, moved "
-               f"{max_displacement(step.positions, x):.3f} A, {step.kept} probed images "
-               f"kept)")
         if step.hit:
             # a surrogate of a few single images that runs to the trust radius is
             # unstable, not informed (a tblite screw band: 0.3 A in 5 steps, true fmax
@@ -279,6 +276,10 @@ class _OuterLoop:
             how = (f"their surrogate reached the trust radius in {step.steps} steps: "
                    f"band left where probed")
             step = SurrogateStep(x, np.zeros_like(x), step.steps, True)
+        else:
+            how = (f"band relaxed on their surrogate ({step.steps} steps, moved "
+                   f"{max_displacement(step.positions, x):.3f} A, {step.kept} probed "
+                   f"images kept)")
         self.system.set_positions(step.positions)
         self._log(f"accelerated: probe QM calls on images "
                   f"{[self.system.moving[n] for n in images]}, {how}")

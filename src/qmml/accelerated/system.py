@@ -168,8 +168,8 @@ class MixedSystem:
             fq = im.calc
             sel = fq.qm_selection_mask[fq.qm_buffer_mask]
             qm_forces.append(np.array(self.taps[j].results["forces"])[sel])
-        target = np.asarray(self.true_target.get_forces())
-        image_fmax = np.sqrt((target.reshape(len(self.moving), -1, 3) ** 2).sum(-1)).max(1)
+        target = np.asarray(self.true_target.get_forces()).reshape(len(self.moving), -1, 3)
+        image_fmax = np.array([largest_norm(f) for f in target])
         return Evaluation(self.positions(), np.array(forces), np.array(qm_forces),
                           float(image_fmax.max()), image_fmax)
 
