@@ -227,3 +227,29 @@ def test_images_converged_at_the_anchor_stay_still_and_cost_no_qm_call(milady, t
     assert np.abs(np.delete(moved.positions - anchor.positions, still, axis=0)).max() > 0
     assert qm.n_real_calls - calls == len(image_fmax) - len(still)
     assert moved.image_fmax[still].max() <= fmax
+
+
+@pytest.mark.parametrize("climb", [False, True])
+def test_the_target_forces_of_given_forces_are_the_true_bands(milady, tmp_path, climb):
+    """MixedSystem.target_forces, from positions and raw forces alone (how a step's
+    predicted fmax is read), gives the NEB forces the true band has there, with its
+    springs, spline tangents, fixed atoms and (climb) virtual-work climbing image."""
+    from qmml.accelerated import AcceleratedSettings, MixedSystem
+    from qmml.forcemixing import neb_moving_images
+    from qmml.qmcache import CachedQMCalculator
+
+    images = small_screw_glide_band(milady)
+    qm = CachedQMCalculator.from_config({"engine": "reference"}, tmp_path / "cache")
+    system = MixedSystem(images, neb_moving_images(len(images)), qm, milady.calculator,
+                         milady, AcceleratedSettings(), 5.0, 5.0, {"k": 0.1, "climb": climb})
+    ev = system.evaluate_true()
+    band = np.asarray(system.true_target.get_forces()).reshape(ev.forces.shape)
+    given = system.target_forces(ev.positions, ev.forces)
+    np.testing.assert_allclose(given, band, atol=1e-10)
+    np.testing.assert_allclose(np.linalg.norm(given, axis=-1).max(axis=1), ev.image_fmax)
+    assert np.abs(given[:, ~system.free]).max() == 0.0
+    # the projection is the band's at the given positions: with the forces kept, a moved
+    # image changes its own tangent and springs and its neighbours'
+    moved = ev.positions.copy()
+    moved[2, system.qm_mask] += 0.05
+    assert np.abs(system.target_forces(moved, ev.forces) - given).max() > 1e-3

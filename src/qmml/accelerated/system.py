@@ -173,22 +173,40 @@ class MixedSystem:
         return Evaluation(self.positions(), np.array(forces), np.array(qm_forces),
                           float(image_fmax.max()), image_fmax)
 
+    def target_forces(self, x: np.ndarray, forces: np.ndarray) -> np.ndarray:
+        """What the optimiser moves by (constraints applied; a band's NEB forces) if the
+        moving images were at ``x`` with raw forces ``forces``, (n_moving, N, 3): no
+        force call.  The end points' true forces (cached QM calls) enter only a
+        climbing image's virtual-work energies, and only then are read."""
+        copies = []
+        for j, im in enumerate(self.images):
+            copy = im.copy()
+            if j in self.moving:
+                n = self.moving.index(j)
+                copy.set_positions(x[n], apply_constraint=False)
+                f = forces[n]
+            elif self.neb_kwargs and self.neb_kwargs.get("climb"):
+                f = im.get_forces(apply_constraint=False)
+            else:
+                f = np.zeros((len(im), 3))
+            copy.calc = SinglePointCalculator(copy, energy=0.0, forces=np.array(f))
+            copies.append(copy)
+        if self.neb_kwargs is None:
+            target = copies[self.moving[0]]
+        else:
+            from qmml.nebband import make_neb
+
+            target = make_neb(copies, **self.neb_kwargs)
+        return np.asarray(target.get_forces()).reshape(len(self.moving), -1, 3)
+
     def image_neb_force(self, n: int) -> float:
         """Largest NEB force on moving image n at the true images' positions, from its own
         true forces alone (one QM call): without a climbing image, an image's NEB force
         is its force perpendicular to the spline tangent plus the springs along it, both
         set by the band's positions, so the other images need no forces (zero here)."""
-        from qmml.nebband import make_neb
-
-        band = []
-        for j, im in enumerate(self.images):
-            copy = im.copy()
-            forces = im.get_forces(apply_constraint=False) if j == self.moving[n] \
-                else np.zeros((len(im), 3))
-            copy.calc = SinglePointCalculator(copy, energy=0.0, forces=forces)
-            band.append(copy)
-        neb = make_neb(band, k=self.neb_kwargs["k"])
-        return largest_norm(np.asarray(neb.get_forces()).reshape(len(self.moving), -1, 3)[n])
+        forces = np.zeros((len(self.moving),) + self.images[0].positions.shape)
+        forces[n] = self.images[self.moving[n]].get_forces(apply_constraint=False)
+        return largest_norm(self.target_forces(self.positions(), forces)[n])
 
     def descriptor_rows(self, x: np.ndarray, known: Sequence[np.ndarray | None] = ()
                         ) -> list[np.ndarray]:
