@@ -868,20 +868,3 @@ def milady_prefix() -> Path:
     from qmml import potential_path
 
     return Path(potential_path("W_milady_lml"))
-
-
-def test_an_accepted_step_whose_fmax_rose_halves_the_trust_radius():
-    """Numbers of a 7-image tblite screw band: a step predicted to 0.11 eV/Å (below the
-    anchor's 0.345) is accepted though its fmax rose to 0.365; r is halved, not doubled.
-    A step that reached r, lowered the fmax and was predicted to within half the
-    anchor's fmax doubles it, up to trust_max; r never falls below trust_min."""
-    from qmml.accelerated import AcceleratedSettings
-    from qmml.accelerated.loop import accepted_trust
-
-    s = AcceleratedSettings()
-    assert accepted_trust(0.15, s, 0.345, 0.365, 0.11, hit=True) == pytest.approx(0.075)
-    assert accepted_trust(0.15, s, 0.345, 0.300, 0.11, hit=True) == pytest.approx(0.3)
-    assert accepted_trust(0.3, s, 0.345, 0.300, 0.11, hit=True) == s.trust_max
-    assert accepted_trust(0.15, s, 0.345, 0.300, 0.11, hit=False) == 0.15
-    assert accepted_trust(0.15, s, 0.345, 0.300, 0.20, hit=True) == 0.15
-    assert accepted_trust(0.015, s, 0.1, 0.2, 0.05, hit=True) == s.trust_min

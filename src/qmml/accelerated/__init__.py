@@ -37,8 +37,7 @@ The outer loop (one QM call per image per outer step):
 5. call QM at the new point x_{k+1}.  Prediction error e = max |F_sur(x_{k+1}) − F_true|.
    Accept x_{k+1} if its true fmax dropped or e < fmax_true(x_k) (the surrogate predicted
    better than "nothing changes"); otherwise reject (stay at x_k; the new point still
-   joins the training data) and shrink r.  Grow r after a good step that hit r; halve it
-   after an accepted step whose fmax rose (:func:`~qmml.accelerated.loop.accepted_trust`).  A
+   joins the training data) and shrink r.  Grow r after a good step that hit r.  A
    surrogate relaxation that fails is a rejected step without a QM call.  After
    ``fallback_after`` consecutive rejections, ``fallback_steps`` plain FIRE steps on the
    true QM/ML forces are taken (each one a QM call, all of them training data).
