@@ -173,11 +173,14 @@ class MixedSystem:
         return Evaluation(self.positions(), np.array(forces), np.array(qm_forces),
                           float(image_fmax.max()), image_fmax)
 
-    def target_forces(self, x: np.ndarray, forces: np.ndarray) -> np.ndarray:
+    def target_forces(self, x: np.ndarray, forces: np.ndarray, climb: bool = True
+                      ) -> np.ndarray:
         """What the optimiser moves by (constraints applied; a band's NEB forces) if the
         moving images were at ``x`` with raw forces ``forces``, (n_moving, N, 3): no
         force call.  The end points' true forces (cached QM calls) enter only a
-        climbing image's virtual-work energies, and only then are read."""
+        climbing image's virtual-work energies, and only then are read; ``climb`` False
+        leaves a climbing band's climbing image out."""
+        climb = climb and bool(self.neb_kwargs and self.neb_kwargs.get("climb"))
         copies = []
         for j, im in enumerate(self.images):
             copy = im.copy()
@@ -185,7 +188,7 @@ class MixedSystem:
                 n = self.moving.index(j)
                 copy.set_positions(x[n], apply_constraint=False)
                 f = forces[n]
-            elif self.neb_kwargs and self.neb_kwargs.get("climb"):
+            elif climb:
                 f = im.get_forces(apply_constraint=False)
             else:
                 f = np.zeros((len(im), 3))
@@ -196,7 +199,7 @@ class MixedSystem:
         else:
             from qmml.nebband import make_neb
 
-            target = make_neb(copies, **self.neb_kwargs)
+            target = make_neb(copies, **{**self.neb_kwargs, "climb": climb})
         return np.asarray(target.get_forces()).reshape(len(self.moving), -1, 3)
 
     def image_neb_force(self, n: int) -> float:
@@ -206,7 +209,7 @@ class MixedSystem:
         set by the band's positions, so the other images need no forces (zero here)."""
         forces = np.zeros((len(self.moving),) + self.images[0].positions.shape)
         forces[n] = self.images[self.moving[n]].get_forces(apply_constraint=False)
-        return largest_norm(self.target_forces(self.positions(), forces)[n])
+        return largest_norm(self.target_forces(self.positions(), forces, climb=False)[n])
 
     def descriptor_rows(self, x: np.ndarray, known: Sequence[np.ndarray | None] = ()
                         ) -> list[np.ndarray]:
